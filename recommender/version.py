@@ -126,7 +126,9 @@ def read_current_manifest(index_root: Path) -> dict[str, Any] | None:
 
 
 def new_staging_dir(index_root: Path) -> tuple[str, Path]:
-    name = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}-{time.monotonic_ns() % 10**6:06d}"
+    now = time.time_ns()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9))
+    name = f"{stamp}.{now % 10**9:09d}-{os.getpid()}"  # sorts by build time
     staging = index_root / "staging" / name
     staging.mkdir(parents=True)
     return name, staging

@@ -25,6 +25,7 @@ TOPICS = {
     "bank": "bank interest rate inflation prices economists lending mortgage currency growth",
 }
 NAMES = ["irena", "kalvos", "marek", "dunhill", "sofia", "brandt", "oskar", "lindqvist"]
+FILLER = [f"w{i:03d}" for i in range(400)]  # words any article may use
 
 
 def make_corpus(per_topic: int = 6, seed: int = 7) -> list[dict]:
@@ -35,7 +36,8 @@ def make_corpus(per_topic: int = 6, seed: int = 7) -> list[dict]:
         for i in range(per_topic):
             sentences = []
             for _ in range(6):
-                picked = rng.choice(vocab, size=8)
+                picked = list(rng.choice(vocab, size=4)) + list(rng.choice(FILLER, size=8))
+                rng.shuffle(picked)
                 sentences.append(" ".join(picked) + ".")
             rows.append({
                 "id": f"{topic}-{i}",
@@ -64,7 +66,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     except ImportError:  # sentence-transformers < 6
         from sentence_transformers.models import StaticEmbedding
 
-    words = sorted({w for text in TOPICS.values() for w in text.split()} | set(NAMES) | {"copy", "updated", "x"})
+    words = sorted({w for text in TOPICS.values() for w in text.split()} | set(NAMES) | set(FILLER) | {"updated", "x"})
     vocab = {"[UNK]": 0, "[PAD]": 1, **{w: i + 2 for i, w in enumerate(words)}}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.Lowercase()
@@ -73,7 +75,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     weights = rng.standard_normal((len(vocab), 24)).astype(np.float32)
     # Words of one topic share a direction, so the model "knows" paraphrases.
     for t, text in enumerate(TOPICS.values()):
-        direction = rng.standard_normal(24).astype(np.float32) * 1.5
+        direction = rng.standard_normal(24).astype(np.float32)
         for w in text.split():
             weights[vocab[w]] += direction
     model = SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_weights=weights)], device="cpu")

@@ -1,0 +1,96 @@
+"""The command line, run as users run it: in a subprocess, offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from recommender.cli import build_parser
+from tests.conftest import write_jsonl
+
+COMMANDS = ["ingest", "reindex", "related", "search", "eval"]
+
+
+def run(*args, env_extra=None, check=True):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    result = subprocess.run(
+        [sys.executable, "-m", "recommender.cli", *map(str, args)], capture_output=True, text=True, env=env
+    )
+    if check and result.returncode not in (0,):
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_import_and_help_do_not_import_torch():
+    code = (
+        "import sys, recommender, recommender.cli as c\n"
+        "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "for sub in ['ingest', 'reindex', 'related', 'search', 'eval']:\n"
+        "    try:\n        c.main([sub, '--help'])\n    except SystemExit:\n        pass\n"
+        "heavy = [m for m in ('torch', 'sentence_transformers', 'faiss', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_examples_and_data_dir(command):
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    text = sub.format_help()
+    assert "examples:" in text and f"recommender {command}" in text
+    assert "--data-dir" in text
+
+
+def test_end_to_end(tmp_path, corpus, tiny_model_dir):
+    data = tmp_path / "data"
+    good = write_jsonl(tmp_path / "a.jsonl", corpus)
+    bad = tmp_path / "b.jsonl"
+    bad.write_text('{"id": "x1", "title": "t", "body": "club goal"}\n{broken\n{"id": "x2", "title": "t"}\n')
+    common = ["--data-dir", data, "--model", tiny_model_dir]
+
+    result = run("ingest", good, bad, *common, check=False)
+    assert result.returncode == 3  # partial: some lines rejected
+    assert "31 added, 0 updated, 0 unchanged, 2 rejected" in result.stdout
+    assert "b.jsonl:2: invalid JSON" in result.stderr and "b.jsonl:3: missing field 'body'" in result.stderr
+    assert "unchanged" in run("ingest", good, *common).stdout
+
+    summary = json.loads(run("reindex", "--json", "--no-progress", *common).stdout)
+    assert summary["embedded"] == 31 and summary["published"]
+    assert set(summary) >= {"embedded", "skipped", "deleted", "seconds", "docs_per_second"}
+    assert json.loads(run("reindex", "--json", *common).stdout)["embedded"] == 0
+
+    related = json.loads(run("related", "talks-1", "--k", "3", "--json", *common).stdout)
+    assert related["article_id"] == "talks-1" and len(related["items"]) == 3
+    assert set(related["items"][0]) == {"id", "title", "url", "published", "section", "score"}
+    hits = json.loads(run("search", "ceasefire envoy", "--json", *common).stdout)["items"]
+    assert hits and hits[0]["id"].startswith("talks-")
+    assert "1." in run("search", "harbour bridge", *common).stdout
+
+    # The env var works like --data-dir.
+    env = {"RECOMMENDER_DATA_DIR": str(data), "RECOMMENDER_MODEL": str(tiny_model_dir)}
+    assert json.loads(run("related", "talks-1", "--json", env_extra=env).stdout)["items"]
+
+
+def test_clear_errors(tmp_path, tiny_model_dir):
+    common = ["--data-dir", tmp_path / "d", "--model", tiny_model_dir]
+    result = run("related", "x", *common, check=False)
+    assert result.returncode == 1 and "run `recommender reindex`" in result.stderr
+    result = run("related", "x", "--k", "0", *common, check=False)
+    assert result.returncode == 2 and "between 1 and 100" in result.stderr
+    result = run("reindex", *common, check=False)
+    assert result.returncode == 1 and "recommender ingest" in result.stderr
+    result = run("ingest", tmp_path / "missing.jsonl", *common, check=False)
+    assert result.returncode == 1 and "missing.jsonl" in result.stderr
+
+
+def test_model_mismatch_is_refused(tmp_path, corpus, tiny_model_dir):
+    common = ["--data-dir", tmp_path / "d"]
+    run("ingest", write_jsonl(tmp_path / "a.jsonl", corpus[:5]), *common)
+    run("reindex", "--no-progress", "--model", tiny_model_dir, *common)
+    result = run("related", corpus[0]["id"], *common, check=False)  # default model configured
+    assert result.returncode == 1
+    assert "built with model" in result.stderr and "all-MiniLM-L6-v2" in result.stderr

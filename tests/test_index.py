@@ -1,0 +1,56 @@
+"""One battery over every index type, checked against exact brute-force neighbours."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recommender.index import VectorIndex, choose_factory
+
+
+def clustered(n=3000, d=32, clusters=30, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, d))
+    x = centres[rng.integers(0, clusters, n)] + 0.3 * rng.standard_normal((n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(e)) / len(e) for f, e in zip(found, exact)]))
+
+
+@pytest.mark.parametrize("factory, floor", [("Flat", 1.0), ("IVF32,Flat", 0.95), ("IVF32,SQ8", 0.9)])
+def test_search_matches_brute_force(tmp_path, factory, floor):
+    x = clustered()
+    ids = np.arange(1000, 1000 + len(x), dtype=np.int64)  # ids are not row numbers
+    queries = x[:50]
+    exact = ids[np.argsort(-(queries @ x.T), axis=1)[:, :10]]
+    index = VectorIndex.build(x, ids, factory)
+    scores, found = index.search(queries, 10)
+    assert recall_at_k(found, exact) >= floor
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+    index.save(tmp_path / "i.faiss")
+    loaded = VectorIndex.load(tmp_path / "i.faiss", factory)
+    assert len(loaded) == len(x)
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], found)
+
+
+def test_flat_scores_are_cosines():
+    x = clustered(200)
+    index = VectorIndex.build(x, np.arange(200), "Flat")
+    scores, found = index.search(x[:3], 1)
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert list(found[:, 0]) == [0, 1, 2]
+    np.testing.assert_allclose(index.reconstruct(np.array([5])), x[5:6], atol=1e-6)
+
+
+def test_k_larger_than_index_and_type_name():
+    index = VectorIndex.build(clustered(5), np.arange(5), "")
+    assert index.search(clustered(5)[:1], 50)[1].shape == (1, 5)
+    assert index.type_name == "IndexFlat"
+
+
+def test_choose_factory_by_size():
+    assert choose_factory(10_000) == "Flat"
+    assert choose_factory(1_000_000).startswith("IVF")

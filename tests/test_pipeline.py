@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from recommender.articles import parse_article
+from recommender.embed import SentenceTransformerEmbedder
+from recommender.errors import IndexMismatch, IndexNotFound
+from recommender.pipeline import reindex
+from recommender.store import Store
+from recommender.version import IndexVersion, current_version_name
+
+
+@pytest.fixture
+def store(settings, corpus):
+    with Store.open(settings.store_path) as store:
+        store.upsert([parse_article(r) for r in corpus])
+        yield store
+
+
+class CountingEmbedder:
+    """The real tiny model, counting the texts it is asked to embed."""
+
+    def __init__(self, inner, fail_after_calls: int | None = None):
+        self.inner = inner
+        self.model_id = inner.model_id
+        self.dimension = inner.dimension
+        self.calls = 0
+        self.texts = 0
+        self.fail_after_calls = fail_after_calls
+
+    def embed(self, texts, *, progress=False):
+        if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
+            raise RuntimeError("killed mid-job")
+        self.calls += 1
+        self.texts += len(texts)
+        return self.inner.embed(texts)
+
+
+@pytest.fixture
+def embedder(settings):
+    return CountingEmbedder(SentenceTransformerEmbedder.load(settings.model))
+
+
+def test_first_run_embeds_all_and_publishes_manifest(settings, store, embedder):
+    report = reindex(settings, store, lambda: embedder, progress=False)
+    assert report.embedded == store.count() == 30 and report.published
+    manifest = json.loads((settings.index_root / "versions" / report.version / "manifest.json").read_text())
+    assert manifest["model_id"] == str(settings.model)
+    assert manifest["dimension"] == 24 and manifest["count"] == 30
+    assert manifest["faiss_type"] == "IndexFlat" and manifest["faiss_factory"] == "Flat"
+    assert manifest["built_at"] and manifest["recommender_version"]
+    version = IndexVersion.load(settings.index_root, model_id=str(settings.model))
+    assert len(version) == 30 and version.doc_vectors.shape == (30, 24)
+    np.testing.assert_allclose(np.linalg.norm(version.doc_vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_rerun_embeds_only_changes(settings, store, embedder, corpus):
+    first = reindex(settings, store, lambda: embedder, progress=False)
+    again = reindex(settings, store, lambda: embedder, progress=False)
+    assert (again.embedded, again.skipped, again.published) == (0, 30, False)
+    assert again.version == first.version
+    changed = dict(corpus[0], body=corpus[0]["body"] + " updated")
+    store.upsert([parse_article(changed), parse_article(dict(corpus[1], section="metadata only"))])
+    store.delete([corpus[2]["id"]])
+    before = embedder.texts
+    third = reindex(settings, store, lambda: embedder, progress=False)
+    assert (third.embedded, third.deleted, third.published) == (1, 1, True)
+    assert embedder.texts - before == 1  # one short article, one passage
+    assert len(IndexVersion.load(settings.index_root)) == 29
+
+
+def test_killed_job_resumes_where_it_stopped(settings, store, embedder, monkeypatch):
+    import recommender.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "EMBED_BATCH_DOCS", 8)
+    failing = CountingEmbedder(embedder.inner, fail_after_calls=2)
+    with pytest.raises(RuntimeError, match="killed"):
+        reindex(settings, store, lambda: failing, progress=False)
+    assert current_version_name(settings.index_root) is None  # nothing half-published
+    report = reindex(settings, store, lambda: embedder, progress=False)
+    assert report.skipped == 16 and report.embedded == 14 and report.published
+
+
+def test_publish_is_atomic_when_build_fails(settings, store, embedder, monkeypatch, corpus):
+    import recommender.pipeline as pipeline
+
+    good = reindex(settings, store, lambda: embedder, progress=False).version
+    store.upsert([parse_article(dict(corpus[0], body="new text for the first article"))])
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pipeline, "publish", crash)
+    with pytest.raises(OSError):
+        reindex(settings, store, lambda: embedder, progress=False)
+    assert current_version_name(settings.index_root) == good
+    assert len(IndexVersion.load(settings.index_root)) == 30
+
+
+def test_old_versions_are_pruned_but_live_one_kept(settings, store, embedder):
+    names = [reindex(settings, store, lambda: embedder, progress=False, force=True).version for _ in range(4)]
+    kept = sorted(p.name for p in (settings.index_root / "versions").iterdir())
+    assert kept == names[-settings.keep_versions:]
+    assert current_version_name(settings.index_root) == names[-1]
+
+
+def test_loading_refuses_another_model(settings, store, embedder):
+    reindex(settings, store, lambda: embedder, progress=False)
+    with pytest.raises(IndexMismatch, match="built with model"):
+        IndexVersion.load(settings.index_root, model_id="sentence-transformers/all-MiniLM-L6-v2")
+
+
+def test_no_index_yet(settings):
+    with pytest.raises(IndexNotFound, match="recommender reindex"):
+        IndexVersion.load(settings.index_root)

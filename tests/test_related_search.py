@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recommender.articles import parse_article
+from recommender.errors import ArticleNotFound, InvalidInput, NotIndexed
+from recommender.related import is_near_duplicate
+from recommender.search import fts_query
+from recommender.service import Engine
+from recommender.store import Store
+from recommender.pipeline import reindex
+from recommender.embed import SentenceTransformerEmbedder
+
+
+@pytest.fixture
+def engine(settings, corpus):
+    rows = list(corpus)
+    # A syndicated copy of talks-0 and a lightly updated copy of bridge-1.
+    rows.append(dict(corpus[0], id="talks-0-wire", title="Wire: " + corpus[0]["title"]))
+    rows.append(dict(corpus[7], id="bridge-1-v2", body=corpus[7]["body"] + " updated"))
+    rows.append({"id": "names", "title": "irena kalvos", "body": "irena kalvos marek dunhill x x", "group": "names"})
+    with Store.open(settings.store_path) as store:
+        store.upsert([parse_article(r) for r in rows])
+        reindex(settings, store, lambda: SentenceTransformerEmbedder.load(settings.model), progress=False)
+    with Engine.open(settings) as engine:
+        yield engine
+
+
+def test_related_excludes_self_and_its_copies(engine):
+    items = engine.related("talks-0", 10)
+    ids = [i["id"] for i in items]
+    assert "talks-0" not in ids and "talks-0-wire" not in ids
+    assert len(ids) == 10 == len(set(ids))
+    assert all(i.startswith("talks-") for i in ids[:5])  # the 5 other talks articles come first
+    assert "talks-0" not in [i["id"] for i in engine.related("talks-0-wire", 10)]
+
+
+def test_related_never_lists_two_copies_of_one_story(engine):
+    version, store = engine.version, engine.store
+    story = {a: version.story_ids[version.row_of(store.get(a).doc_id)] for a in ("talks-0", "talks-0-wire", "talks-1", "bridge-1", "bridge-1-v2")}
+    assert story["talks-0"] == story["talks-0-wire"] != story["talks-1"]
+    assert story["bridge-1"] == story["bridge-1-v2"]
+    assert len(set(version.story_ids)) == len(version) - 2
+    ids = [i["id"] for i in engine.related("bridge-0", 30)]
+    assert len({"bridge-1", "bridge-1-v2"} & set(ids)) == 1
+    assert len(ids) == 30  # 33 articles less itself and two copies
+
+
+def test_related_ranking_matches_brute_force_blend(engine, settings):
+    """The candidate-pool ranking equals exact scoring of every article."""
+    version = engine.version
+    row = version.row_of(engine.store.get("drought-2").doc_id)
+    q = np.asarray(version.doc_vectors[row])
+    sem = np.asarray(version.doc_vectors) @ q
+    lex = version.tfidf.scores(version.tfidf.matrix[row])
+    w = settings.related_semantic_weight
+    score = w * (sem - sem.mean()) / sem.std() + (1 - w) * (lex - lex.mean()) / lex.std()
+    story = version.story_ids
+    expected, seen = [], {story[row]}
+    for r in np.argsort(-score, kind="stable"):
+        if story[r] in seen or is_near_duplicate(sem[r], lex[r], settings):
+            continue
+        seen.add(story[r])
+        expected.append(int(version.doc_ids[r]))
+    hits = engine.related_hits("drought-2", 8)
+    assert [h.doc_id for h in hits] == expected[:8]
+
+
+def test_related_unknown_and_unindexed(engine):
+    with pytest.raises(ArticleNotFound):
+        engine.related("no-such-article", 5)
+    engine.store.upsert([parse_article({"id": "fresh", "title": "t", "body": "club goal"})])
+    with pytest.raises(NotIndexed, match="reindex"):
+        engine.related("fresh", 5)
+
+
+def test_search_finds_exact_names_first(engine):
+    items = engine.search("Irena Kalvos", 5)
+    assert items[0]["id"] == "names"
+
+
+def test_search_by_topic_words(engine):
+    ids = [i["id"] for i in engine.search("reservoir irrigation for the harvest", 5)]
+    assert all(i.startswith("drought-") for i in ids)
+
+
+@pytest.mark.parametrize("query", ['"unbalanced', "AND OR NOT", "NEAR(a b)", "title:x*", "-- ; DROP TABLE", "ü ß ç"])
+def test_search_survives_query_syntax(engine, query):
+    assert isinstance(engine.search(query, 3), list)
+
+
+def test_search_rejects_empty_and_huge_queries(engine):
+    with pytest.raises(InvalidInput):
+        engine.search("   ", 3)
+    with pytest.raises(InvalidInput):
+        engine.search("x" * 5000, 3)
+
+
+def test_fts_query_quotes_every_word():
+    assert fts_query('Ilham "Aliev" AND the') == '"ilham" OR "aliev"'
+    assert fts_query("the and") == '"the" OR "and"'

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import numpy as np
+
+from recommender.articles import parse_article
+from recommender.store import Store
+
+
+def art(i, body="plain body", title="title", **extra):
+    return parse_article({"id": str(i), "title": title, "body": body, **extra})
+
+
+def test_upsert_counts_and_stable_doc_ids(tmp_path):
+    with Store.open(tmp_path / "s.sqlite") as store:
+        counts = store.upsert([art(1), art(2)])
+        assert (counts.added, counts.updated, counts.unchanged) == (2, 0, 0)
+        doc_id = store.get("1").doc_id
+        counts = store.upsert([art(1), art(2, body="changed body"), art(3)])
+        assert (counts.added, counts.updated, counts.unchanged) == (1, 1, 1)
+        assert store.get("1").doc_id == doc_id
+        assert store.get("2").article.body == "changed body"
+        assert store.count() == 3
+
+
+def test_full_text_index_follows_updates_and_deletes(tmp_path):
+    with Store.open(tmp_path / "s.sqlite") as store:
+        store.upsert([art(1, body="Ilham Aliev met the mediators"), art(2, body="harbour bridge costs")])
+        d1 = store.get("1").doc_id
+        assert [d for d, _ in store.keyword_search('"aliev"', 10)] == [d1]
+        store.upsert([art(1, body="the minister met the mediators")])
+        assert store.keyword_search('"aliev"', 10) == []
+        assert [d for d, _ in store.keyword_search('"mediator"', 10)] == [d1]  # porter stemming
+        assert store.delete(["1", "missing"]) == 1
+        assert store.keyword_search('"mediators"', 10) == []
+        assert store.get("1") is None
+
+
+def test_embedding_cache_is_keyed_by_content_hash_and_model(tmp_path):
+    with Store.open(tmp_path / "s.sqlite") as store:
+        store.upsert([art(1), art(2)])
+        ids = store.stale_embeddings("m")
+        assert len(ids) == 2
+        hashes = store.content_hashes()
+        store.save_embeddings("m", [(d, hashes[d], np.ones((2, 4), np.float32)) for d in ids])
+        assert store.stale_embeddings("m") == []
+        assert len(store.stale_embeddings("other-model")) == 2
+        store.upsert([art(2, section="new section")])  # metadata only: no re-embedding
+        assert store.stale_embeddings("m") == []
+        store.upsert([art(2, body="new text")])
+        assert store.stale_embeddings("m") == [store.get("2").doc_id]
+        (doc_id, vectors), = list(store.iter_embeddings("m"))
+        assert doc_id == store.get("1").doc_id and vectors.shape == (2, 4)
+
+
+def test_reopen_keeps_data(tmp_path):
+    path = tmp_path / "s.sqlite"
+    with Store.open(path) as store:
+        store.upsert([art(1, tags=["x", "y"], published="2024-02-03")])
+    with Store.open(path) as store:
+        a = store.get("1").article
+        assert a.tags == ("x", "y") and a.published == "2024-02-03"
