@@ -283,6 +283,13 @@ def _report(dataset, task, settings, n_articles, n_queries, depth, systems, seco
         "queries": n_queries,
         "depth": depth,
         "model": model_id_for(settings.model),
+        "settings": {
+            name: getattr(settings, name)
+            for name in (
+                "chunk_words", "max_chunks", "related_semantic_weight", "search_semantic_weight", "candidates",
+                "duplicate_threshold", "lexical_duplicate_threshold", "duplicate_floor",
+            )
+        },
         "systems": systems,
         "seconds": seconds,
     }

@@ -42,6 +42,16 @@ class ReindexReport:
         return asdict(self)
 
 
+def build_settings(settings: Settings) -> dict:
+    """Settings baked into a published version besides the vectors themselves."""
+    return {
+        "faiss_factory": settings.faiss_factory,
+        "duplicate_threshold": settings.duplicate_threshold,
+        "lexical_duplicate_threshold": settings.lexical_duplicate_threshold,
+        "duplicate_floor": settings.duplicate_floor,
+    }
+
+
 def embedding_key(settings: Settings) -> str:
     """Cached vectors are valid for one model and one way of cutting passages."""
     return f"{model_id_for(settings.model)}|chunks={settings.chunk_words}x{settings.max_chunks}"
@@ -77,7 +87,7 @@ def reindex(
         and previous.get("corpus_hash") == corpus_hash
         and previous.get("embedding_key") == key
         and previous.get("format_version") == FORMAT_VERSION
-        and previous.get("faiss_factory_setting", "") == settings.faiss_factory
+        and previous.get("build_settings") == build_settings(settings)
     )
     if unchanged and not force:
         report.version = previous["version"]
@@ -153,7 +163,7 @@ def _build_and_publish(
         "faiss_type": docs.type_name,
         "faiss_factory": docs.factory,
         "chunk_faiss_factory": chunks.factory,
-        "faiss_factory_setting": settings.faiss_factory,
+        "build_settings": build_settings(settings),
         "count": int(len(ids)),
         "chunks": int(len(chunk_vectors)),
         "stories": int(len(np.unique(story_ids))),

@@ -1,0 +1,51 @@
+"""The packaged all-MiniLM-L6-v2 on the shipped sample corpus: the demo's path."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pytest
+
+from recommender.config import Settings
+from recommender.ingest import ingest_files
+from recommender.pipeline import reindex
+from recommender.service import Engine
+from recommender.store import Store
+
+pytestmark = pytest.mark.slow
+
+PEACE_TALKS = {"hl-0001", "hl-0004", "hl-0008", "hl-0020", "hl-0021", "hl-0028"}
+BRIDGE = {"hl-0003", "hl-0010", "hl-0022", "hl-0034", "hl-0045", "hl-0046"}
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    settings = Settings.load({"data_dir": tmp_path_factory.mktemp("minilm")}, environ={})
+    sample = resources.files("recommender") / "data" / "sample_articles.jsonl"
+    report = ingest_files(settings, [sample])
+    assert report.added == 48 and not report.rejected
+    from recommender.embed import SentenceTransformerEmbedder
+
+    with Store.open(settings.store_path) as store:
+        summary = reindex(settings, store, lambda: SentenceTransformerEmbedder.load(settings.model), progress=False)
+    assert summary.embedded == 48
+    with Engine.open(settings) as engine:
+        yield engine
+
+
+def test_manifest_names_the_packaged_model(engine):
+    assert engine.version.manifest["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert engine.version.manifest["dimension"] == 384
+
+
+def test_related_keeps_to_the_story_and_drops_the_wire_copy(engine):
+    ids = [i["id"] for i in engine.related("hl-0020", 4)]
+    assert "hl-0021" not in ids and "hl-0020" not in ids  # hl-0021 is a syndicated copy
+    assert set(ids) <= PEACE_TALKS
+
+
+def test_search_exact_name_and_paraphrase(engine):
+    top = [i["id"] for i in engine.search("Irena Kalvos", 4)]
+    assert set(top) <= PEACE_TALKS
+    top = [i["id"] for i in engine.search("who pays for the new crossing over the harbour", 3)]
+    assert set(top) <= BRIDGE
