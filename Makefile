@@ -21,8 +21,8 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/recommender ingest recommender/data/sample_articles.jsonl --data-dir $(DATA)
 	$(VENV)/bin/recommender reindex --data-dir $(DATA)
-	@echo; echo '$$ recommender related hl-0001 --k 5'
-	$(VENV)/bin/recommender related hl-0001 --k 5 --data-dir $(DATA)
+	@echo; echo '$$ recommender related hl-0020 --k 5'
+	$(VENV)/bin/recommender related hl-0020 --k 5 --data-dir $(DATA)
 	@echo; echo '$$ recommender search "Irena Kalvos" --k 5'
 	$(VENV)/bin/recommender search "Irena Kalvos" --k 5 --data-dir $(DATA)
 	@echo; echo '$$ recommender search "who pays for the new crossing over the harbour" --k 5'
