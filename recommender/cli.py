@@ -223,10 +223,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_reindex(args: argparse.Namespace) -> int:
     from recommender.pipeline import reindex
+    from recommender.service import reindex_lock
     from recommender.store import Store
 
     settings = _settings(args)
-    with Store.open(settings.store_path) as store:
+    with Store.open(settings.store_path) as store, reindex_lock(settings.data_dir):
         if store.count() == 0:
             print(f"error: no articles in {settings.store_path}; run `recommender ingest FILE` first", file=sys.stderr)
             return EXIT_FAILURE

@@ -17,6 +17,10 @@ class InvalidInput(RecommenderError):
     status_code = 422
     code = "invalid_input"
 
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
 
 class ArticleNotFound(RecommenderError):
     status_code = 404

@@ -74,7 +74,9 @@ class TfidfModel:
         return np.asarray((query @ self.postings).todense()).ravel()
 
     def pair_scores(self, query: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
-        return np.asarray((self.matrix[rows] @ query.T).todense()).ravel()
+        """Cosine of one query row against the documents at ``rows`` (sorted, unique)."""
+        matrix = self.matrix if len(rows) == self.matrix.shape[0] else self.matrix[rows]
+        return np.asarray((matrix @ query.T).todense(), dtype=np.float32).ravel()
 
     def save(self, directory: Path) -> None:
         sp.save_npz(directory / "tfidf.npz", self.matrix, compressed=False)

@@ -6,8 +6,12 @@ query's own distribution (estimated on a fixed sample of the archive):
 * cosine of the article vectors (paraphrase, topic), and
 * cosine of the TF-IDF vectors (names, places, numbers: event identity).
 
-The article itself, its near duplicates and second copies of one story are
-never returned.
+Candidates are the union of the nearest article vectors (FAISS) and the
+articles sharing the query's most distinctive terms; each is then scored
+exactly. The article itself, its near duplicates and second copies of one
+story are never returned. With a filter, the list still holds k articles
+whenever k matching ones exist: a selective filter is scored exactly over the
+articles it allows, a broad one widens the candidate pool until k are found.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ from recommender.config import Settings
 from recommender.version import IndexVersion
 
 STATS_SAMPLE = 2048
+QUERY_TERMS = 48
+"""Distinctive terms of the query article used to gather lexical candidates."""
+EXACT_FILTER_LIMIT = 20_000
+"""A filter allowing at most this many articles is scored exhaustively."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +39,9 @@ class Hit:
     lexical: float
 
 
-def related_to_row(version: IndexVersion, row: int, k: int, settings: Settings) -> list[Hit]:
+def related_to_row(
+    version: IndexVersion, row: int, k: int, settings: Settings, *, allowed_rows: np.ndarray | None = None
+) -> list[Hit]:
     """The k articles most related to the indexed article at ``row``."""
     return rank_related(
         version,
@@ -40,6 +50,7 @@ def related_to_row(version: IndexVersion, row: int, k: int, settings: Settings) 
         k,
         settings,
         exclude_row=row,
+        allowed_rows=allowed_rows,
     )
 
 
@@ -51,27 +62,66 @@ def rank_related(
     settings: Settings,
     *,
     exclude_row: int | None = None,
+    allowed_rows: np.ndarray | None = None,
 ) -> list[Hit]:
     """Rank the archive against an article given by its vector and TF-IDF row
     (an indexed article, or a draft that is not in the index)."""
     n = len(version)
-    if n == 0 or k <= 0:
+    if n == 0 or k <= 0 or (allowed_rows is not None and len(allowed_rows) == 0):
         return []
-    pool = min(n, max(settings.candidates, 4 * k))
-    lexical_all = version.tfidf.scores(terms)
-    _, dense_ids = version.docs.search(vector.reshape(1, -1), pool + 1)
-    dense_rows = version.rows_of(dense_ids[0][dense_ids[0] >= 0])
-    lexical_rows = np.argpartition(-lexical_all, pool - 1)[:pool] if pool < n else np.arange(n)
-    rows = np.union1d(dense_rows, lexical_rows)
-
-    semantic = np.asarray(version.doc_vectors[rows] @ vector, dtype=np.float32)
-    lexical = lexical_all[rows]
     sample = _sample_rows(n)
-    semantic_sample = np.asarray(version.doc_vectors[sample] @ vector)
-    w = settings.related_semantic_weight
-    score = w * _standardize(semantic, semantic_sample) + (1 - w) * _standardize(lexical, lexical_all[sample])
+    semantic_stats = _stats(np.asarray(version.doc_vectors[sample] @ vector))
+    lexical_stats = _stats(version.tfidf.pair_scores(terms, sample))
 
-    excluded_story = version.story_ids[exclude_row] if exclude_row is not None else None
+    def rank(rows: np.ndarray) -> list[Hit]:
+        semantic = np.asarray(version.doc_vectors[rows] @ vector, dtype=np.float32)
+        lexical = version.tfidf.pair_scores(terms, rows)
+        w = settings.related_semantic_weight
+        score = w * _z(semantic, semantic_stats) + (1 - w) * _z(lexical, lexical_stats)
+        return _select(version, rows, score, semantic, lexical, k, settings, exclude_row)
+
+    if allowed_rows is not None and len(allowed_rows) <= EXACT_FILTER_LIMIT:
+        return rank(allowed_rows)
+    pool = min(n, max(settings.candidates, 4 * k))
+    while True:
+        rows = _candidates(version, vector, terms, pool)
+        if allowed_rows is not None:
+            rows = rows[np.isin(rows, allowed_rows, assume_unique=True)]
+        hits = rank(rows)
+        if len(hits) >= k or pool >= n:
+            return hits
+        pool = min(n, pool * 4)
+
+
+def _candidates(version: IndexVersion, vector: np.ndarray, terms: sp.csr_matrix, pool: int) -> np.ndarray:
+    n = len(version)
+    if pool >= n:
+        return np.arange(n)
+    _, ids = version.docs.search(vector.reshape(1, -1), pool + 1)
+    dense_rows = version.rows_of(ids[0][ids[0] >= 0])
+    lexical = version.tfidf.scores(_strongest_terms(terms, QUERY_TERMS))
+    lexical_rows = np.argpartition(-lexical, pool - 1)[:pool]
+    return np.union1d(dense_rows, lexical_rows[lexical[lexical_rows] > 0])
+
+
+def _strongest_terms(terms: sp.csr_matrix, m: int) -> sp.csr_matrix:
+    if terms.nnz <= m:
+        return terms
+    keep = np.argpartition(-terms.data, m - 1)[:m]
+    return sp.csr_matrix((terms.data[keep], terms.indices[keep], [0, m]), shape=terms.shape)
+
+
+def _select(
+    version: IndexVersion,
+    rows: np.ndarray,
+    score: np.ndarray,
+    semantic: np.ndarray,
+    lexical: np.ndarray,
+    k: int,
+    settings: Settings,
+    exclude_row: int | None,
+) -> list[Hit]:
+    excluded_story = int(version.story_ids[exclude_row]) if exclude_row is not None else None
     seen: set[int] = set()
     hits: list[Hit] = []
     for i in np.argsort(-score, kind="stable"):
@@ -101,6 +151,10 @@ def _sample_rows(n: int) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(n, STATS_SAMPLE, replace=False))
 
 
-def _standardize(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    std = float(np.std(reference))
-    return (values - float(np.mean(reference))) / (std if std > 1e-9 else 1.0)
+def _stats(values: np.ndarray) -> tuple[float, float]:
+    std = float(np.std(values))
+    return float(np.mean(values)), (std if std > 1e-9 else 1.0)
+
+
+def _z(values: np.ndarray, stats: tuple[float, float]) -> np.ndarray:
+    return (values - stats[0]) / stats[1]

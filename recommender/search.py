@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from recommender.config import Settings
-from recommender.embed import Embedder
 from recommender.errors import InvalidInput
-from recommender.related import Hit
+from recommender.related import EXACT_FILTER_LIMIT, Hit
 from recommender.store import Store
 from recommender.text import tokenize
 from recommender.version import IndexVersion
@@ -27,53 +26,70 @@ def fts_query(text: str) -> str:
 def validate_query(query: str) -> str:
     query = (query or "").strip()
     if not query:
-        raise InvalidInput("the query is empty")
+        raise InvalidInput("the query is empty", field="q")
     if len(query) > MAX_QUERY_CHARS:
-        raise InvalidInput(f"the query is longer than {MAX_QUERY_CHARS} characters")
+        raise InvalidInput(f"the query is longer than {MAX_QUERY_CHARS} characters", field="q")
     return query
 
 
 def search(
-    version: IndexVersion, store: Store, embedder: Embedder, query: str, k: int, settings: Settings
+    version: IndexVersion,
+    store: Store,
+    vector: np.ndarray,
+    query: str,
+    k: int,
+    settings: Settings,
+    *,
+    allowed_rows: np.ndarray | None = None,
 ) -> list[Hit]:
-    query = validate_query(query)
+    """Rank articles for ``query``, whose embedding is ``vector``."""
     n = len(version)
-    if n == 0 or k <= 0:
+    if n == 0 or k <= 0 or (allowed_rows is not None and len(allowed_rows) == 0):
         return []
-    pool = min(n, max(settings.candidates, 4 * k))
-    vector = embedder.embed([query])[0]
-
-    _, chunk_ids = version.chunks.search(vector.reshape(1, -1), min(len(version.chunks), 3 * pool))
-    dense_rows = np.unique(version.chunk_owner(chunk_ids[0][chunk_ids[0] >= 0]))
     expression = fts_query(query)
-    keyword = dict(store.keyword_search(expression, pool)) if expression else {}
-    keyword_rows = version.rows_of(np.fromiter(keyword, dtype=np.int64, count=len(keyword)))
-    rows = np.union1d(dense_rows, keyword_rows).astype(np.int64)
-    doc_ids = version.doc_ids[rows]
 
-    missing = [int(d) for d in doc_ids if int(d) not in keyword]
-    if expression and missing:
-        keyword.update(store.keyword_search(expression, len(missing), doc_ids=missing))
-    lexical = np.array([keyword.get(int(d), 0.0) for d in doc_ids], dtype=np.float32)
-    semantic = passage_scores(version, rows, vector)
+    def rank(rows: np.ndarray, keyword: dict[int, float]) -> list[Hit]:
+        doc_ids = version.doc_ids[rows]
+        missing = [int(d) for d in doc_ids if int(d) not in keyword]
+        if expression and missing:
+            keyword = {**keyword, **dict(store.keyword_search(expression, len(missing), doc_ids=missing))}
+        lexical = np.array([keyword.get(int(d), 0.0) for d in doc_ids], dtype=np.float32)
+        semantic = passage_scores(version, rows, vector)
+        w = settings.search_semantic_weight
+        score = w * _z(semantic) + (1 - w) * _z(lexical)
+        seen: set[int] = set()
+        hits: list[Hit] = []
+        for i in np.argsort(-score, kind="stable"):
+            story = int(version.story_ids[rows[i]])
+            if story in seen:
+                continue
+            seen.add(story)
+            hits.append(Hit(int(doc_ids[i]), float(score[i]), float(semantic[i]), float(lexical[i])))
+            if len(hits) == k:
+                break
+        return hits
 
-    w = settings.search_semantic_weight
-    score = w * _z(semantic) + (1 - w) * _z(lexical)
-    seen: set[int] = set()
-    hits: list[Hit] = []
-    for i in np.argsort(-score, kind="stable"):
-        story = int(version.story_ids[rows[i]])
-        if story in seen:
-            continue
-        seen.add(story)
-        hits.append(Hit(int(doc_ids[i]), float(score[i]), float(semantic[i]), float(lexical[i])))
-        if len(hits) == k:
-            break
-    return hits
+    if allowed_rows is not None and len(allowed_rows) <= EXACT_FILTER_LIMIT:
+        return rank(np.asarray(allowed_rows, dtype=np.int64), {})
+    pool = min(n, max(settings.candidates, 4 * k))
+    while True:
+        _, chunk_ids = version.chunks.search(vector.reshape(1, -1), min(len(version.chunks), 3 * pool))
+        dense_rows = np.unique(version.chunk_owner(chunk_ids[0][chunk_ids[0] >= 0]))
+        keyword = dict(store.keyword_search(expression, pool)) if expression else {}
+        keyword_rows = version.rows_of(np.fromiter(keyword, dtype=np.int64, count=len(keyword)))
+        rows = np.union1d(dense_rows, keyword_rows).astype(np.int64)
+        if allowed_rows is not None:
+            rows = rows[np.isin(rows, allowed_rows, assume_unique=True)]
+        hits = rank(rows, keyword)
+        if len(hits) >= k or pool >= n:
+            return hits
+        pool = min(n, pool * 4)
 
 
 def passage_scores(version: IndexVersion, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """Best passage plus mean passage similarity of each article to the query."""
+    if len(rows) == 0:
+        return np.zeros(0, dtype=np.float32)
     starts = version.chunk_offsets[rows]
     ends = version.chunk_offsets[rows + 1]
     positions = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)])
@@ -85,5 +101,7 @@ def passage_scores(version: IndexVersion, rows: np.ndarray, vector: np.ndarray) 
 
 
 def _z(values: np.ndarray) -> np.ndarray:
+    if len(values) == 0:
+        return values
     std = float(values.std())
     return (values - float(values.mean())) / (std if std > 1e-9 else 1.0)

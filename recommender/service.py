@@ -1,54 +1,120 @@
-"""The engine that commands and the API call: the store, the live index
-version and the embedder, loaded once and used for related and search."""
+"""What the commands and the API call: the store, the live index version and
+the embedder, with related, search and the write path on top."""
 
 from __future__ import annotations
 
+import fcntl
+import html
+import logging
 import threading
-from typing import Any, Callable
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
+
+from recommender.articles import Article
 from recommender.config import Settings
 from recommender.embed import Embedder, model_id_for
-from recommender.errors import ArticleNotFound, NotIndexed
-from recommender.related import Hit, related_to_row
-from recommender.search import search
-from recommender.store import Store
-from recommender.version import IndexVersion
+from recommender.errors import ArticleNotFound, IndexMismatch, IndexNotFound
+from recommender.filters import Filters
+from recommender.related import Hit, rank_related, related_to_row
+from recommender.search import fts_query, search, validate_query
+from recommender.store import Store, UpsertCounts
+from recommender.text import chunk_article, document_text
+from recommender.version import IndexVersion, current_version_name
+
+log = logging.getLogger(__name__)
+
+
+class LiveIndex:
+    """The published version readers use. ``refresh`` loads a newer version
+    beside the old one and swaps the reference, so no reader waits."""
+
+    def __init__(self, index_root: Path, model_id: str):
+        self.index_root = index_root
+        self.model_id = model_id
+        self._version: IndexVersion | None = None
+        self._lock = threading.Lock()
+        self.error: Exception | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def current(self) -> IndexVersion:
+        version = self._version
+        if version is None:
+            if self.error is not None:
+                raise self.error
+            raise IndexNotFound(
+                f"no index has been published in {self.index_root} yet; "
+                "run `recommender ingest FILE` and `recommender reindex`"
+            )
+        return version
+
+    @property
+    def ready(self) -> bool:
+        return self._version is not None
+
+    def refresh(self) -> bool:
+        """Load the version CURRENT names, if it is not the one in use."""
+        with self._lock:
+            name = current_version_name(self.index_root)
+            if name is None or (self._version is not None and self._version.name == name):
+                return False
+            try:
+                version = IndexVersion.load(self.index_root, model_id=self.model_id, name=name)
+            except IndexMismatch as exc:
+                self.error = exc
+                log.error("%s", exc)
+                return False
+            except (FileNotFoundError, OSError, ValueError) as exc:  # pruned or mid-swap: next poll
+                log.warning("could not load index %s: %s", name, exc)
+                return False
+            self._version, self.error = version, None
+            log.info("serving index %s (%d articles)", name, len(version))
+            return True
+
+    def watch(self, interval: float) -> None:
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                self.refresh()
+
+        self._thread = threading.Thread(target=loop, name="index-watch", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
 
 class Engine:
-    def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        version: IndexVersion,
-        load_embedder: Callable[[], Embedder],
-    ):
+    def __init__(self, settings: Settings, live: LiveIndex, load_embedder: Callable[[], Embedder]):
         self.settings = settings
-        self.store = store
-        self.version = version
+        self.live = live
         self._load_embedder = load_embedder
         self._embedder: Embedder | None = None
-        self._lock = threading.Lock()
+        self._embedder_lock = threading.Lock()
+        self._local = threading.local()
+        self._stores: list[Store] = []
 
     @classmethod
     def open(cls, settings: Settings, load_embedder: Callable[[], Embedder] | None = None) -> "Engine":
         from recommender.index import set_query_threads
 
         set_query_threads(1)
-        version = IndexVersion.load(settings.index_root, model_id=model_id_for(settings.model))
-        store = Store.open(settings.store_path)
+        live = LiveIndex(settings.index_root, model_id_for(settings.model))
+        live.refresh()
         if load_embedder is None:
-            from recommender.embed import SentenceTransformerEmbedder
-
-            def load_embedder() -> Embedder:
-                return SentenceTransformerEmbedder.load(
-                    settings.model, device=settings.device, batch_size=settings.batch_size
-                )
-
-        return cls(settings, store, version, load_embedder)
+            load_embedder = default_embedder_loader(settings)
+        return cls(settings, live, load_embedder)
 
     def close(self) -> None:
-        self.store.close()
+        self.live.close()
+        for store in self._stores:
+            store.close()
 
     def __enter__(self) -> "Engine":
         return self
@@ -57,29 +123,81 @@ class Engine:
         self.close()
 
     @property
+    def store(self) -> Store:
+        """One SQLite connection per thread."""
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = Store.open(self.settings.store_path)
+            self._stores.append(store)
+        return store
+
+    @property
     def embedder(self) -> Embedder:
-        with self._lock:
+        with self._embedder_lock:
             if self._embedder is None:
                 self._embedder = self._load_embedder()
             return self._embedder
 
-    def related_hits(self, article_id: str, k: int) -> list[Hit]:
+    # -- reads ------------------------------------------------------------
+
+    def article(self, article_id: str) -> dict[str, Any]:
         stored = self.store.get(article_id)
         if stored is None:
             raise ArticleNotFound(article_id)
-        row = self.version.row_of(stored.doc_id)
-        if row is None:
-            raise NotIndexed(f"article {article_id!r} is newer than the published index; run `recommender reindex`")
-        return related_to_row(self.version, row, k, self.settings)
+        return stored.article.to_dict()
 
-    def related(self, article_id: str, k: int = 10) -> list[dict[str, Any]]:
-        return self._items(self.related_hits(article_id, k))
+    def related_hits(self, article_id: str, k: int, filters: Filters = Filters()) -> list[Hit]:
+        version = self.live.current
+        stored = self.store.get(article_id)
+        if stored is None:
+            raise ArticleNotFound(article_id)
+        allowed = self._allowed_rows(version, filters)
+        row = version.row_of(stored.doc_id)
+        if row is None:  # written since the index was published: rank it as a draft
+            vector, terms = self._draft(version, stored.article.title, stored.article.body)
+            hits = rank_related(version, vector, terms, k + 1, self.settings, allowed_rows=allowed)
+            return [h for h in hits if h.doc_id != stored.doc_id][:k]
+        return related_to_row(version, row, k, self.settings, allowed_rows=allowed)
 
-    def search_hits(self, query: str, k: int) -> list[Hit]:
-        return search(self.version, self.store, self.embedder, query, k, self.settings)
+    def related(self, article_id: str, k: int = 10, filters: Filters = Filters()) -> list[dict[str, Any]]:
+        return self._items(self.related_hits(article_id, k, filters))
 
-    def search(self, query: str, k: int = 10) -> list[dict[str, Any]]:
-        return self._items(self.search_hits(query, k))
+    def related_to_draft(self, title: str, body: str, k: int = 10, filters: Filters = Filters()) -> list[dict[str, Any]]:
+        version = self.live.current
+        vector, terms = self._draft(version, title, body)
+        hits = rank_related(version, vector, terms, k, self.settings, allowed_rows=self._allowed_rows(version, filters))
+        return self._items(hits)
+
+    def search_hits(self, query: str, k: int, filters: Filters = Filters()) -> list[Hit]:
+        query = validate_query(query)
+        version = self.live.current
+        vector = self.embedder.embed([query])[0]
+        allowed = self._allowed_rows(version, filters)
+        return search(version, self.store, vector, query, k, self.settings, allowed_rows=allowed)
+
+    def search(self, query: str, k: int = 10, filters: Filters = Filters()) -> list[dict[str, Any]]:
+        hits = self.search_hits(query, k, filters)
+        items = self._items(hits)
+        expression = fts_query(query)
+        fragments = self.store.snippets(expression, [h.doc_id for h in hits])
+        bodies = {s.article.id: s for s in self.store.get_many([h.doc_id for h in hits]).values()}
+        for item in items:
+            stored = bodies[item["id"]]
+            item["snippet"] = highlight(fragments.get(stored.doc_id) or lead(stored.article.body))
+        return items
+
+    def _draft(self, version: IndexVersion, title: str, body: str):
+        from recommender.pipeline import article_vectors
+
+        chunks = chunk_article(title, body, self.settings.chunk_words, self.settings.max_chunks)
+        vectors = self.embedder.embed(chunks)
+        vector = article_vectors(vectors, np.array([0, len(vectors)]))[0]
+        return vector, version.tfidf.transform([document_text(title, body)])
+
+    def _allowed_rows(self, version: IndexVersion, filters: Filters) -> np.ndarray | None:
+        if not filters:
+            return None
+        return np.sort(version.rows_of(self.store.doc_ids_matching(filters)))
 
     def _items(self, hits: list[Hit]) -> list[dict[str, Any]]:
         found = self.store.get_many([h.doc_id for h in hits])
@@ -94,3 +212,91 @@ class Engine:
                  "section": a.section, "score": round(hit.score, 4)}
             )
         return items
+
+    # -- writes -----------------------------------------------------------
+
+    def upsert(self, articles: Sequence[Article]) -> UpsertCounts:
+        return self.store.upsert(articles)
+
+    def delete(self, article_id: str) -> None:
+        if not self.store.delete([article_id]):
+            raise ArticleNotFound(article_id)
+
+
+def default_embedder_loader(settings: Settings) -> Callable[[], Embedder]:
+    def load() -> Embedder:
+        from recommender.embed import SentenceTransformerEmbedder
+
+        return SentenceTransformerEmbedder.load(settings.model, device=settings.device, batch_size=settings.batch_size)
+
+    return load
+
+
+def lead(body: str, words: int = 30) -> str:
+    parts = body.split()
+    return " ".join(parts[:words]) + (" …" if len(parts) > words else "")
+
+
+def highlight(fragment: str) -> str:
+    """Escape a snippet for HTML and turn the FTS markers into <mark>."""
+    return html.escape(fragment).replace("\x02", "<mark>").replace("\x03", "</mark>")
+
+
+class Reindexer:
+    """Runs the one write path (store -> reindex pipeline -> atomic publish) in
+    a background thread after writes. A file lock keeps one job at a time
+    across worker processes; writes that arrive during a job start another."""
+
+    def __init__(self, settings: Settings, engine: Engine, *, debounce: float = 0.2):
+        self.settings = settings
+        self.engine = engine
+        self.debounce = debounce
+        self._wanted = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reindexer", daemon=True)
+        self.last_error: str | None = None
+        self.runs = 0
+
+    def start(self) -> "Reindexer":
+        self._thread.start()
+        return self
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wanted.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        from recommender.pipeline import reindex
+
+        with Store.open(self.settings.store_path) as store:
+            while not self._stop.is_set():
+                self._wanted.wait()
+                if self._stop.is_set():
+                    return
+                time.sleep(self.debounce)  # let a burst of writes land first
+                self._wanted.clear()
+                try:
+                    with reindex_lock(self.settings.data_dir):
+                        if store.count():
+                            reindex(self.settings, store, lambda: self.engine.embedder, progress=False)
+                    self.runs += 1
+                    self.last_error = None
+                except Exception as exc:  # keep serving the last good index
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("background reindex failed")
+                self.engine.live.refresh()
+
+
+@contextmanager
+def reindex_lock(data_dir: Path) -> Iterator[None]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "reindex.lock", "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -8,11 +8,14 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from recommender.articles import Article
+
+if TYPE_CHECKING:
+    from recommender.filters import Filters
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS articles (
@@ -190,6 +193,24 @@ class Store:
         sql += " ORDER BY score DESC LIMIT ?"
         params.append(int(limit))
         return [(int(r), float(s)) for r, s in self.connection.execute(sql, params)]
+
+    def doc_ids_matching(self, filters: "Filters") -> np.ndarray:
+        where, params = filters.sql()
+        rows = self.connection.execute(f"SELECT doc_id FROM articles WHERE {where} ORDER BY doc_id", params)
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def snippets(self, match: str, doc_ids: Sequence[int], words: int = 24) -> dict[int, str]:
+        """Best-matching fragment of each body, the matched words wrapped in
+        \x02 ... \x03 (the caller escapes the text, then turns them into marks)."""
+        if not match or not doc_ids:
+            return {}
+        marks = ",".join("?" * len(doc_ids))
+        rows = self.connection.execute(
+            f"""SELECT rowid, snippet(articles_fts, 1, char(2), char(3), '…', ?) FROM articles_fts
+                WHERE articles_fts MATCH ? AND rowid IN ({marks})""",
+            [words, match, *map(int, doc_ids)],
+        )
+        return {int(r): s for r, s in rows if s}
 
     # -- embedding cache -------------------------------------------------
 

@@ -78,7 +78,7 @@ def test_end_to_end(tmp_path, corpus, tiny_model_dir):
 def test_clear_errors(tmp_path, tiny_model_dir):
     common = ["--data-dir", tmp_path / "d", "--model", tiny_model_dir]
     result = run("related", "x", *common, check=False)
-    assert result.returncode == 1 and "run `recommender reindex`" in result.stderr
+    assert result.returncode == 1 and "`recommender reindex`" in result.stderr
     result = run("related", "x", "--k", "0", *common, check=False)
     assert result.returncode == 2 and "between 1 and 100" in result.stderr
     result = run("reindex", *common, check=False)

@@ -34,8 +34,8 @@ def engine(tmp_path_factory):
 
 
 def test_manifest_names_the_packaged_model(engine):
-    assert engine.version.manifest["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert engine.version.manifest["dimension"] == 384
+    assert engine.live.current.manifest["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert engine.live.current.manifest["dimension"] == 384
 
 
 def test_related_keeps_to_the_story_and_drops_the_wire_copy(engine):

@@ -1,0 +1,52 @@
+"""Filters on related and search lists: section, date range, language."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from recommender.articles import parse_date
+from recommender.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class Filters:
+    section: str | None = None
+    since: str | None = None
+    """Inclusive ISO date (or date-time) lower bound on ``published``."""
+    until: str | None = None
+    """Inclusive upper bound; a bare date includes that whole day."""
+    lang: str | None = None
+
+    @classmethod
+    def parse(cls, section=None, since=None, until=None, lang=None) -> "Filters":
+        def date(name: str, value: str | None) -> str | None:
+            try:
+                return parse_date(value)
+            except ValueError:
+                raise InvalidInput(f"{name!r} must be an ISO date such as 2024-05-31, got {value!r}", field=name) from None
+
+        filters = cls(section or None, date("since", since), date("until", until), lang or None)
+        if filters.since and filters.until and filters.since[:10] > filters.until[:10]:
+            raise InvalidInput("'since' is after 'until'", field="since")
+        return filters
+
+    def __bool__(self) -> bool:
+        return any((self.section, self.since, self.until, self.lang))
+
+    def sql(self) -> tuple[str, list[str]]:
+        """A WHERE clause over the ``articles`` table and its parameters."""
+        clauses, params = [], []
+        if self.section:
+            clauses.append("section = ?")
+            params.append(self.section)
+        if self.lang:
+            clauses.append("lang = ?")
+            params.append(self.lang)
+        if self.since:
+            clauses.append("published >= ?")
+            params.append(self.since)
+        if self.until:
+            # '2024-05-31' < '2024-05-31T10:00' < '2024-05-31~' in byte order.
+            clauses.append("published <= ?")
+            params.append(self.until + "~" if len(self.until) == 10 else self.until)
+        return " AND ".join(clauses) or "1", params
