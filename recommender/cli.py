@@ -134,6 +134,26 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print JSON")
     search.set_defaults(handler=cmd_search)
 
+    serve = command(
+        "serve",
+        "Serve the JSON API, the embeddable widget and the editors' page over HTTP.",
+        """
+        recommender serve                                  # http://127.0.0.1:8000/
+        recommender serve --port 8080 --workers 2 --data-dir /srv/news
+        RECOMMENDER_API_KEY=secret recommender serve       # enables PUT/DELETE/POST of articles
+        RECOMMENDER_CORS_ORIGINS=https://news.example recommender serve
+
+        curl 'http://127.0.0.1:8000/v1/articles/ID/related?k=5'
+        curl 'http://127.0.0.1:8000/v1/search?q=harbour+bridge&section=local'
+        curl -X PUT -H 'Authorization: Bearer secret' -H 'Content-Type: application/json' \\
+             -d '{"title": "...", "body": "..."}' http://127.0.0.1:8000/v1/articles/ID
+        """,
+    )
+    serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, default=None, help="worker processes (default 1)")
+    serve.set_defaults(handler=cmd_serve)
+
     evaluate = command(
         "eval",
         "Measure quality on labelled data, against TF-IDF and BM25 baselines in the same run.",
@@ -291,6 +311,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(evaluate.format_table(report))
         print()
         print(json.dumps(report))
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import uvicorn
+
+    settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
+    if settings.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    # Worker processes build their settings from the environment: hand them ours.
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if value is not None:
+            os.environ[f"RECOMMENDER_{field.name.upper()}"] = str(value)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    uvicorn.run(
+        "recommender.api.app:app_from_environment",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level="info" if args.verbose else "warning",
+        access_log=bool(args.verbose),
+    )
     return EXIT_OK
 
 

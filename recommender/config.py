@@ -52,6 +52,17 @@ class Settings:
     """A FAISS index factory string (e.g. "IVF4096,Flat"); empty picks by size."""
     keep_versions: int = 3
     api_key: str = ""
+    """Bearer key for the write endpoints; with none set they answer 403."""
+    cors_origins: str = ""
+    """Comma-separated origins allowed to call the API from a browser (the widget's host pages)."""
+    max_body_bytes: int = 8_000_000
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    index_poll_seconds: float = 0.5
+    """How often each server process looks for a newly published index."""
+    cache_seconds: int = 60
+    """max-age of public read responses (related lists, the widget)."""
     config_file: Path | None = None
 
     @classmethod
@@ -95,6 +106,10 @@ class Settings:
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def store_path(self) -> Path:

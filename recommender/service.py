@@ -54,8 +54,8 @@ class LiveIndex:
         return version
 
     @property
-    def ready(self) -> bool:
-        return self._version is not None
+    def version_or_none(self) -> IndexVersion | None:
+        return self._version
 
     def refresh(self) -> bool:
         """Load the version CURRENT names, if it is not the one in use."""

@@ -12,7 +12,7 @@ import pytest
 from recommender.cli import build_parser
 from tests.conftest import write_jsonl
 
-COMMANDS = ["ingest", "reindex", "related", "search", "eval"]
+COMMANDS = ["ingest", "reindex", "related", "search", "eval", "serve"]
 
 
 def run(*args, env_extra=None, check=True):
@@ -29,9 +29,9 @@ def test_import_and_help_do_not_import_torch():
     code = (
         "import sys, recommender, recommender.cli as c\n"
         "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "for sub in ['ingest', 'reindex', 'related', 'search', 'eval']:\n"
+        "for sub in ['ingest', 'reindex', 'related', 'search', 'eval', 'serve']:\n"
         "    try:\n        c.main([sub, '--help'])\n    except SystemExit:\n        pass\n"
-        "heavy = [m for m in ('torch', 'sentence_transformers', 'faiss', 'transformers') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'sentence_transformers', 'faiss', 'transformers', 'fastapi', 'uvicorn') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -1,0 +1,136 @@
+"""The JSON API: public reads, key-protected writes, health and metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+
+from recommender.api.deps import EngineDep, FiltersDep, K, ReindexerDep, SettingsDep, WriteAccess
+from recommender.api.schemas import (
+    ArticleIn,
+    ArticleOut,
+    DraftRelatedRequest,
+    DraftRelatedResponse,
+    RelatedResponse,
+    SearchResponse,
+    WriteResult,
+)
+from recommender.articles import parse_article
+from recommender.errors import InvalidInput
+from recommender.filters import Filters
+from recommender.search import MAX_QUERY_CHARS
+
+router = APIRouter()
+ArticleId = Annotated[str, Path(min_length=1, max_length=512, description="the article's id")]
+MAX_BATCH = 1000
+
+
+def cached_json(request: Request, payload: Any, max_age: int) -> Response:
+    """A public, cacheable JSON response with a strong ETag; 304 when it matches."""
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}", "Vary": "Origin"}
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+@router.get("/v1/articles/{article_id}/related", response_model=RelatedResponse, tags=["read"])
+def related(request: Request, article_id: ArticleId, engine: EngineDep, settings: SettingsDep,
+            filters: FiltersDep, k: K = 10):
+    """The k articles most related to one article (never itself, its copies, or two copies of a story)."""
+    items = engine.related(article_id, k, filters)
+    return cached_json(request, {"article_id": article_id, "items": items}, settings.cache_seconds)
+
+
+@router.get("/v1/search", response_model=SearchResponse, tags=["read"])
+def search(engine: EngineDep, filters: FiltersDep,
+           q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="free text")], k: K = 10):
+    """Keyword + semantic search; each item carries an HTML-escaped snippet with <mark> highlights."""
+    return {"query": q, "items": engine.search(q, k, filters)}
+
+
+@router.post("/v1/related", response_model=DraftRelatedResponse, tags=["read"])
+def related_to_draft(draft: DraftRelatedRequest, engine: EngineDep):
+    """Related articles for an unpublished draft, while an editor writes it."""
+    filters = Filters.parse(draft.section, draft.since, draft.until, draft.lang)
+    return {"items": engine.related_to_draft(draft.title, draft.body, draft.k, filters)}
+
+
+@router.get("/v1/articles/{article_id}", response_model=ArticleOut, tags=["read"])
+def get_article(article_id: ArticleId, engine: EngineDep):
+    return engine.article(article_id)
+
+
+@router.put("/v1/articles/{article_id}", response_model=WriteResult, tags=["write"])
+def put_article(article_id: ArticleId, article: ArticleIn, engine: EngineDep, reindexer: ReindexerDep,
+                _: WriteAccess):
+    """Create or replace an article. Related lists and search follow within seconds."""
+    record = {**article.model_dump(exclude_none=True), "id": article_id}
+    try:
+        parsed = parse_article(record)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    counts = engine.upsert([parsed])
+    reindexer.request()
+    return WriteResult(added=counts.added, updated=counts.updated, unchanged=counts.unchanged)
+
+
+@router.delete("/v1/articles/{article_id}", response_model=WriteResult, tags=["write"])
+def delete_article(article_id: ArticleId, engine: EngineDep, reindexer: ReindexerDep, _: WriteAccess):
+    engine.delete(article_id)
+    reindexer.request()
+    return WriteResult(deleted=1)
+
+
+@router.post("/v1/articles", response_model=WriteResult, tags=["write"])
+def post_articles(
+    articles: Annotated[list[Any], Body(description="articles, each an object with id, title, body, ...")],
+    engine: EngineDep,
+    reindexer: ReindexerDep,
+    _: WriteAccess,
+):
+    """Upsert a batch (at most 1000). Bad records are listed by position; the good ones are kept."""
+    if len(articles) > MAX_BATCH:
+        raise InvalidInput(f"a batch holds at most {MAX_BATCH} articles, got {len(articles)}", field="body")
+    good, rejected = [], []
+    for position, record in enumerate(articles):
+        try:
+            good.append(parse_article(record))
+        except ValueError as exc:
+            article_id = record.get("id") if isinstance(record, dict) else None
+            rejected.append({"index": position, "id": None if article_id is None else str(article_id)[:512],
+                             "reason": str(exc)})
+    counts = engine.upsert(good)
+    if good:
+        reindexer.request()
+    return WriteResult(added=counts.added, updated=counts.updated, unchanged=counts.unchanged, rejected=rejected)
+
+
+@router.get("/healthz", tags=["ops"])
+def healthz():
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"])
+def readyz(engine: EngineDep, reindexer: ReindexerDep):
+    version = engine.live.current  # 503 until an index is loaded
+    return {"status": "ready", "index": version.name, "articles": len(version),
+            "built_at": version.manifest["built_at"], "last_reindex_error": reindexer.last_error}
+
+
+@router.get("/metrics", response_class=PlainTextResponse, tags=["ops"])
+def metrics(request: Request, engine: EngineDep, reindexer: ReindexerDep):
+    import calendar
+    import time
+
+    version = engine.live.version_or_none
+    built = calendar.timegm(time.strptime(version.manifest["built_at"], "%Y-%m-%dT%H:%M:%SZ")) if version else None
+    text = request.app.state.metrics.render(
+        index_articles=len(version) if version else None, index_built_at=built, reindex_runs=reindexer.runs
+    )
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

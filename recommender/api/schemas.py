@@ -1,0 +1,96 @@
+"""Request and response bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from recommender.articles import MAX_BODY_CHARS
+
+
+class Item(BaseModel):
+    id: str
+    title: str
+    url: str | None = None
+    published: str | None = None
+    section: str | None = None
+    score: float
+
+
+class SearchItem(Item):
+    snippet: str = Field(description="HTML-escaped text; matched words are wrapped in <mark>")
+
+
+class RelatedResponse(BaseModel):
+    article_id: str
+    items: list[Item]
+
+
+class SearchResponse(BaseModel):
+    query: str
+    items: list[SearchItem]
+
+
+class DraftRelatedRequest(BaseModel):
+    title: str = Field("", max_length=2000)
+    body: str = Field(..., min_length=1, max_length=MAX_BODY_CHARS)
+    k: int = Field(10, ge=1, le=100)
+    section: str | None = Field(None, max_length=200)
+    since: str | None = Field(None, max_length=40)
+    until: str | None = Field(None, max_length=40)
+    lang: str | None = Field(None, max_length=20)
+
+
+class DraftRelatedResponse(BaseModel):
+    items: list[Item]
+
+
+class ArticleIn(BaseModel):
+    """An article to create or replace. Fields beyond these are kept as metadata."""
+
+    model_config = ConfigDict(extra="allow")
+    title: str = Field(..., max_length=2000)
+    body: str = Field(..., max_length=MAX_BODY_CHARS)
+    url: str | None = Field(None, max_length=2000)
+    published: str | None = Field(None, max_length=40)
+    section: str | None = Field(None, max_length=200)
+    category: str | None = Field(None, max_length=200)
+    tags: list[str] | None = None
+    lang: str | None = Field(None, max_length=20)
+
+
+class ArticleWithId(ArticleIn):
+    id: str = Field(..., min_length=1, max_length=512)
+
+
+class ArticleOut(BaseModel):
+    id: str
+    title: str
+    body: str
+    url: str | None = None
+    published: str | None = None
+    section: str | None = None
+    tags: list[str] = []
+    lang: str | None = None
+    metadata: dict[str, Any] = {}
+
+
+class WriteResult(BaseModel):
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    rejected: list[dict[str, Any]] = []
+    reindex: str = Field("scheduled", description="the index is rebuilt in the background within seconds")
+
+
+class ErrorBody(BaseModel):
+    status: int
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,73 @@
+/* The editors' page. Text from the archive is inserted with textContent; the
+   only HTML used is the search snippet, which the server escapes before it
+   adds <mark> around matched words. */
+(function () {
+  "use strict";
+  var $ = function (id) { return document.getElementById(id); };
+
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = text;
+    return e;
+  }
+
+  function meta(item) {
+    return [item.id, item.section, item.published && item.published.slice(0, 10)].filter(Boolean).join(" · ");
+  }
+
+  function fail(target, r) {
+    return r.json().then(function (body) {
+      target.replaceChildren(el("li", "error", body.error ? body.error.message : "request failed"));
+    }, function () { target.replaceChildren(el("li", "error", "request failed (" + r.status + ")")); });
+  }
+
+  function showRelated(item) {
+    var panel = $("related-panel"), list = $("related");
+    panel.hidden = false;
+    $("related-for").textContent = item.title || item.id;
+    list.replaceChildren(el("li", "meta", "Loading…"));
+    fetch("/v1/articles/" + encodeURIComponent(item.id) + "/related?k=10").then(function (r) {
+      if (!r.ok) return fail(list, r);
+      return r.json().then(function (data) {
+        list.replaceChildren();
+        if (!data.items.length) list.appendChild(el("li", "meta", "No related articles."));
+        data.items.forEach(function (rel) {
+          var li = el("li");
+          li.appendChild(el("span", "related-title", rel.title || rel.id));
+          li.appendChild(el("span", "score", rel.score.toFixed(2)));
+          li.appendChild(el("div", "meta", meta(rel)));
+          list.appendChild(li);
+        });
+      });
+    });
+  }
+
+  $("search-form").addEventListener("submit", function (event) {
+    event.preventDefault();
+    var params = new URLSearchParams({ q: $("q").value.trim(), k: "20" });
+    ["section", "since", "until"].forEach(function (f) { if ($(f).value) params.set(f, $(f).value); });
+    var list = $("results");
+    $("status").textContent = "Searching…";
+    fetch("/v1/search?" + params.toString()).then(function (r) {
+      if (!r.ok) { $("status").textContent = ""; return fail(list, r); }
+      return r.json().then(function (data) {
+        $("status").textContent = data.items.length + " results for “" + data.query + "”";
+        list.replaceChildren();
+        data.items.forEach(function (item) {
+          var li = el("li");
+          var button = el("button", "result-title", item.title || item.id);
+          button.type = "button";
+          button.addEventListener("click", function () { showRelated(item); });
+          li.appendChild(button);
+          li.appendChild(el("span", "score", item.score.toFixed(2)));
+          li.appendChild(el("div", "meta", meta(item)));
+          var snippet = el("p", "snippet");
+          snippet.innerHTML = item.snippet; /* escaped by the server; only <mark> is markup */
+          li.appendChild(snippet);
+          list.appendChild(li);
+        });
+      });
+    });
+  });
+})();

@@ -1,0 +1,91 @@
+"""The embeddable widget, its server-rendered HTML fragment, and the editors' page."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+from functools import cache
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import HTMLResponse
+
+from recommender.api.deps import EngineDep, FiltersDep, K, SettingsDep
+from recommender.api.routes import ArticleId
+
+router = APIRouter(include_in_schema=True)
+
+STATIC = {  # the only files served: no request input reaches a file path
+    "widget.js": "application/javascript; charset=utf-8",
+    "editor.js": "application/javascript; charset=utf-8",
+    "editor.css": "text/css; charset=utf-8",
+    "editor.html": "text/html; charset=utf-8",
+}
+
+
+@cache
+def _static(name: str) -> bytes:
+    return (resources.files("recommender.api") / "static" / name).read_bytes()
+
+
+def _cached(request: Request, body: bytes, media_type: str, max_age: int) -> Response:
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}", "Vary": "Origin"}
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
+
+
+@router.get("/widget.js", tags=["widget"])
+def widget_js(request: Request, settings: SettingsDep):
+    """Add <script src=".../widget.js" async></script> and <div data-article-id="ID"></div> to a page."""
+    return _cached(request, _static("widget.js"), STATIC["widget.js"], max(settings.cache_seconds, 300))
+
+
+@router.get("/static/{name}", tags=["widget"])
+def static_file(name: str, request: Request, settings: SettingsDep):
+    if name not in STATIC:
+        raise HTTPException(404, f"no static file {name!r}")
+    return _cached(request, _static(name), STATIC[name], settings.cache_seconds)
+
+
+@router.get("/", response_class=HTMLResponse, tags=["widget"])
+def editors_page(request: Request, settings: SettingsDep):
+    """The editors' page: search the archive, check each article's related list."""
+    return _cached(request, _static("editor.html"), STATIC["editor.html"], 0)
+
+
+@router.get("/widget/related/{article_id}", response_class=HTMLResponse, tags=["widget"])
+def widget_fragment(request: Request, article_id: ArticleId, engine: EngineDep, settings: SettingsDep,
+                    filters: FiltersDep, k: K = 5):
+    """The related list as a plain HTML fragment, for servers that render it themselves."""
+    body = render_fragment(article_id, engine.related(article_id, k, filters)).encode()
+    return _cached(request, body, "text/html; charset=utf-8", settings.cache_seconds)
+
+
+def safe_href(url: str | None) -> str | None:
+    """Only http(s) links; anything else (javascript:, data:) is dropped."""
+    if not url:
+        return None
+    try:
+        scheme = urlsplit(url.strip()).scheme.lower()
+    except ValueError:
+        return None
+    return url.strip() if scheme in ("http", "https") else None
+
+
+def render_fragment(article_id: str, items: list[dict[str, Any]]) -> str:
+    rows = []
+    for item in items:
+        title = html.escape(item["title"] or item["id"])
+        href = safe_href(item.get("url"))
+        link = f'<a href="{html.escape(href, quote=True)}">{title}</a>' if href else f"<span>{title}</span>"
+        date = html.escape(item.get("published") or "")
+        time_tag = f' <time datetime="{date}">{date[:10]}</time>' if date else ""
+        rows.append(f"<li>{link}{time_tag}</li>")
+    return (
+        f'<nav class="rec-related" aria-label="Related articles" data-article-id="{html.escape(article_id, quote=True)}">'
+        f'<h2 class="rec-related__title">Related articles</h2><ul>{"".join(rows)}</ul></nav>'
+    )
