@@ -16,9 +16,9 @@ import numpy as np
 
 def choose_factory(n_vectors: int) -> str:
     """Exact search while it is cheap; an inverted file once the archive is large."""
-    if n_vectors < 200_000:
+    if n_vectors < 50_000:
         return "Flat"
-    nlist = int(min(16384, max(1024, 4 * math.sqrt(n_vectors))))
+    nlist = int(min(16384, max(256, 4 * math.sqrt(n_vectors))))
     return f"IVF{nlist},Flat"
 
 

@@ -24,7 +24,6 @@ import scipy.sparse as sp
 from recommender.config import Settings
 from recommender.version import IndexVersion
 
-STATS_SAMPLE = 2048
 QUERY_TERMS = 48
 """Distinctive terms of the query article used to gather lexical candidates."""
 EXACT_FILTER_LIMIT = 20_000
@@ -69,9 +68,8 @@ def rank_related(
     n = len(version)
     if n == 0 or k <= 0 or (allowed_rows is not None and len(allowed_rows) == 0):
         return []
-    sample = _sample_rows(n)
-    semantic_stats = _stats(np.asarray(version.doc_vectors[sample] @ vector))
-    lexical_stats = _stats(version.tfidf.pair_scores(terms, sample))
+    semantic_stats = _stats(version.sample_vectors @ vector)
+    lexical_stats = _stats(np.asarray((version.sample_tfidf @ terms.T).todense()).ravel())
 
     def rank(rows: np.ndarray) -> list[Hit]:
         semantic = np.asarray(version.doc_vectors[rows] @ vector, dtype=np.float32)
@@ -143,12 +141,6 @@ def is_near_duplicate(semantic: float, lexical: float, settings: Settings) -> bo
     return semantic >= settings.duplicate_threshold or (
         lexical >= settings.lexical_duplicate_threshold and semantic >= settings.duplicate_floor
     )
-
-
-def _sample_rows(n: int) -> np.ndarray:
-    if n <= STATS_SAMPLE:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(0).choice(n, STATS_SAMPLE, replace=False))
 
 
 def _stats(values: np.ndarray) -> tuple[float, float]:

@@ -22,6 +22,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from recommender.index import VectorIndex
 from recommender.lexical import TfidfModel
 
 FORMAT_VERSION = 1
+STATS_SAMPLE = 2048
 CURRENT = "CURRENT"
 
 
@@ -51,6 +53,22 @@ class IndexVersion:
 
     def __len__(self) -> int:
         return len(self.doc_ids)
+
+    @cached_property
+    def sample_rows(self) -> np.ndarray:
+        """A fixed sample of rows on which each query's score distribution is estimated."""
+        n = len(self.doc_ids)
+        if n <= STATS_SAMPLE:
+            return np.arange(n)
+        return np.sort(np.random.default_rng(0).choice(n, STATS_SAMPLE, replace=False))
+
+    @cached_property
+    def sample_vectors(self) -> np.ndarray:
+        return np.ascontiguousarray(self.doc_vectors[self.sample_rows])
+
+    @cached_property
+    def sample_tfidf(self):
+        return self.tfidf.matrix[self.sample_rows]
 
     def row_of(self, doc_id: int) -> int | None:
         row = int(np.searchsorted(self.doc_ids, doc_id))

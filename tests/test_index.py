@@ -53,4 +53,5 @@ def test_k_larger_than_index_and_type_name():
 
 def test_choose_factory_by_size():
     assert choose_factory(10_000) == "Flat"
+    assert choose_factory(100_000).startswith("IVF")
     assert choose_factory(1_000_000).startswith("IVF")
