@@ -244,7 +244,7 @@ def evaluate_search(
         embedder = load_embedder()
         rows = []
         for query, relevant in tqdm(queries, desc="search", unit="query", disable=not progress):
-            hits = search(version, store, embedder.embed([query])[0], query, depth, settings)
+            hits = search(version, embedder.embed([query])[0], query, depth, settings)
             rows.append(search_metrics([id_of[h.doc_id] for h in hits], relevant))
         return _mean(rows, SEARCH_METRICS)
 

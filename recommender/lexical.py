@@ -1,14 +1,20 @@
-"""A TF-IDF model over the published articles: the lexical half of "related".
+"""Keyword models over the published articles, rebuilt with each index
+version and saved beside it.
 
-Names, places and numbers carry the identity of a news event better than a
-sentence embedding does; cosine over sublinear TF-IDF captures them. The model
-is rebuilt with each index version and saved beside it.
+* TfidfModel: the lexical half of "related". Names, places and numbers carry
+  the identity of a news event better than a sentence embedding does; cosine
+  over sublinear TF-IDF captures them.
+* Bm25Model: the keyword half of search, Okapi BM25 over Snowball-stemmed
+  terms with the title counted twice, scored with sparse column sums (so a
+  query costs the length of its terms' posting lists, nothing more).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -28,7 +34,10 @@ class TfidfModel:
 
     @classmethod
     def build(cls, texts: Iterable[str], *, min_df: int = 1) -> "TfidfModel":
-        counts = [Counter(tokenize(t)) for t in texts]
+        return cls.from_counts([Counter(tokenize(t)) for t in texts], min_df=min_df)
+
+    @classmethod
+    def from_counts(cls, counts: Sequence[Counter], *, min_df: int = 1) -> "TfidfModel":
         df: Counter[str] = Counter()
         for c in counts:
             df.update(c.keys())
@@ -90,3 +99,104 @@ class TfidfModel:
         idf = np.load(directory / "idf.npy")
         terms = json.loads((directory / "vocabulary.json").read_text(encoding="utf-8"))
         return cls({t: i for i, t in enumerate(terms)}, idf, matrix)
+
+
+_local = threading.local()
+
+
+def stem_words(words: Sequence[str]) -> list[str]:
+    """Snowball (Porter 2) English stems; one stemmer per thread (they are not thread-safe)."""
+    stemmer = getattr(_local, "stemmer", None)
+    if stemmer is None:
+        import Stemmer
+
+        stemmer = _local.stemmer = Stemmer.Stemmer("english")
+    return stemmer.stemWords(list(words))
+
+
+class Bm25Model:
+    def __init__(self, vocabulary: dict[str, int], matrix: sp.csc_matrix):
+        self.vocabulary = vocabulary  # stem -> column
+        self.matrix = matrix  # documents x stems, BM25 term weights
+
+    @classmethod
+    def from_counts(cls, counts: Sequence[Counter], *, k1: float = 1.2, b: float = 0.75) -> "Bm25Model":
+        terms = sorted({t for c in counts for t in c})
+        stem_of = dict(zip(terms, stem_words(terms)))
+        vocabulary = {s: i for i, s in enumerate(sorted(set(stem_of.values())))}
+        rows: list[int] = []
+        cols: list[int] = []
+        tfs: list[float] = []
+        for i, c in enumerate(counts):
+            merged: Counter[int] = Counter()
+            for term, n in c.items():
+                merged[vocabulary[stem_of[term]]] += n
+            rows.extend([i] * len(merged))
+            cols.extend(merged.keys())
+            tfs.extend(merged.values())
+        n = len(counts)
+        lengths = np.array([sum(c.values()) for c in counts], dtype=np.float64)
+        tf = np.array(tfs, dtype=np.float64)
+        col = np.array(cols, dtype=np.int64)
+        row = np.array(rows, dtype=np.int64)
+        df = np.bincount(col, minlength=len(vocabulary))
+        idf = np.log(1.0 + (n - df + 0.5) / (df + 0.5))
+        norm = k1 * (1 - b + b * lengths[row] / max(float(lengths.mean()) if n else 1.0, 1e-9))
+        weights = (idf[col] * tf * (k1 + 1) / (tf + norm)).astype(np.float32)
+        matrix = sp.csc_matrix((weights, (row, col)), shape=(n, len(vocabulary)), dtype=np.float32)
+        return cls(vocabulary, matrix)
+
+    def query_columns(self, text: str) -> np.ndarray:
+        stems = stem_words(tokenize(text))
+        return np.array(sorted({self.vocabulary[s] for s in stems if s in self.vocabulary}), dtype=np.int64)
+
+    def scores(self, text: str) -> np.ndarray:
+        """BM25 of the query against every document (0 where no term matches)."""
+        columns = self.query_columns(text)
+        if len(columns) == 0:
+            return np.zeros(self.matrix.shape[0], dtype=np.float32)
+        return np.asarray(self.matrix[:, columns].sum(axis=1), dtype=np.float32).ravel()
+
+    def save(self, directory: Path) -> None:
+        sp.save_npz(directory / "bm25.npz", self.matrix, compressed=False)
+        stems = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
+        (directory / "bm25_vocabulary.json").write_text(json.dumps(stems, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path) -> "Bm25Model":
+        matrix = sp.load_npz(directory / "bm25.npz").tocsc()
+        stems = json.loads((directory / "bm25_vocabulary.json").read_text(encoding="utf-8"))
+        return cls({s: i for i, s in enumerate(stems)}, matrix)
+
+
+def build_keyword_models(titles: Sequence[str], bodies: Sequence[str]) -> tuple[TfidfModel, Bm25Model]:
+    """Tokenize each article once; TF-IDF reads title + body, BM25 counts the title twice."""
+    tfidf_counts, bm25_counts = [], []
+    for title, body in zip(titles, bodies):
+        title_counts = Counter(tokenize(title))
+        body_counts = Counter(tokenize(body))
+        tfidf_counts.append(title_counts + body_counts)
+        bm25_counts.append(title_counts + title_counts + body_counts)
+    return TfidfModel.from_counts(tfidf_counts), Bm25Model.from_counts(bm25_counts)
+
+
+_WORD_EDGE = re.compile(r"^\W+|\W+$")
+
+
+def snippet_html(body: str, query: str, words: int = 28) -> str:
+    """The window of ``words`` words of ``body`` with the most query-term hits,
+    HTML-escaped, matched words wrapped in <mark>."""
+    import html
+
+    targets = set(stem_words(tokenize(query)))
+    tokens = body.split()
+    if not tokens:
+        return ""
+    stems = stem_words([_WORD_EDGE.sub("", t.lower()) for t in tokens])
+    hits = np.array([s in targets for s in stems], dtype=np.int32)
+    start = 0
+    if len(tokens) > words:
+        start = int(np.argmax(np.convolve(hits, np.ones(words, dtype=np.int32), mode="valid")))
+    end = min(len(tokens), start + words)
+    parts = [f"<mark>{html.escape(t)}</mark>" if hits[i] else html.escape(t) for i, t in enumerate(tokens[start:end], start)]
+    return ("… " if start > 0 else "") + " ".join(parts) + (" …" if end < len(tokens) else "")

@@ -15,10 +15,10 @@ from recommender import __version__
 from recommender.config import Settings
 from recommender.embed import Embedder, model_id_for
 from recommender.index import VectorIndex
-from recommender.lexical import TfidfModel
+from recommender.lexical import TfidfModel, build_keyword_models
 from recommender.related import is_near_duplicate
 from recommender.store import Store
-from recommender.text import chunk_article, document_text
+from recommender.text import chunk_article
 from recommender.version import FORMAT_VERSION, new_staging_dir, publish, read_current_manifest
 
 log = logging.getLogger(__name__)
@@ -138,8 +138,11 @@ def _build_and_publish(
     doc_vectors = article_vectors(chunk_vectors, offsets)
     dimension = int(doc_vectors.shape[1])
 
-    texts = store.get_many(doc_ids)
-    tfidf = TfidfModel.build(document_text(texts[d].article.title, texts[d].article.body) for d in doc_ids)
+    stored = store.get_many(doc_ids)
+    tfidf, bm25 = build_keyword_models(
+        [stored[d].article.title for d in doc_ids], [stored[d].article.body for d in doc_ids]
+    )
+    del stored
     docs = VectorIndex.build(doc_vectors, ids, settings.faiss_factory)
     chunks = VectorIndex.build(chunk_vectors, np.arange(len(chunk_vectors), dtype=np.int64), settings.faiss_factory)
     story_ids = near_duplicate_clusters(docs, ids, doc_vectors, tfidf, settings)
@@ -153,6 +156,7 @@ def _build_and_publish(
     np.save(staging / "chunk_vectors.npy", chunk_vectors)
     np.save(staging / "chunk_offsets.npy", offsets)
     tfidf.save(staging)
+    bm25.save(staging)
     manifest = {
         "format_version": FORMAT_VERSION,
         "version": name,

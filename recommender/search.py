@@ -1,5 +1,5 @@
-"""Query -> ranked articles: BM25 over SQLite FTS5 blended with vector search
-over passages. Exact names are found by the keyword side, paraphrases by the
+"""Query -> ranked articles: stemmed BM25 blended with vector search over
+passages. Exact names are found by the keyword side, paraphrases by the
 vector side; each score is z-scored over the union of both candidate lists."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import numpy as np
 from recommender.config import Settings
 from recommender.errors import InvalidInput
 from recommender.related import EXACT_FILTER_LIMIT, Hit
-from recommender.store import Store
 from recommender.text import tokenize
 from recommender.version import IndexVersion
 
@@ -34,7 +33,6 @@ def validate_query(query: str) -> str:
 
 def search(
     version: IndexVersion,
-    store: Store,
     vector: np.ndarray,
     query: str,
     k: int,
@@ -46,14 +44,11 @@ def search(
     n = len(version)
     if n == 0 or k <= 0 or (allowed_rows is not None and len(allowed_rows) == 0):
         return []
-    expression = fts_query(query)
+    keyword = version.bm25.scores(query)
 
-    def rank(rows: np.ndarray, keyword: dict[int, float]) -> list[Hit]:
+    def rank(rows: np.ndarray) -> list[Hit]:
         doc_ids = version.doc_ids[rows]
-        missing = [int(d) for d in doc_ids if int(d) not in keyword]
-        if expression and missing:
-            keyword = {**keyword, **dict(store.keyword_search(expression, len(missing), doc_ids=missing))}
-        lexical = np.array([keyword.get(int(d), 0.0) for d in doc_ids], dtype=np.float32)
+        lexical = keyword[rows]
         semantic = passage_scores(version, rows, vector)
         w = settings.search_semantic_weight
         score = w * _z(semantic) + (1 - w) * _z(lexical)
@@ -70,17 +65,16 @@ def search(
         return hits
 
     if allowed_rows is not None and len(allowed_rows) <= EXACT_FILTER_LIMIT:
-        return rank(np.asarray(allowed_rows, dtype=np.int64), {})
+        return rank(np.asarray(allowed_rows, dtype=np.int64))
     pool = min(n, max(settings.candidates, 4 * k))
     while True:
         _, chunk_ids = version.chunks.search(vector.reshape(1, -1), min(len(version.chunks), 3 * pool))
         dense_rows = np.unique(version.chunk_owner(chunk_ids[0][chunk_ids[0] >= 0]))
-        keyword = dict(store.keyword_search(expression, pool)) if expression else {}
-        keyword_rows = version.rows_of(np.fromiter(keyword, dtype=np.int64, count=len(keyword)))
-        rows = np.union1d(dense_rows, keyword_rows).astype(np.int64)
+        keyword_rows = np.argpartition(-keyword, pool - 1)[:pool] if pool < n else np.arange(n)
+        rows = np.union1d(dense_rows, keyword_rows[keyword[keyword_rows] > 0]).astype(np.int64)
         if allowed_rows is not None:
             rows = rows[np.isin(rows, allowed_rows, assume_unique=True)]
-        hits = rank(rows, keyword)
+        hits = rank(rows)
         if len(hits) >= k or pool >= n:
             return hits
         pool = min(n, pool * 4)

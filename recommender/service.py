@@ -4,7 +4,6 @@ the embedder, with related, search and the write path on top."""
 from __future__ import annotations
 
 import fcntl
-import html
 import logging
 import threading
 import time
@@ -20,7 +19,8 @@ from recommender.embed import Embedder, model_id_for
 from recommender.errors import ArticleNotFound, IndexMismatch, IndexNotFound
 from recommender.filters import Filters
 from recommender.related import Hit, rank_related, related_to_row
-from recommender.search import fts_query, search, validate_query
+from recommender.lexical import snippet_html
+from recommender.search import search, validate_query
 from recommender.store import Store, UpsertCounts
 from recommender.text import chunk_article, document_text
 from recommender.version import IndexVersion, current_version_name
@@ -173,17 +173,15 @@ class Engine:
         version = self.live.current
         vector = self.embedder.embed([query])[0]
         allowed = self._allowed_rows(version, filters)
-        return search(version, self.store, vector, query, k, self.settings, allowed_rows=allowed)
+        return search(version, vector, query, k, self.settings, allowed_rows=allowed)
 
     def search(self, query: str, k: int = 10, filters: Filters = Filters()) -> list[dict[str, Any]]:
         hits = self.search_hits(query, k, filters)
-        items = self._items(hits)
-        expression = fts_query(query)
-        fragments = self.store.snippets(expression, [h.doc_id for h in hits])
-        bodies = {s.article.id: s for s in self.store.get_many([h.doc_id for h in hits]).values()}
+        found = self.store.get_many([h.doc_id for h in hits])
+        items = self._items(hits, found)
+        bodies = {s.article.id: s.article.body for s in found.values()}
         for item in items:
-            stored = bodies[item["id"]]
-            item["snippet"] = highlight(fragments.get(stored.doc_id) or lead(stored.article.body))
+            item["snippet"] = snippet_html(bodies[item["id"]], query)
         return items
 
     def _draft(self, version: IndexVersion, title: str, body: str):
@@ -199,8 +197,9 @@ class Engine:
             return None
         return np.sort(version.rows_of(self.store.doc_ids_matching(filters)))
 
-    def _items(self, hits: list[Hit]) -> list[dict[str, Any]]:
-        found = self.store.get_many([h.doc_id for h in hits])
+    def _items(self, hits: list[Hit], found: dict | None = None) -> list[dict[str, Any]]:
+        if found is None:
+            found = self.store.get_many([h.doc_id for h in hits])
         items = []
         for hit in hits:
             stored = found.get(hit.doc_id)
@@ -230,16 +229,6 @@ def default_embedder_loader(settings: Settings) -> Callable[[], Embedder]:
         return SentenceTransformerEmbedder.load(settings.model, device=settings.device, batch_size=settings.batch_size)
 
     return load
-
-
-def lead(body: str, words: int = 30) -> str:
-    parts = body.split()
-    return " ".join(parts[:words]) + (" …" if len(parts) > words else "")
-
-
-def highlight(fragment: str) -> str:
-    """Escape a snippet for HTML and turn the FTS markers into <mark>."""
-    return html.escape(fragment).replace("\x02", "<mark>").replace("\x03", "</mark>")
 
 
 class Reindexer:

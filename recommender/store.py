@@ -199,19 +199,6 @@ class Store:
         rows = self.connection.execute(f"SELECT doc_id FROM articles WHERE {where} ORDER BY doc_id", params)
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
-    def snippets(self, match: str, doc_ids: Sequence[int], words: int = 24) -> dict[int, str]:
-        """Best-matching fragment of each body, the matched words wrapped in
-        \x02 ... \x03 (the caller escapes the text, then turns them into marks)."""
-        if not match or not doc_ids:
-            return {}
-        marks = ",".join("?" * len(doc_ids))
-        rows = self.connection.execute(
-            f"""SELECT rowid, snippet(articles_fts, 1, char(2), char(3), '…', ?) FROM articles_fts
-                WHERE articles_fts MATCH ? AND rowid IN ({marks})""",
-            [words, match, *map(int, doc_ids)],
-        )
-        return {int(r): s for r, s in rows if s}
-
     # -- embedding cache -------------------------------------------------
 
     def stale_embeddings(self, model_key: str) -> list[int]:

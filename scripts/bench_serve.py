@@ -192,7 +192,8 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=ROOT / "indexes" / "bench")
     parser.add_argument("--articles", type=int, default=100_000)
     parser.add_argument("--seconds", type=int, default=15, help="measured seconds per run (after a 2 s warm-up)")
-    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--connections", type=int, nargs="+", default=[2, 8],
+                        help="concurrent connections; one run per level (default: 2 and 8)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -244,14 +245,17 @@ def main() -> int:
             process = serve(command, env, run["ready"], port)
             try:
                 base = f"http://127.0.0.1:{port}"
-                results[name] = {kind: wrk(base, run[kind], args.seconds, args.connections) for kind in ("related", "search")}
+                results[name] = {
+                    f"{kind} c={c}": wrk(base, run[kind], args.seconds, c)
+                    for c in args.connections for kind in ("related", "search")
+                }
             finally:
                 stop(process)
     report = {"articles": manifest["count"], "faiss_type": manifest["faiss_type"], "faiss_factory": manifest["faiss_factory"],
               "workers": args.workers, "connections": args.connections, "seconds": args.seconds, "results": results}
     print(f"\n{manifest['count']} articles, {manifest['faiss_factory']} ({manifest['faiss_type']}), "
-          f"{args.workers} workers, wrk -t1 -c{args.connections} -d{args.seconds}s over loopback\n")
-    print("| server | route | requests | req/s | p50 ms | p99 ms | non-2xx |")
+          f"{args.workers} workers, wrk -t1 -d{args.seconds}s over loopback, c = concurrent connections\n")
+    print("| server | route, load | requests | req/s | p50 ms | p99 ms | non-2xx |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, kinds in results.items():
         for kind, r in kinds.items():
