@@ -61,6 +61,10 @@ class Settings:
     workers: int = 1
     index_poll_seconds: float = 0.5
     """How often each server process looks for a newly published index."""
+    related_cache_size: int = 50_000
+    """Related lists kept in memory per server process (per index version)."""
+    torch_threads: int = 0
+    """Threads torch may use per server process; 0 means cores / workers."""
     cache_seconds: int = 60
     """max-age of public read responses (related lists, the widget)."""
     config_file: Path | None = None

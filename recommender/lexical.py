@@ -79,13 +79,16 @@ class TfidfModel:
         return self._postings
 
     def scores(self, query: sp.csr_matrix) -> np.ndarray:
-        """Cosine of one query row against every document (dense, length n_docs)."""
-        return np.asarray((query @ self.postings).todense()).ravel()
+        """Cosine of one query row against every document (dense, length n_docs).
+        Costs the total length of the query terms' posting lists."""
+        return (query @ self.postings).toarray().ravel()
 
-    def pair_scores(self, query: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
-        """Cosine of one query row against the documents at ``rows`` (sorted, unique)."""
-        matrix = self.matrix if len(rows) == self.matrix.shape[0] else self.matrix[rows]
-        return np.asarray((matrix @ query.T).todense(), dtype=np.float32).ravel()
+    def pair_scores(self, query: sp.csr_matrix, rows: np.ndarray | None = None, matrix: sp.csr_matrix | None = None) -> np.ndarray:
+        """Cosine of one query row against the documents at ``rows`` (sorted,
+        unique), or against every row of a given ``matrix`` (e.g. a sample)."""
+        if matrix is None:
+            matrix = self.matrix if rows is None or len(rows) == self.matrix.shape[0] else self.matrix[rows]
+        return (matrix @ query.T).toarray().ravel().astype(np.float32)
 
     def save(self, directory: Path) -> None:
         sp.save_npz(directory / "tfidf.npz", self.matrix, compressed=False)

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from recommender.config import Settings
 from recommender.version import IndexVersion
 
-QUERY_TERMS = 48
+QUERY_TERMS = 32
 """Distinctive terms of the query article used to gather lexical candidates."""
 EXACT_FILTER_LIMIT = 20_000
 """A filter allowing at most this many articles is scored exhaustively."""
@@ -69,7 +69,7 @@ def rank_related(
     if n == 0 or k <= 0 or (allowed_rows is not None and len(allowed_rows) == 0):
         return []
     semantic_stats = _stats(version.sample_vectors @ vector)
-    lexical_stats = _stats(np.asarray((version.sample_tfidf @ terms.T).todense()).ravel())
+    lexical_stats = _stats(version.tfidf.pair_scores(terms, matrix=version.sample_tfidf))
 
     def rank(rows: np.ndarray) -> list[Hit]:
         semantic = np.asarray(version.doc_vectors[rows] @ vector, dtype=np.float32)

@@ -7,6 +7,7 @@ import fcntl
 import logging
 import threading
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -64,7 +65,7 @@ class LiveIndex:
             if name is None or (self._version is not None and self._version.name == name):
                 return False
             try:
-                version = IndexVersion.load(self.index_root, model_id=self.model_id, name=name)
+                version = IndexVersion.load(self.index_root, model_id=self.model_id, name=name).warm()
             except IndexMismatch as exc:
                 self.error = exc
                 log.error("%s", exc)
@@ -99,6 +100,8 @@ class Engine:
         self._embedder_lock = threading.Lock()
         self._local = threading.local()
         self._stores: list[Store] = []
+        self._related_cache: OrderedDict[tuple, list[Hit]] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     @classmethod
     def open(cls, settings: Settings, load_embedder: Callable[[], Embedder] | None = None) -> "Engine":
@@ -147,10 +150,25 @@ class Engine:
         return stored.article.to_dict()
 
     def related_hits(self, article_id: str, k: int, filters: Filters = Filters()) -> list[Hit]:
+        """Related lists are cached per index version: a new version is a new key."""
         version = self.live.current
         stored = self.store.get(article_id)
         if stored is None:
             raise ArticleNotFound(article_id)
+        key = (version.name, stored.doc_id, stored.content_hash, k, filters)
+        with self._cache_lock:
+            hits = self._related_cache.get(key)
+            if hits is not None:
+                self._related_cache.move_to_end(key)
+                return hits
+        hits = self._compute_related(version, stored, k, filters)
+        with self._cache_lock:
+            self._related_cache[key] = hits
+            while len(self._related_cache) > self.settings.related_cache_size:
+                self._related_cache.popitem(last=False)
+        return hits
+
+    def _compute_related(self, version: IndexVersion, stored, k: int, filters: Filters) -> list[Hit]:
         allowed = self._allowed_rows(version, filters)
         row = version.row_of(stored.doc_id)
         if row is None:  # written since the index was published: rank it as a draft

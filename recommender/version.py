@@ -72,6 +72,11 @@ class IndexVersion:
     def sample_tfidf(self):
         return self.tfidf.matrix[self.sample_rows]
 
+    def warm(self) -> "IndexVersion":
+        """Build the lazily computed parts now, off the request path."""
+        self.sample_vectors, self.sample_tfidf, self.tfidf.postings  # noqa: B018
+        return self
+
     def row_of(self, doc_id: int) -> int | None:
         row = int(np.searchsorted(self.doc_ids, doc_id))
         return row if row < len(self.doc_ids) and self.doc_ids[row] == doc_id else None

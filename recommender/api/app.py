@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 from typing import Any, Callable
@@ -34,6 +35,7 @@ def create_app(settings: Settings, *, load_embedder: Callable | None = None) -> 
 
         engine = Engine.open(settings, load_embedder)
         engine.embedder  # load the model now, not on the first search
+        _limit_torch_threads(settings)
         engine.live.watch(settings.index_poll_seconds)
         reindexer = Reindexer(settings, engine).start()
         app.state.engine, app.state.reindexer = engine, reindexer
@@ -70,6 +72,16 @@ def create_app(settings: Settings, *, load_embedder: Callable | None = None) -> 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     return app
+
+
+def _limit_torch_threads(settings: Settings) -> None:
+    """Workers share the cores: without a limit each one's torch takes them all."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // max(1, settings.workers))
+        torch.set_num_threads(threads)
 
 
 def app_from_environment() -> FastAPI:
