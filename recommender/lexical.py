@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import threading
 from collections import Counter
 from pathlib import Path
@@ -183,23 +182,27 @@ def build_keyword_models(titles: Sequence[str], bodies: Sequence[str]) -> tuple[
     return TfidfModel.from_counts(tfidf_counts), Bm25Model.from_counts(bm25_counts)
 
 
-_WORD_EDGE = re.compile(r"^\W+|\W+$")
+
+
+SNIPPET_SCAN_WORDS = 600
+_PUNCTUATION = "".join(chr(c) for c in range(0x2000, 0x206F)) + "\"'.,;:!?()[]{}<>«»“”‘’-–—/\\*"
 
 
 def snippet_html(body: str, query: str, words: int = 28) -> str:
-    """The window of ``words`` words of ``body`` with the most query-term hits,
-    HTML-escaped, matched words wrapped in <mark>."""
+    """The window of ``words`` words with the most query-term hits among the
+    first SNIPPET_SCAN_WORDS of ``body``, HTML-escaped, matches in <mark>."""
     import html
 
     targets = set(stem_words(tokenize(query)))
-    tokens = body.split()
+    tokens = body.split(maxsplit=SNIPPET_SCAN_WORDS)[:SNIPPET_SCAN_WORDS]
     if not tokens:
         return ""
-    stems = stem_words([_WORD_EDGE.sub("", t.lower()) for t in tokens])
+    stems = stem_words([t.lower().strip(_PUNCTUATION) for t in tokens])
     hits = np.array([s in targets for s in stems], dtype=np.int32)
     start = 0
     if len(tokens) > words:
         start = int(np.argmax(np.convolve(hits, np.ones(words, dtype=np.int32), mode="valid")))
     end = min(len(tokens), start + words)
     parts = [f"<mark>{html.escape(t)}</mark>" if hits[i] else html.escape(t) for i, t in enumerate(tokens[start:end], start)]
-    return ("… " if start > 0 else "") + " ".join(parts) + (" …" if end < len(tokens) else "")
+    more = end < len(tokens) or len(body.split(maxsplit=end)) > end
+    return ("… " if start > 0 else "") + " ".join(parts) + (" …" if more else "")

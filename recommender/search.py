@@ -86,9 +86,10 @@ def passage_scores(version: IndexVersion, rows: np.ndarray, vector: np.ndarray) 
         return np.zeros(0, dtype=np.float32)
     starts = version.chunk_offsets[rows]
     ends = version.chunk_offsets[rows + 1]
-    positions = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)])
+    lengths = ends - starts
+    bounds = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    positions = np.arange(int(lengths.sum())) + np.repeat(starts - bounds, lengths)  # each article's passages
     sims = np.asarray(version.chunk_vectors[positions] @ vector, dtype=np.float32)
-    bounds = np.concatenate([[0], np.cumsum(ends - starts)[:-1]])
     best = np.maximum.reduceat(sims, bounds)
     mean = np.add.reduceat(sims, bounds) / (ends - starts)
     return best + mean
