@@ -127,9 +127,14 @@ class Engine:
 
     @property
     def store(self) -> Store:
-        """One SQLite connection per thread."""
+        """One SQLite connection per thread. Every thread that serves requests
+        passes here first, so it also gets FAISS's one-thread setting (an
+        OpenMP setting is per thread; threadpool threads start with the default)."""
         store = getattr(self._local, "store", None)
         if store is None:
+            from recommender.index import set_query_threads
+
+            set_query_threads(1)
             store = self._local.store = Store.open(self.settings.store_path)
             self._stores.append(store)
         return store
@@ -182,6 +187,7 @@ class Engine:
 
     def related_to_draft(self, title: str, body: str, k: int = 10, filters: Filters = Filters()) -> list[dict[str, Any]]:
         version = self.live.current
+        self.store  # noqa: B018 - sets up this thread (FAISS threads) before the search
         vector, terms = self._draft(version, title, body)
         hits = rank_related(version, vector, terms, k, self.settings, allowed_rows=self._allowed_rows(version, filters))
         return self._items(hits)
@@ -189,6 +195,7 @@ class Engine:
     def search_hits(self, query: str, k: int, filters: Filters = Filters()) -> list[Hit]:
         query = validate_query(query)
         version = self.live.current
+        self.store  # noqa: B018 - sets up this thread (FAISS threads) before the search
         vector = self.embedder.embed([query])[0]
         allowed = self._allowed_rows(version, filters)
         return search(version, vector, query, k, self.settings, allowed_rows=allowed)
