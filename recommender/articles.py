@@ -6,9 +6,10 @@ import csv
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 KNOWN_FIELDS = ("id", "title", "body", "url", "published", "section", "tags", "lang")
 MAX_ID_LENGTH = 512

@@ -12,8 +12,9 @@ import logging
 import os
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from recommender import __version__
 from recommender.config import Settings

@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from recommender.errors import ConfigError
 
@@ -76,7 +77,7 @@ class Settings:
         *,
         environ: Mapping[str, str] | None = None,
         config_file: str | Path | None = None,
-    ) -> "Settings":
+    ) -> Settings:
         """Build settings from overrides > environment > config file > defaults."""
         environ = os.environ if environ is None else environ
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -108,7 +109,7 @@ class Settings:
             values[key] = value
         return cls(**{k: _coerce(known[k], v) for k, v in values.items()})
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     @property

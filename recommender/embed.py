@@ -7,8 +7,9 @@ torch and sentence-transformers are imported only when a model is loaded, so
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -64,7 +65,7 @@ class SentenceTransformerEmbedder:
         self.dimension = int(dimension)
 
     @classmethod
-    def load(cls, name: str, *, device: str = "cpu", batch_size: int = 32) -> "SentenceTransformerEmbedder":
+    def load(cls, name: str, *, device: str = "cpu", batch_size: int = 32) -> SentenceTransformerEmbedder:
         from sentence_transformers import SentenceTransformer  # heavy: torch
 
         path = resolve_model_path(name)

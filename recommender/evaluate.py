@@ -7,8 +7,8 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import scipy.sparse as sp

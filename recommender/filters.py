@@ -18,7 +18,7 @@ class Filters:
     lang: str | None = None
 
     @classmethod
-    def parse(cls, section=None, since=None, until=None, lang=None) -> "Filters":
+    def parse(cls, section=None, since=None, until=None, lang=None) -> Filters:
         def date(name: str, value: str | None) -> str | None:
             try:
                 return parse_date(value)
@@ -50,3 +50,5 @@ class Filters:
             clauses.append("published <= ?")
             params.append(self.until + "~" if len(self.until) == 10 else self.until)
         return " AND ".join(clauses) or "1", params
+
+NO_FILTERS = Filters()

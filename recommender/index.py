@@ -33,7 +33,7 @@ class VectorIndex:
         self.factory = factory
 
     @classmethod
-    def build(cls, vectors: np.ndarray, ids: np.ndarray, factory: str = "") -> "VectorIndex":
+    def build(cls, vectors: np.ndarray, ids: np.ndarray, factory: str = "") -> VectorIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if vectors.ndim != 2 or len(vectors) != len(ids):
@@ -83,7 +83,7 @@ class VectorIndex:
         faiss.write_index(self.index, str(path))
 
     @classmethod
-    def load(cls, path: Path, factory: str, *, mmap: bool = True) -> "VectorIndex":
+    def load(cls, path: Path, factory: str, *, mmap: bool = True) -> VectorIndex:
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         try:
             index = faiss.read_index(str(path), flags)

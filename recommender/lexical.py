@@ -15,8 +15,8 @@ import json
 import math
 import threading
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,11 +32,11 @@ class TfidfModel:
         self._postings: sp.csr_matrix | None = None
 
     @classmethod
-    def build(cls, texts: Iterable[str], *, min_df: int = 1) -> "TfidfModel":
+    def build(cls, texts: Iterable[str], *, min_df: int = 1) -> TfidfModel:
         return cls.from_counts([Counter(tokenize(t)) for t in texts], min_df=min_df)
 
     @classmethod
-    def from_counts(cls, counts: Sequence[Counter], *, min_df: int = 1) -> "TfidfModel":
+    def from_counts(cls, counts: Sequence[Counter], *, min_df: int = 1) -> TfidfModel:
         df: Counter[str] = Counter()
         for c in counts:
             df.update(c.keys())
@@ -96,7 +96,7 @@ class TfidfModel:
         (directory / "vocabulary.json").write_text(json.dumps(terms, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
-    def load(cls, directory: Path) -> "TfidfModel":
+    def load(cls, directory: Path) -> TfidfModel:
         matrix = sp.load_npz(directory / "tfidf.npz").tocsr()
         idf = np.load(directory / "idf.npy")
         terms = json.loads((directory / "vocabulary.json").read_text(encoding="utf-8"))
@@ -122,7 +122,7 @@ class Bm25Model:
         self.matrix = matrix  # documents x stems, BM25 term weights
 
     @classmethod
-    def from_counts(cls, counts: Sequence[Counter], *, k1: float = 1.2, b: float = 0.75) -> "Bm25Model":
+    def from_counts(cls, counts: Sequence[Counter], *, k1: float = 1.2, b: float = 0.75) -> Bm25Model:
         terms = sorted({t for c in counts for t in c})
         stem_of = dict(zip(terms, stem_words(terms)))
         vocabulary = {s: i for i, s in enumerate(sorted(set(stem_of.values())))}
@@ -165,7 +165,7 @@ class Bm25Model:
         (directory / "bm25_vocabulary.json").write_text(json.dumps(stems, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
-    def load(cls, directory: Path) -> "Bm25Model":
+    def load(cls, directory: Path) -> Bm25Model:
         matrix = sp.load_npz(directory / "bm25.npz").tocsc()
         stems = json.loads((directory / "bm25_vocabulary.json").read_text(encoding="utf-8"))
         return cls({s: i for i, s in enumerate(stems)}, matrix)

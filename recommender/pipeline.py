@@ -6,8 +6,8 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -168,9 +168,9 @@ def _build_and_publish(
         "faiss_factory": docs.factory,
         "chunk_faiss_factory": chunks.factory,
         "build_settings": build_settings(settings),
-        "count": int(len(ids)),
-        "chunks": int(len(chunk_vectors)),
-        "stories": int(len(np.unique(story_ids))),
+        "count": len(ids),
+        "chunks": len(chunk_vectors),
+        "stories": len(np.unique(story_ids)),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "corpus_hash": corpus_hash,
         "chunk_words": settings.chunk_words,

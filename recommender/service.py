@@ -8,9 +8,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,9 +19,9 @@ from recommender.articles import Article
 from recommender.config import Settings
 from recommender.embed import Embedder, model_id_for
 from recommender.errors import ArticleNotFound, IndexMismatch, IndexNotFound
-from recommender.filters import Filters
-from recommender.related import Hit, rank_related, related_to_row
+from recommender.filters import NO_FILTERS, Filters
 from recommender.lexical import snippet_html
+from recommender.related import Hit, rank_related, related_to_row
 from recommender.search import search, validate_query
 from recommender.store import Store, UpsertCounts
 from recommender.text import chunk_article, document_text
@@ -104,7 +105,7 @@ class Engine:
         self._cache_lock = threading.Lock()
 
     @classmethod
-    def open(cls, settings: Settings, load_embedder: Callable[[], Embedder] | None = None) -> "Engine":
+    def open(cls, settings: Settings, load_embedder: Callable[[], Embedder] | None = None) -> Engine:
         from recommender.index import set_query_threads
 
         set_query_threads(1)
@@ -119,7 +120,7 @@ class Engine:
         for store in self._stores:
             store.close()
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -154,7 +155,7 @@ class Engine:
             raise ArticleNotFound(article_id)
         return stored.article.to_dict()
 
-    def related_hits(self, article_id: str, k: int, filters: Filters = Filters()) -> list[Hit]:
+    def related_hits(self, article_id: str, k: int, filters: Filters = NO_FILTERS) -> list[Hit]:
         """Related lists are cached per index version: a new version is a new key."""
         version = self.live.current
         stored = self.store.get(article_id)
@@ -182,17 +183,17 @@ class Engine:
             return [h for h in hits if h.doc_id != stored.doc_id][:k]
         return related_to_row(version, row, k, self.settings, allowed_rows=allowed)
 
-    def related(self, article_id: str, k: int = 10, filters: Filters = Filters()) -> list[dict[str, Any]]:
+    def related(self, article_id: str, k: int = 10, filters: Filters = NO_FILTERS) -> list[dict[str, Any]]:
         return self._items(self.related_hits(article_id, k, filters))
 
-    def related_to_draft(self, title: str, body: str, k: int = 10, filters: Filters = Filters()) -> list[dict[str, Any]]:
+    def related_to_draft(self, title: str, body: str, k: int = 10, filters: Filters = NO_FILTERS) -> list[dict[str, Any]]:
         version = self.live.current
         self.store  # noqa: B018 - sets up this thread (FAISS threads) before the search
         vector, terms = self._draft(version, title, body)
         hits = rank_related(version, vector, terms, k, self.settings, allowed_rows=self._allowed_rows(version, filters))
         return self._items(hits)
 
-    def search_hits(self, query: str, k: int, filters: Filters = Filters()) -> list[Hit]:
+    def search_hits(self, query: str, k: int, filters: Filters = NO_FILTERS) -> list[Hit]:
         query = validate_query(query)
         version = self.live.current
         self.store  # noqa: B018 - sets up this thread (FAISS threads) before the search
@@ -200,7 +201,7 @@ class Engine:
         allowed = self._allowed_rows(version, filters)
         return search(version, vector, query, k, self.settings, allowed_rows=allowed)
 
-    def search(self, query: str, k: int = 10, filters: Filters = Filters()) -> list[dict[str, Any]]:
+    def search(self, query: str, k: int = 10, filters: Filters = NO_FILTERS) -> list[dict[str, Any]]:
         hits = self.search_hits(query, k, filters)
         found = self.store.get_many([h.doc_id for h in hits])
         items = self._items(hits, found)
@@ -271,7 +272,7 @@ class Reindexer:
         self.last_error: str | None = None
         self.runs = 0
 
-    def start(self) -> "Reindexer":
+    def start(self) -> Reindexer:
         self._thread.start()
         return self
 

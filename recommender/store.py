@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class Store:
         self.path = path
 
     @classmethod
-    def open(cls, path: Path, *, create: bool = True) -> "Store":
+    def open(cls, path: Path, *, create: bool = True) -> Store:
         path = Path(path)
         if not create and not path.exists():
             raise FileNotFoundError(path)
@@ -98,7 +99,7 @@ class Store:
     def close(self) -> None:
         self.connection.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -194,7 +195,7 @@ class Store:
         params.append(int(limit))
         return [(int(r), float(s)) for r, s in self.connection.execute(sql, params)]
 
-    def doc_ids_matching(self, filters: "Filters") -> np.ndarray:
+    def doc_ids_matching(self, filters: Filters) -> np.ndarray:
         where, params = filters.sql()
         rows = self.connection.execute(f"SELECT doc_id FROM articles WHERE {where} ORDER BY doc_id", params)
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
@@ -247,7 +248,7 @@ class Store:
 
     # -- helpers ---------------------------------------------------------
 
-    def _transaction(self) -> "_Transaction":
+    def _transaction(self) -> _Transaction:
         return _Transaction(self.connection)
 
 

@@ -72,7 +72,7 @@ class IndexVersion:
     def sample_tfidf(self):
         return self.tfidf.matrix[self.sample_rows]
 
-    def warm(self) -> "IndexVersion":
+    def warm(self) -> IndexVersion:
         """Build the lazily computed parts now, off the request path."""
         self.sample_vectors, self.sample_tfidf, self.tfidf.postings  # noqa: B018
         return self
@@ -98,7 +98,7 @@ class IndexVersion:
     @classmethod
     def load(
         cls, index_root: Path, *, model_id: str | None = None, name: str | None = None, mmap: bool = False
-    ) -> "IndexVersion":
+    ) -> IndexVersion:
         """Load a version. FAISS indexes are read into memory by default: a
         memory-mapped IVF index measured 4-5x slower per query here."""
         name = name or current_version_name(index_root)

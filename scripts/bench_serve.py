@@ -159,7 +159,7 @@ def wrk(url_base: str, paths: list[str], seconds: int, connections: int) -> dict
             capture_output=True, text=True, check=True,
         ).stdout
     def latency(label: str) -> float:
-        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)
         value, unit = float(m.group(1)), m.group(2)
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
     requests = int(re.search(r"(\d+) requests in", out).group(1))

@@ -53,7 +53,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--weight", type=float, default=0.6, help="vector share of the blend")
     args = parser.parse_args()
-    print(f"| representation | " + " | ".join(f"{s} alone | {s} blend {args.weight}" for s in SETS) + " |")
+    print("| representation | " + " | ".join(f"{s} alone | {s} blend {args.weight}" for s in SETS) + " |")
     print("|---|" + "---:|" * (2 * len(SETS)))
     rows: dict[str, list[str]] = {"lead": [], "mean": [], "lead+mean": []}
     for name in SETS:

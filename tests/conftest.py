@@ -15,7 +15,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from recommender.config import Settings  # noqa: E402
+from recommender.config import Settings
 
 TOPICS = {
     "talks": "mediators ceasefire border talks ministers negotiation mountain region peace envoy treaty velmora ostrakia",

@@ -73,7 +73,7 @@ def test_rerun_embeds_only_changes(settings, store, embedder, corpus):
 
 
 def test_killed_job_resumes_where_it_stopped(settings, store, embedder, monkeypatch):
-    import recommender.pipeline as pipeline
+    from recommender import pipeline
 
     monkeypatch.setattr(pipeline, "EMBED_BATCH_DOCS", 8)
     failing = CountingEmbedder(embedder.inner, fail_after_calls=2)
@@ -85,7 +85,7 @@ def test_killed_job_resumes_where_it_stopped(settings, store, embedder, monkeypa
 
 
 def test_publish_is_atomic_when_build_fails(settings, store, embedder, monkeypatch, corpus):
-    import recommender.pipeline as pipeline
+    from recommender import pipeline
 
     good = reindex(settings, store, lambda: embedder, progress=False).version
     store.upsert([parse_article(dict(corpus[0], body="new text for the first article"))])

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 
 from recommender.articles import parse_article
+from recommender.embed import SentenceTransformerEmbedder
 from recommender.errors import ArticleNotFound, InvalidInput
+from recommender.pipeline import reindex
 from recommender.related import is_near_duplicate
 from recommender.search import fts_query
 from recommender.service import Engine
 from recommender.store import Store
-from recommender.pipeline import reindex
-from recommender.embed import SentenceTransformerEmbedder
 
 
 @pytest.fixture

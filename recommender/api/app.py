@@ -6,8 +6,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,7 +35,7 @@ def create_app(settings: Settings, *, load_embedder: Callable | None = None) -> 
         from recommender.service import Engine, Reindexer
 
         engine = Engine.open(settings, load_embedder)
-        engine.embedder  # load the model now, not on the first search
+        _ = engine.embedder  # load the model now, not on the first search
         _limit_torch_threads(settings)
         engine.live.watch(settings.index_poll_seconds)
         reindexer = Reindexer(settings, engine).start()
