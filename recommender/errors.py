@@ -31,13 +31,6 @@ class ArticleNotFound(RecommenderError):
         self.article_id = article_id
 
 
-class NotIndexed(RecommenderError):
-    """The article exists in the store but the published index predates it."""
-
-    status_code = 409
-    code = "not_indexed"
-
-
 class IndexNotFound(RecommenderError):
     status_code = 503
     code = "index_not_ready"

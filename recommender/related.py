@@ -17,6 +17,7 @@ articles it allows, a broad one widens the candidate pool until k are found.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -78,11 +79,24 @@ def rank_related(
         score = w * _z(semantic, semantic_stats) + (1 - w) * _z(lexical, lexical_stats)
         return _select(version, rows, score, semantic, lexical, k, settings, exclude_row)
 
+    return rank_candidates(n, k, settings, allowed_rows, lambda pool: _candidates(version, vector, terms, pool), rank)
+
+
+def rank_candidates(
+    n: int,
+    k: int,
+    settings: Settings,
+    allowed_rows: np.ndarray | None,
+    candidates: Callable[[int], np.ndarray],
+    rank: Callable[[np.ndarray], list[Hit]],
+) -> list[Hit]:
+    """Rank the rows a selective filter allows exactly; otherwise rank a pool
+    of candidates, widened 4x at a time until k hits survive filters and dedup."""
     if allowed_rows is not None and len(allowed_rows) <= EXACT_FILTER_LIMIT:
-        return rank(allowed_rows)
+        return rank(np.asarray(allowed_rows, dtype=np.int64))
     pool = min(n, max(settings.candidates, 4 * k))
     while True:
-        rows = _candidates(version, vector, terms, pool)
+        rows = candidates(pool)
         if allowed_rows is not None:
             rows = rows[np.isin(rows, allowed_rows, assume_unique=True)]
         hits = rank(rows)

@@ -8,7 +8,7 @@ import numpy as np
 
 from recommender.config import Settings
 from recommender.errors import InvalidInput
-from recommender.related import EXACT_FILTER_LIMIT, Hit
+from recommender.related import Hit, rank_candidates
 from recommender.text import tokenize
 from recommender.version import IndexVersion
 
@@ -64,20 +64,13 @@ def search(
                 break
         return hits
 
-    if allowed_rows is not None and len(allowed_rows) <= EXACT_FILTER_LIMIT:
-        return rank(np.asarray(allowed_rows, dtype=np.int64))
-    pool = min(n, max(settings.candidates, 4 * k))
-    while True:
+    def candidates(pool: int) -> np.ndarray:
         _, chunk_ids = version.chunks.search(vector.reshape(1, -1), min(len(version.chunks), 3 * pool))
         dense_rows = np.unique(version.chunk_owner(chunk_ids[0][chunk_ids[0] >= 0]))
         keyword_rows = np.argpartition(-keyword, pool - 1)[:pool] if pool < n else np.arange(n)
-        rows = np.union1d(dense_rows, keyword_rows[keyword[keyword_rows] > 0]).astype(np.int64)
-        if allowed_rows is not None:
-            rows = rows[np.isin(rows, allowed_rows, assume_unique=True)]
-        hits = rank(rows)
-        if len(hits) >= k or pool >= n:
-            return hits
-        pool = min(n, pool * 4)
+        return np.union1d(dense_rows, keyword_rows[keyword[keyword_rows] > 0]).astype(np.int64)
+
+    return rank_candidates(n, k, settings, allowed_rows, candidates, rank)
 
 
 def passage_scores(version: IndexVersion, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:

@@ -29,14 +29,18 @@ ArticleId = Annotated[str, Path(min_length=1, max_length=512, description="the a
 MAX_BATCH = 1000
 
 
-def cached_json(request: Request, payload: Any, max_age: int) -> Response:
-    """A public, cacheable JSON response with a strong ETag; 304 when it matches."""
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+def cached_response(request: Request, body: bytes, media_type: str, max_age: int) -> Response:
+    """A public, cacheable response with a strong ETag; 304 when it matches."""
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
     headers = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}", "Vary": "Origin"}
     if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
         return Response(status_code=304, headers=headers)
-    return Response(body, media_type="application/json", headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
+
+
+def cached_json(request: Request, payload: Any, max_age: int) -> Response:
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    return cached_response(request, body, "application/json", max_age)
 
 
 @router.get("/v1/articles/{article_id}/related", response_model=RelatedResponse, tags=["read"])

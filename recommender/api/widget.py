@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import html
 from functools import cache
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
 from recommender.api.deps import EngineDep, FiltersDep, K, SettingsDep
-from recommender.api.routes import ArticleId
+from recommender.api.routes import ArticleId, cached_response
 
 router = APIRouter(include_in_schema=True)
 
@@ -30,31 +29,23 @@ def _static(name: str) -> bytes:
     return (resources.files("recommender.api") / "static" / name).read_bytes()
 
 
-def _cached(request: Request, body: bytes, media_type: str, max_age: int) -> Response:
-    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-    headers = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}", "Vary": "Origin"}
-    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
-        return Response(status_code=304, headers=headers)
-    return Response(body, media_type=media_type, headers=headers)
-
-
 @router.get("/widget.js", tags=["widget"])
 def widget_js(request: Request, settings: SettingsDep):
     """Add <script src=".../widget.js" async></script> and <div data-article-id="ID"></div> to a page."""
-    return _cached(request, _static("widget.js"), STATIC["widget.js"], max(settings.cache_seconds, 300))
+    return cached_response(request, _static("widget.js"), STATIC["widget.js"], max(settings.cache_seconds, 300))
 
 
 @router.get("/static/{name}", tags=["widget"])
 def static_file(name: str, request: Request, settings: SettingsDep):
     if name not in STATIC:
         raise HTTPException(404, f"no static file {name!r}")
-    return _cached(request, _static(name), STATIC[name], settings.cache_seconds)
+    return cached_response(request, _static(name), STATIC[name], settings.cache_seconds)
 
 
 @router.get("/", response_class=HTMLResponse, tags=["widget"])
 def editors_page(request: Request, settings: SettingsDep):
     """The editors' page: search the archive, check each article's related list."""
-    return _cached(request, _static("editor.html"), STATIC["editor.html"], 0)
+    return cached_response(request, _static("editor.html"), STATIC["editor.html"], 0)
 
 
 @router.get("/widget/related/{article_id}", response_class=HTMLResponse, tags=["widget"])
@@ -62,7 +53,7 @@ def widget_fragment(request: Request, article_id: ArticleId, engine: EngineDep, 
                     filters: FiltersDep, k: K = 5):
     """The related list as a plain HTML fragment, for servers that render it themselves."""
     body = render_fragment(article_id, engine.related(article_id, k, filters)).encode()
-    return _cached(request, body, "text/html; charset=utf-8", settings.cache_seconds)
+    return cached_response(request, body, "text/html; charset=utf-8", settings.cache_seconds)
 
 
 def safe_href(url: str | None) -> str | None:
