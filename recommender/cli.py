@@ -97,12 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
         recommender reindex                 # incremental: only changed articles are embedded
         recommender reindex --json          # summary as JSON, for cron and CI
         recommender reindex --force         # rebuild the index even if nothing changed
+        recommender reindex --dry-run       # what would be embedded, deleted and published
 
         Vectors are cached in the store by content hash, so a killed job resumes
         where it stopped. Readers keep the old index until the new one is complete.
         """,
     )
     reindex.add_argument("--force", action="store_true", help="publish a new version even if nothing changed")
+    reindex.add_argument("--dry-run", action="store_true", help="say what would be embedded and published; change nothing")
     reindex.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     reindex.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     reindex.set_defaults(handler=cmd_reindex)
@@ -252,9 +254,15 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         if store.count() == 0:
             print(f"error: no articles in {settings.store_path}; run `recommender ingest FILE` first", file=sys.stderr)
             return EXIT_FAILURE
-        report = reindex(settings, store, lambda: _load_embedder(settings), progress=not args.no_progress)
+        report = reindex(
+            settings, store, lambda: _load_embedder(settings), progress=not args.no_progress,
+            force=args.force, dry_run=args.dry_run,
+        )
     if args.json:
         print(json.dumps(report.to_dict()))
+    elif args.dry_run:
+        action = f"would publish a new version: {report.reason}" if report.reason else "the published index is current"
+        print(f"would embed {report.to_embed} of {report.articles} articles, {report.deleted} deleted; {action}")
     else:
         state = f"published {report.version}" if report.published else f"unchanged, still serving {report.version}"
         print(

@@ -37,6 +37,11 @@ class ReindexReport:
     articles: int = 0
     version: str | None = None
     published: bool = False
+    dry_run: bool = False
+    to_embed: int = 0
+    """Articles whose vectors are missing or outdated when the run started."""
+    reason: str = ""
+    """Why a new version is (or would be) published, or why not."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,40 +69,50 @@ def reindex(
     *,
     progress: bool = True,
     force: bool = False,
+    dry_run: bool = False,
 ) -> ReindexReport:
+    """Embed what changed, then build and publish a new version if anything did.
+    With ``dry_run``, only report what would be done."""
     started = time.perf_counter()
     key = embedding_key(settings)
-    report = ReindexReport(articles=store.count())
+    report = ReindexReport(articles=store.count(), dry_run=dry_run)
     stale = store.stale_embeddings(key)
+    report.to_embed = len(stale)
     report.skipped = report.articles - len(stale)
-
-    if stale:
-        embedder = load_embedder()
-        report.embedded = _embed(settings, store, embedder, stale, key, progress=progress)
-    else:
-        embedder = None
 
     hashes = store.content_hashes()
     corpus_hash = _corpus_hash(hashes)
     previous = read_current_manifest(settings.index_root)
     if previous is not None:
         report.deleted = _count_deleted(settings, previous, hashes)
-    unchanged = (
-        previous is not None
-        and previous.get("corpus_hash") == corpus_hash
-        and previous.get("embedding_key") == key
-        and previous.get("format_version") == FORMAT_VERSION
-        and previous.get("build_settings") == build_settings(settings)
-    )
-    if unchanged and not force:
         report.version = previous["version"]
-    else:
-        report.version = _build_and_publish(settings, store, key, corpus_hash, embedder, progress=progress)
-        report.published = True
-        store.prune_embeddings(key)
+    report.reason = _rebuild_reason(previous, corpus_hash, key, settings, force)
+
+    if not dry_run:
+        if stale:
+            report.embedded = _embed(settings, store, load_embedder(), stale, key, progress=progress)
+        if report.reason:
+            report.version = _build_and_publish(settings, store, key, corpus_hash)
+            report.published = True
+            store.prune_embeddings(key)
     report.seconds = round(time.perf_counter() - started, 3)
     report.docs_per_second = round(report.embedded / report.seconds, 2) if report.seconds else 0.0
     return report
+
+
+def _rebuild_reason(previous: dict | None, corpus_hash: str, key: str, settings: Settings, force: bool) -> str:
+    """Why a new version is needed; empty when the published one is current."""
+    if previous is None:
+        return "no index published yet"
+    if previous.get("format_version") != FORMAT_VERSION:
+        return f"index format {previous.get('format_version')} is older than {FORMAT_VERSION}"
+    if previous.get("embedding_key") != key:
+        return f"model or passage settings changed ({previous.get('embedding_key')} -> {key}): full rebuild"
+    if previous.get("build_settings") != build_settings(settings):
+        return "index settings changed"
+    if previous.get("corpus_hash") != corpus_hash:
+        return "articles added, changed or deleted"
+    return "forced" if force else ""
 
 
 def _embed(settings: Settings, store: Store, embedder: Embedder, stale: list[int], key: str, *, progress: bool) -> int:
@@ -121,9 +136,7 @@ def _embed(settings: Settings, store: Store, embedder: Embedder, stale: list[int
     return done
 
 
-def _build_and_publish(
-    settings: Settings, store: Store, key: str, corpus_hash: str, embedder: Embedder | None, *, progress: bool
-) -> str:
+def _build_and_publish(settings: Settings, store: Store, key: str, corpus_hash: str) -> str:
     doc_ids: list[int] = []
     chunk_blocks: list[np.ndarray] = []
     for doc_id, vectors in store.iter_embeddings(key):
