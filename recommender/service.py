@@ -156,18 +156,22 @@ class Engine:
         return stored.article.to_dict()
 
     def related_hits(self, article_id: str, k: int, filters: Filters = NO_FILTERS) -> list[Hit]:
-        """Related lists are cached per index version: a new version is a new key."""
+        """Unfiltered related lists are cached per index version (a new version
+        is a new key). Filtered ones are not: they read metadata from the store,
+        which can change without a new version."""
         version = self.live.current
         stored = self.store.get(article_id)
         if stored is None:
             raise ArticleNotFound(article_id)
-        key = (version.name, stored.doc_id, stored.content_hash, k, filters)
+        if filters:
+            return self._compute_related(version, stored, k, filters)
+        key = (version.name, stored.doc_id, stored.content_hash, k)
         with self._cache_lock:
             hits = self._related_cache.get(key)
             if hits is not None:
                 self._related_cache.move_to_end(key)
                 return hits
-        hits = self._compute_related(version, stored, k, filters)
+        hits = self._compute_related(version, stored, k, NO_FILTERS)
         with self._cache_lock:
             self._related_cache[key] = hits
             while len(self._related_cache) > self.settings.related_cache_size:

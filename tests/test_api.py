@@ -205,3 +205,14 @@ def test_503_before_any_index(settings):
         assert_error(client.get("/readyz"), 503)
         assert_error(client.get("/v1/search", params={"q": "x"}), 503)
         assert_error(client.get("/v1/articles/x/related"), 503)
+
+
+def test_metadata_change_is_reflected_in_filtered_lists_at_once(client):
+    world = lambda: [i["id"] for i in client.get("/v1/articles/football-0/related",  # noqa: E731
+                                                 params={"k": 6, "section": "world"}).json()["items"]]
+    assert "talks-2" in world()
+    article = client.get("/v1/articles/talks-2").json()
+    r = client.put("/v1/articles/talks-2", json={"title": article["title"], "body": article["body"],
+                                                 "section": "local", "published": article["published"]}, headers=AUTH)
+    assert r.json()["updated"] == 1
+    assert "talks-2" not in world()  # no new index version needed: filters read the store
