@@ -179,7 +179,18 @@ def publish(index_root: Path, name: str, staging: Path, *, keep: int = 3) -> Pat
     os.replace(pointer, index_root / CURRENT)
     _fsync_dir(index_root)
     _prune(versions, keep=max(1, keep), live=name)
+    _remove_abandoned_staging(index_root / "staging")
     return final
+
+
+def _remove_abandoned_staging(staging_root: Path, max_age_seconds: float = 3600.0) -> None:
+    """Staging folders left by killed builds; a live build touches its own."""
+    if not staging_root.is_dir():
+        return
+    cutoff = time.time() - max_age_seconds
+    for path in staging_root.iterdir():
+        if path.is_dir() and path.stat().st_mtime < cutoff:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _prune(versions: Path, *, keep: int, live: str) -> None:

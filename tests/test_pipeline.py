@@ -116,3 +116,15 @@ def test_loading_refuses_another_model(settings, store, embedder):
 def test_no_index_yet(settings):
     with pytest.raises(IndexNotFound, match="recommender reindex"):
         IndexVersion.load(settings.index_root)
+
+
+def test_abandoned_staging_folders_are_removed(settings, store, embedder):
+    import os
+    import time
+
+    old = settings.index_root / "staging" / "20200101T000000.000000000-1"
+    old.mkdir(parents=True)
+    (old / "docs.faiss").write_bytes(b"half written")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    reindex(settings, store, lambda: embedder, progress=False)
+    assert not old.exists()
