@@ -89,9 +89,6 @@ class IndexVersion:
         keep = self.doc_ids[rows] == doc_ids if len(self.doc_ids) else np.zeros(len(doc_ids), bool)
         return rows[keep]
 
-    def chunk_rows(self, row: int) -> slice:
-        return slice(int(self.chunk_offsets[row]), int(self.chunk_offsets[row + 1]))
-
     def chunk_owner(self, chunk_positions: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.chunk_offsets, chunk_positions, side="right") - 1
 
