@@ -36,8 +36,8 @@ typical session:
   recommender search "Ilham Aliev Minsk Group"   # keyword + semantic search
   recommender eval related --dataset labelled.jsonl
 
-exit codes: 0 success, 1 failure, 2 bad usage, 3 partial success (e.g. some
-input lines were rejected).
+exit codes: 0 success, 1 failure, 2 bad usage, 3 partial success (some input
+lines were rejected, or some articles could not be embedded).
 """
 
 
@@ -100,7 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         recommender reindex --dry-run       # what would be embedded, deleted and published
 
         Vectors are cached in the store by content hash, so a killed job resumes
-        where it stopped. Readers keep the old index until the new one is complete.
+        where it stopped. Passages whose text already has a vector (the unchanged
+        paragraphs of an updated article, a syndicated copy) are not embedded
+        again. Readers keep the old index until the new one is complete.
+
+        exit codes: 0 done; 3 published, but some articles could not be embedded
+        (they are listed, left out and retried next run); 1 nothing could be
+        embedded or the index could not be built.
         """,
     )
     reindex.add_argument("--force", action="store_true", help="publish a new version even if nothing changed")
@@ -245,7 +251,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    from recommender.pipeline import reindex
+    from recommender.pipeline import EmbeddingError, reindex
     from recommender.service import reindex_lock
     from recommender.store import Store
 
@@ -254,12 +260,17 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         if store.count() == 0:
             print(f"error: no articles in {settings.store_path}; run `recommender ingest FILE` first", file=sys.stderr)
             return EXIT_FAILURE
-        report = reindex(
-            settings, store, lambda: _load_embedder(settings), progress=not args.no_progress,
-            force=args.force, dry_run=args.dry_run,
-        )
+        try:
+            report = reindex(
+                settings, store, lambda: _load_embedder(settings), progress=not args.no_progress,
+                force=args.force, dry_run=args.dry_run,
+            )
+        except EmbeddingError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        failed_ids = [s.article.id for s in store.get_many(report.failed).values()]
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print(json.dumps({**report.to_dict(), "failed": failed_ids}))
     elif args.dry_run:
         action = f"would publish a new version: {report.reason}" if report.reason else "the published index is current"
         print(f"would embed {report.to_embed} of {report.articles} articles, {report.deleted} deleted; {action}")
@@ -269,6 +280,14 @@ def cmd_reindex(args: argparse.Namespace) -> int:
             f"{report.embedded} embedded, {report.skipped} skipped, {report.deleted} deleted, "
             f"{report.articles} articles in {report.seconds:.1f}s ({report.docs_per_second} docs/s); {state}"
         )
+    if failed_ids:
+        shown = ", ".join(failed_ids[:10]) + (" ..." if len(failed_ids) > 10 else "")
+        print(
+            f"warning: {len(failed_ids)} articles could not be embedded and are not in the index: {shown}. "
+            "The log above says why; the next reindex retries them.",
+            file=sys.stderr,
+        )
+        return EXIT_PARTIAL
     return EXIT_OK
 
 
@@ -356,7 +375,7 @@ def _load_embedder(settings: Settings):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from recommender.embed import SentenceTransformerEmbedder
 
-    return SentenceTransformerEmbedder.load(settings.model, device=settings.device, batch_size=settings.batch_size)
+    return SentenceTransformerEmbedder.from_settings(settings)
 
 
 if __name__ == "__main__":

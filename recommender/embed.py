@@ -6,6 +6,7 @@ torch and sentence-transformers are imported only when a model is loaded, so
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,35 @@ def model_id_for(name: str) -> str:
     return "sentence-transformers/all-MiniLM-L6-v2" if name in DEFAULT_ALIASES else name
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16).
+    Without it bfloat16 is emulated and slower than float32."""
+    try:
+        text = cpuinfo.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return any(flag in flags for flag in _BF16_CPU_FLAGS)
+    return False
+
+
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """Turn the configured precision into "float32" or "bfloat16"."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device != "cpu":
+        return "float32"
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+
 def resolve_model_path(name: str) -> str:
     if name in DEFAULT_ALIASES:
         try:
@@ -52,10 +82,11 @@ class SentenceTransformerEmbedder:
     """Any sentence-transformers model, by local path or by name (from the local
     Hugging Face cache when offline)."""
 
-    def __init__(self, model, model_id: str, batch_size: int = 32):
+    def __init__(self, model, model_id: str, batch_size: int = 32, precision: str = "float32"):
         self.model = model
         self.model_id = model_id
         self.batch_size = batch_size
+        self.precision = resolve_precision(precision, str(getattr(model, "device", "cpu")).split(":")[0])
         getter = getattr(model, "get_embedding_dimension", None) or getattr(
             model, "get_sentence_embedding_dimension", None
         )
@@ -65,10 +96,19 @@ class SentenceTransformerEmbedder:
         self.dimension = int(dimension)
 
     @classmethod
-    def load(cls, name: str, *, device: str = "cpu", batch_size: int = 32) -> SentenceTransformerEmbedder:
+    def from_settings(cls, settings) -> SentenceTransformerEmbedder:
+        return cls.load(
+            settings.model, device=settings.device, batch_size=settings.batch_size, precision=settings.precision
+        )
+
+    @classmethod
+    def load(
+        cls, name: str, *, device: str = "cpu", batch_size: int = 32, precision: str = "float32"
+    ) -> SentenceTransformerEmbedder:
         from sentence_transformers import SentenceTransformer  # heavy: torch
 
         path = resolve_model_path(name)
+        resolve_precision(precision, device)  # a bad value fails before the model loads
         log.info("loading model %s from %s", name, path)
         try:
             model = SentenceTransformer(path, device=device)
@@ -77,20 +117,30 @@ class SentenceTransformerEmbedder:
                 f"cannot load sentence-transformers model {name!r}: {exc}. "
                 "Give a local model folder, or a name already in the Hugging Face cache."
             ) from exc
-        return cls(model, model_id_for(name), batch_size=batch_size)
+        return cls(model, model_id_for(name), batch_size=batch_size, precision=precision)
 
     def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
         # Sorting by length keeps padding low inside each batch.
         order = np.argsort([-len(t) for t in texts], kind="stable")
-        vectors = self.model.encode(
-            [texts[i] for i in order],
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=progress,
-        )
+        with self._autocast():
+            vectors = self.model.encode(
+                [texts[i] for i in order],
+                batch_size=self.batch_size,
+                normalize_embeddings=False,
+                convert_to_numpy=True,
+                show_progress_bar=progress,
+            )
+        vectors = np.asarray(vectors, dtype=np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
-        out[order] = vectors
+        out[order] = vectors / np.maximum(norms, 1e-12)
         return out
+
+    def _autocast(self):
+        import torch
+
+        if self.precision == "bfloat16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()

@@ -151,7 +151,7 @@ def _prepare_engine(settings: Settings, articles: list[Article], progress: bool)
     def load():
         if not embedders:
             embedders.append(
-                SentenceTransformerEmbedder.load(settings.model, device=settings.device, batch_size=settings.batch_size)
+                SentenceTransformerEmbedder.from_settings(settings)
             )
         return embedders[0]
 

@@ -6,8 +6,9 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -17,7 +18,8 @@ from recommender.embed import Embedder, model_id_for
 from recommender.index import VectorIndex
 from recommender.lexical import TfidfModel, build_keyword_models
 from recommender.related import is_near_duplicate
-from recommender.store import Store
+from recommender.errors import RecommenderError
+from recommender.store import CHUNK_HASH_BYTES, Store
 from recommender.text import chunk_article
 from recommender.version import FORMAT_VERSION, new_staging_dir, publish, read_current_manifest
 
@@ -25,6 +27,10 @@ log = logging.getLogger(__name__)
 
 EMBED_BATCH_DOCS = 64
 STORY_NEIGHBOURS = 10
+
+
+class EmbeddingError(RecommenderError):
+    """The embedding step failed for every article it tried."""
 
 
 @dataclass
@@ -42,6 +48,14 @@ class ReindexReport:
     """Articles whose vectors are missing or outdated when the run started."""
     reason: str = ""
     """Why a new version is (or would be) published, or why not."""
+    failed: list[int] = field(default_factory=list)
+    """doc_ids that could not be embedded; they are left out of the published
+    index and retried by the next run (exit code 3, partial success)."""
+    passages_embedded: int = 0
+    passages_reused: int = 0
+    """Passages whose text already had a vector (an unchanged paragraph of an
+    updated article, a syndicated copy): not embedded again."""
+    engine: str = "local"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,12 +84,15 @@ def reindex(
     progress: bool = True,
     force: bool = False,
     dry_run: bool = False,
+    engine: EmbedEngine | None = None,
 ) -> ReindexReport:
     """Embed what changed, then build and publish a new version if anything did.
-    With ``dry_run``, only report what would be done."""
+    With ``dry_run``, only report what would be done. ``engine`` runs the
+    embedding step (default: in this process, with ``load_embedder``)."""
     started = time.perf_counter()
     key = embedding_key(settings)
-    report = ReindexReport(articles=store.count(), dry_run=dry_run)
+    engine = engine or LocalEngine(load_embedder)
+    report = ReindexReport(articles=store.count(), dry_run=dry_run, engine=getattr(engine, "name", "local"))
     stale = store.stale_embeddings(key)
     report.to_embed = len(stale)
     report.skipped = report.articles - len(stale)
@@ -90,9 +107,9 @@ def reindex(
 
     if not dry_run:
         if stale:
-            report.embedded = _embed(settings, store, load_embedder(), stale, key, progress=progress)
+            _embed(settings, store, engine, stale, key, report, progress=progress)
         if report.reason:
-            report.version = _build_and_publish(settings, store, key, corpus_hash)
+            report.version = _build_and_publish(settings, store, key)
             report.published = True
             store.prune_embeddings(key)
     report.seconds = round(time.perf_counter() - started, 3)
@@ -115,28 +132,140 @@ def _rebuild_reason(previous: dict | None, corpus_hash: str, key: str, settings:
     return "forced" if force else ""
 
 
-def _embed(settings: Settings, store: Store, embedder: Embedder, stale: list[int], key: str, *, progress: bool) -> int:
+@dataclass
+class EmbedJob:
+    """Passages to embed for a few articles: ``texts[i]`` belongs to the i-th."""
+
+    number: int
+    texts: list[list[str]]
+
+
+EmbedResult = list  # per article of the job: an (n, dim) array, or the exception that stopped it
+
+
+class EmbedEngine(Protocol):
+    """Where the embedding step runs. Results may arrive in any order."""
+
+    def run(self, jobs: Iterable[EmbedJob]) -> Iterator[tuple[EmbedJob, EmbedResult]]: ...
+
+
+class LocalEngine:
+    """Embeds in this process, one job after the other."""
+
+    def __init__(self, load_embedder: Callable[[], Embedder]):
+        self.load_embedder = load_embedder
+
+    def run(self, jobs: Iterable[EmbedJob]) -> Iterator[tuple[EmbedJob, EmbedResult]]:
+        embedder = None
+        for job in jobs:
+            if embedder is None:
+                embedder = self.load_embedder()
+            yield job, embed_job(embedder, job)
+
+
+def embed_job(embedder: Embedder, job: EmbedJob) -> EmbedResult:
+    """Embed a job's passages in one call; if that fails, article by article, so
+    one bad article costs only itself. If every article fails, the cause is not
+    an article (the model, memory): the first error is raised and the run stops."""
+    flat = [text for texts in job.texts for text in texts]
+    try:
+        vectors = embedder.embed(flat)
+    except Exception as exc:  # noqa: BLE001 - isolated per article below
+        if len(job.texts) == 1:
+            return [exc]
+        log.warning("embedding job %d failed (%s); retrying article by article", job.number, exc)
+        results: EmbedResult = []
+        for texts in job.texts:
+            try:
+                results.append(embedder.embed(texts))
+            except Exception as inner:  # noqa: BLE001 - reported as a failed article
+                results.append(inner)
+        if all(isinstance(r, Exception) for r in results):
+            raise exc
+        return results
+    bounds = np.cumsum([0] + [len(t) for t in job.texts])
+    return [vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def passage_hash(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=CHUNK_HASH_BYTES).digest()
+
+
+@dataclass
+class _Pending:
+    doc_ids: list[int]
+    content_hashes: list[str]
+    passage_hashes: list[list[bytes]]
+    new_hashes: list[list[bytes]]
+    """Per article, the hashes of the passages sent to the engine, in order."""
+    known: dict[bytes, np.ndarray]
+
+
+def _embed(
+    settings: Settings, store: Store, engine: EmbedEngine, stale: list[int], key: str,
+    report: ReindexReport, *, progress: bool,
+) -> None:
+    """Embed the stale articles' passages that have no vector yet and checkpoint
+    each job's articles in one transaction, as its results arrive."""
     from tqdm.auto import tqdm
 
-    done = 0
-    with tqdm(total=len(stale), desc="embedding", unit="doc", disable=not progress, dynamic_ncols=True) as bar:
-        for start in range(0, len(stale), EMBED_BATCH_DOCS):
+    pending: dict[int, _Pending] = {}
+
+    def jobs() -> Iterator[EmbedJob]:
+        for number, start in enumerate(range(0, len(stale), EMBED_BATCH_DOCS)):
             batch = store.get_many(stale[start : start + EMBED_BATCH_DOCS])
-            texts: list[str] = []
-            spans: list[tuple[int, str, int, int]] = []
-            for doc_id, stored in batch.items():
-                chunks = chunk_article(stored.article.title, stored.article.body, settings.chunk_words, settings.max_chunks)
-                spans.append((doc_id, stored.content_hash, len(texts), len(texts) + len(chunks)))
-                texts.extend(chunks)
-            vectors = embedder.embed(texts)
-            # One transaction per batch: a killed job keeps what it embedded.
-            store.save_embeddings(key, [(doc_id, h, vectors[a:b]) for doc_id, h, a, b in spans])
-            done += len(batch)
-            bar.update(len(stale[start : start + EMBED_BATCH_DOCS]))
-    return done
+            doc_ids = list(batch)
+            content_hashes = [batch[d].content_hash for d in doc_ids]
+            known = store.known_passage_vectors(key, doc_ids, content_hashes)
+            texts: list[list[str]] = []
+            hashes: list[list[bytes]] = []
+            new_hashes: list[list[bytes]] = []
+            wanted: set[bytes] = set()
+            for doc_id in doc_ids:
+                article = batch[doc_id].article
+                chunks = chunk_article(article.title, article.body, settings.chunk_words, settings.max_chunks)
+                chunk_hashes = [passage_hash(c) for c in chunks]
+                new, new_h = [], []
+                for text, h in zip(chunks, chunk_hashes):
+                    if h in known or h in wanted:
+                        report.passages_reused += 1
+                    else:
+                        wanted.add(h)
+                        new.append(text)
+                        new_h.append(h)
+                texts.append(new)
+                hashes.append(chunk_hashes)
+                new_hashes.append(new_h)
+            pending[number] = _Pending(doc_ids, content_hashes, hashes, new_hashes, known)
+            yield EmbedJob(number, texts)
+
+    with tqdm(total=len(stale), desc="embedding", unit="doc", disable=not progress, dynamic_ncols=True) as bar:
+        for job, results in engine.run(jobs()):
+            state = pending.pop(job.number)
+            new_vectors = dict(state.known)
+            for new_h, result in zip(state.new_hashes, results):
+                if isinstance(result, np.ndarray):
+                    new_vectors.update(zip(new_h, result))
+            rows = []
+            for doc_id, content_hash, chunk_hashes, texts, result in zip(
+                state.doc_ids, state.content_hashes, state.passage_hashes, job.texts, results
+            ):
+                if isinstance(result, Exception) or any(h not in new_vectors for h in chunk_hashes):
+                    report.failed.append(doc_id)
+                    log.error("article with doc_id %d was not embedded: %s", doc_id, result)
+                    continue
+                vectors = np.stack([new_vectors[h] for h in chunk_hashes])
+                rows.append((doc_id, content_hash, vectors, b"".join(chunk_hashes)))
+                report.passages_embedded += len(texts)
+            # One transaction per job: a killed job keeps what it embedded.
+            store.save_embeddings(key, rows)
+            report.embedded += len(rows)
+            bar.update(len(state.doc_ids))
+    if report.failed and not report.embedded:
+        raise EmbeddingError(f"no article could be embedded ({len(report.failed)} failed); see the log for the cause")
 
 
-def _build_and_publish(settings: Settings, store: Store, key: str, corpus_hash: str) -> str:
+def _build_and_publish(settings: Settings, store: Store, key: str) -> str:
     doc_ids: list[int] = []
     chunk_blocks: list[np.ndarray] = []
     for doc_id, vectors in store.iter_embeddings(key):
@@ -152,6 +281,9 @@ def _build_and_publish(settings: Settings, store: Store, key: str, corpus_hash: 
     dimension = int(doc_vectors.shape[1])
 
     stored = store.get_many(doc_ids)
+    # Over what is in this version: articles that failed to embed make the next
+    # run publish again once they succeed.
+    corpus_hash = _corpus_hash({d: stored[d].content_hash for d in doc_ids})
     tfidf, bm25 = build_keyword_models(
         [stored[d].article.title for d in doc_ids], [stored[d].article.body for d in doc_ids]
     )

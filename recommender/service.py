@@ -256,7 +256,7 @@ def default_embedder_loader(settings: Settings) -> Callable[[], Embedder]:
     def load() -> Embedder:
         from recommender.embed import SentenceTransformerEmbedder
 
-        return SentenceTransformerEmbedder.load(settings.model, device=settings.device, batch_size=settings.batch_size)
+        return SentenceTransformerEmbedder.from_settings(settings)
 
     return load
 

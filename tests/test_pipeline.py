@@ -8,8 +8,9 @@ import pytest
 from recommender.articles import parse_article
 from recommender.embed import SentenceTransformerEmbedder
 from recommender.errors import IndexMismatch, IndexNotFound
-from recommender.pipeline import reindex
+from recommender.pipeline import embedding_key, reindex
 from recommender.store import Store
+from recommender.text import chunk_article
 from recommender.version import IndexVersion, current_version_name
 
 
@@ -128,3 +129,59 @@ def test_abandoned_staging_folders_are_removed(settings, store, embedder):
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     reindex(settings, store, lambda: embedder, progress=False)
     assert not old.exists()
+
+
+class PoisonEmbedder(CountingEmbedder):
+    """The real tiny model, failing on one article's text (a tokenizer bug, say)."""
+
+    def embed(self, texts, *, progress=False):
+        if any("POISON" in t for t in texts):
+            raise ValueError("cannot embed this text")
+        return super().embed(texts)
+
+
+def test_unchanged_passages_and_copies_are_not_embedded_again(settings, store, embedder, corpus):
+    settings = settings.replace(chunk_words=20)  # several passages per article
+    per_article = [len(chunk_article(r["title"], r["body"], 20, settings.max_chunks)) for r in corpus]
+    first = reindex(settings, store, lambda: embedder, progress=False)
+    assert first.passages_embedded == embedder.texts == sum(per_article) and min(per_article) >= 3
+    texts_before = embedder.texts
+    updated = dict(corpus[0], body=corpus[0]["body"] + "\n\nA closing paragraph was added by the desk.")
+    copy = dict(corpus[1], id="syndicated-copy")
+    store.upsert([parse_article(updated), parse_article(copy)])
+
+    report = reindex(settings, store, lambda: embedder, progress=False)
+    assert report.embedded == 2 and report.published
+    assert embedder.texts - texts_before == report.passages_embedded == 1  # only the new paragraph
+    assert report.passages_reused == per_article[0] + per_article[1]
+    assert len(IndexVersion.load(settings.index_root)) == 31
+    # The copy's vectors are the original's; the updated article has one passage more.
+    vectors = dict(store.iter_embeddings(embedding_key(settings)))
+    original, copied = store.get(corpus[1]["id"]).doc_id, store.get("syndicated-copy").doc_id
+    np.testing.assert_array_equal(vectors[copied], vectors[original])
+    assert vectors[store.get(corpus[0]["id"]).doc_id].shape[0] == per_article[0] + 1
+
+
+def test_one_bad_article_is_left_out_reported_and_retried(settings, store, embedder, monkeypatch):
+    from recommender import pipeline
+
+    monkeypatch.setattr(pipeline, "EMBED_BATCH_DOCS", 8)
+    store.upsert([parse_article({"id": "bad", "title": "POISON", "body": "A body the model chokes on."})])
+    report = reindex(settings, store, lambda: PoisonEmbedder(embedder.inner), progress=False)
+    assert report.failed == [store.get("bad").doc_id]
+    assert report.embedded == 30 and report.published
+    assert len(IndexVersion.load(settings.index_root)) == 30
+
+    retry = reindex(settings, store, lambda: embedder, progress=False)
+    assert retry.to_embed == 1 and retry.embedded == 1 and retry.failed == [] and retry.published
+    assert len(IndexVersion.load(settings.index_root)) == 31
+
+
+def test_a_broken_model_stops_the_run(settings, store, embedder):
+    class Broken(CountingEmbedder):
+        def embed(self, texts, *, progress=False):
+            raise RuntimeError("model file is corrupt")
+
+    with pytest.raises(RuntimeError, match="corrupt"):
+        reindex(settings, store, lambda: Broken(embedder.inner), progress=False)
+    assert current_version_name(settings.index_root) is None
