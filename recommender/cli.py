@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         recommender reindex --json          # summary as JSON, for cron and CI
         recommender reindex --force         # rebuild the index even if nothing changed
         recommender reindex --dry-run       # what would be embedded, deleted and published
+        recommender reindex --engine ray    # embed on Ray: $RAY_ADDRESS, a `ray start` cluster, or a local one
+        recommender reindex --engine ray --ray-address ray://head:10001 --ray-actors 32
+
+        With --engine ray (pip install 'recommender[ray]') the embedding runs as a
+        Ray Data job on the cluster's workers, which need recommender and the model
+        installed; the store and the index stay on this machine.
 
         Vectors are cached in the store by content hash, so a killed job resumes
         where it stopped. Passages whose text already has a vector (the unchanged
@@ -113,6 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.add_argument("--dry-run", action="store_true", help="say what would be embedded and published; change nothing")
     reindex.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     reindex.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    reindex.add_argument(
+        "--engine", choices=("local", "ray"), default="local",
+        help="where to embed: in this process (default) or on a Ray cluster (needs the ray extra)",
+    )
+    reindex.add_argument(
+        "--ray-address", metavar="ADDR", default=None,
+        help="Ray cluster to use with --engine ray, e.g. ray://head:10001 or auto "
+        "(default: $RAY_ADDRESS, else a cluster started here with `ray start`, else a local Ray for this run)",
+    )
+    reindex.add_argument(
+        "--ray-actors", metavar="N", type=int, default=None,
+        help="model copies on the cluster with --engine ray (default: the cluster's CPUs / 2; each uses 2 threads)",
+    )
     reindex.set_defaults(handler=cmd_reindex)
 
     related = command(
@@ -256,6 +275,18 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     from recommender.store import Store
 
     settings = _settings(args)
+    engine = None
+    if args.engine == "ray":
+        from recommender.ray_engine import RayEngine, import_ray
+
+        if args.ray_actors is not None and args.ray_actors < 1:
+            print("error: --ray-actors must be at least 1", file=sys.stderr)
+            return EXIT_USAGE
+        import_ray()  # fails here, with the pip command, if the extra is not installed
+        engine = RayEngine(settings, address=args.ray_address, concurrency=args.ray_actors)
+    elif args.ray_address is not None or args.ray_actors is not None:
+        print("error: --ray-address and --ray-actors need --engine ray", file=sys.stderr)
+        return EXIT_USAGE
     with Store.open(settings.store_path) as store, reindex_lock(settings.data_dir):
         if store.count() == 0:
             print(f"error: no articles in {settings.store_path}; run `recommender ingest FILE` first", file=sys.stderr)
@@ -263,7 +294,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         try:
             report = reindex(
                 settings, store, lambda: _load_embedder(settings), progress=not args.no_progress,
-                force=args.force, dry_run=args.dry_run,
+                force=args.force, dry_run=args.dry_run, engine=engine,
             )
         except EmbeddingError as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ ids can be removed and vectors reconstructed whatever the inner index type.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import faiss
@@ -41,18 +42,49 @@ def set_query_threads(threads: int = 1) -> None:
     faiss.omp_set_num_threads(threads)
 
 
+def _ivf_lists(factory: str) -> tuple[int, str] | None:
+    match = re.fullmatch(r"IVF(\d+),(.+)", factory)
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
+def can_reuse_training(previous: VectorIndex, factory: str, dimension: int, *, auto: bool) -> bool:
+    """An earlier inverted file's centroids serve a new version of the same
+    kind while the archive has not outgrown them: with the factory chosen by
+    size, while the number of lists stays within 2x of the ideal for the new
+    size (the archive has not grown or shrunk about 4x since training)."""
+    if previous.dimension != dimension or not previous.index.is_trained or "IVF" not in previous.factory:
+        return False
+    if previous.factory == factory:
+        return True
+    old, new = _ivf_lists(previous.factory), _ivf_lists(factory)
+    return auto and old is not None and new is not None and old[1] == new[1] and 0.5 <= old[0] / new[0] <= 2.0
+
+
 class VectorIndex:
-    def __init__(self, index: faiss.Index, factory: str):
+    def __init__(self, index: faiss.Index, factory: str, *, reused_training: bool = False):
         self.index = index
         self.factory = factory
+        self.reused_training = reused_training
 
     @classmethod
-    def build(cls, vectors: np.ndarray, ids: np.ndarray, factory: str = "") -> VectorIndex:
+    def build(
+        cls, vectors: np.ndarray, ids: np.ndarray, factory: str = "", *, trained: VectorIndex | None = None
+    ) -> VectorIndex:
+        """Index ``vectors`` under ``ids``. ``trained`` is an earlier index whose
+        trained state (an inverted file's centroids) is reused when it fits, see
+        :func:`can_reuse_training`: a new version then costs an ``add``, not a
+        k-means run (the bulk of an IVF build). ``trained`` is emptied."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if vectors.ndim != 2 or len(vectors) != len(ids):
             raise ValueError("vectors must be (n, d) with one id per row")
+        auto = not factory
         factory = factory or choose_factory(len(vectors))
+        if trained is not None and can_reuse_training(trained, factory, vectors.shape[1], auto=auto):
+            trained.index.reset()
+            if len(vectors):
+                trained.index.add_with_ids(vectors, ids)
+            return cls(trained.index, trained.factory, reused_training=True)
         inner = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
         if not inner.is_trained:
             inner.train(training_sample(vectors, inner))

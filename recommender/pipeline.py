@@ -109,7 +109,7 @@ def reindex(
         if stale:
             _embed(settings, store, engine, stale, key, report, progress=progress)
         if report.reason:
-            report.version = _build_and_publish(settings, store, key)
+            report.version = _build_and_publish(settings, store, key, retrain=force)
             report.published = True
             store.prune_embeddings(key)
     report.seconds = round(time.perf_counter() - started, 3)
@@ -265,7 +265,19 @@ def _embed(
         raise EmbeddingError(f"no article could be embedded ({len(report.failed)} failed); see the log for the cause")
 
 
-def _build_and_publish(settings: Settings, store: Store, key: str) -> str:
+def _previous_training(settings: Settings, key: str, file: str, factory_field: str) -> VectorIndex | None:
+    """The published version's index, to reuse its inverted-file centroids."""
+    previous = read_current_manifest(settings.index_root)
+    if not previous or previous.get("embedding_key") != key or previous.get("format_version") != FORMAT_VERSION:
+        return None
+    factory = previous.get(factory_field, "")
+    path = settings.index_root / "versions" / previous["version"] / file
+    if "IVF" not in factory or not path.exists():
+        return None
+    return VectorIndex.load(path, factory, mmap=False)
+
+
+def _build_and_publish(settings: Settings, store: Store, key: str, *, retrain: bool = False) -> str:
     doc_ids: list[int] = []
     chunk_blocks: list[np.ndarray] = []
     for doc_id, vectors in store.iter_embeddings(key):
@@ -288,8 +300,17 @@ def _build_and_publish(settings: Settings, store: Store, key: str) -> str:
         [stored[d].article.title for d in doc_ids], [stored[d].article.body for d in doc_ids]
     )
     del stored
-    docs = VectorIndex.build(doc_vectors, ids, settings.faiss_factory)
-    chunks = VectorIndex.build(chunk_vectors, np.arange(len(chunk_vectors), dtype=np.int64), settings.faiss_factory)
+    # Deletes and updates need no k-means run: an inverted file keeps the
+    # published version's centroids while the archive has not outgrown them.
+    reuse = not retrain
+    docs = VectorIndex.build(
+        doc_vectors, ids, settings.faiss_factory,
+        trained=_previous_training(settings, key, "docs.faiss", "faiss_factory") if reuse else None,
+    )
+    chunks = VectorIndex.build(
+        chunk_vectors, np.arange(len(chunk_vectors), dtype=np.int64), settings.faiss_factory,
+        trained=_previous_training(settings, key, "chunks.faiss", "chunk_faiss_factory") if reuse else None,
+    )
     story_ids = near_duplicate_clusters(docs, ids, doc_vectors, tfidf, settings)
 
     name, staging = new_staging_dir(settings.index_root)
@@ -312,6 +333,7 @@ def _build_and_publish(settings: Settings, store: Store, key: str) -> str:
         "faiss_type": docs.type_name,
         "faiss_factory": docs.factory,
         "chunk_faiss_factory": chunks.factory,
+        "reused_training": {"docs": docs.reused_training, "chunks": chunks.reused_training},
         "build_settings": build_settings(settings),
         "count": len(ids),
         "chunks": len(chunk_vectors),

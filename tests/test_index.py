@@ -55,3 +55,23 @@ def test_choose_factory_by_size():
     assert choose_factory(10_000) == "Flat"
     assert choose_factory(100_000).startswith("IVF")
     assert choose_factory(1_000_000).startswith("IVF")
+
+
+def test_training_is_reused_only_while_it_fits():
+    from recommender.index import can_reuse_training
+
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    previous = VectorIndex.build(vectors, np.arange(3000), "IVF64,Flat")
+    assert can_reuse_training(previous, "IVF64,Flat", 16, auto=False)
+    assert can_reuse_training(previous, "IVF100,Flat", 16, auto=True)  # the archive grew a little
+    assert not can_reuse_training(previous, "IVF200,Flat", 16, auto=True)  # it outgrew the lists
+    assert not can_reuse_training(previous, "IVF100,Flat", 16, auto=False)  # a factory set by hand is obeyed
+    assert not can_reuse_training(previous, "IVF64,SQ8", 16, auto=True)
+    assert not can_reuse_training(previous, "IVF64,Flat", 32, auto=False)
+
+    rebuilt = VectorIndex.build(vectors[:2000], np.arange(2000), "IVF64,Flat", trained=previous)
+    assert rebuilt.reused_training and len(rebuilt) == 2000
+    _, found = rebuilt.search(vectors[:200], 1)  # 32 of 64 lists probed
+    assert (found[:, 0] == np.arange(200)).mean() >= 0.9

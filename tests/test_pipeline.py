@@ -185,3 +185,26 @@ def test_a_broken_model_stops_the_run(settings, store, embedder):
     with pytest.raises(RuntimeError, match="corrupt"):
         reindex(settings, store, lambda: Broken(embedder.inner), progress=False)
     assert current_version_name(settings.index_root) is None
+
+
+def test_updates_reuse_the_inverted_file_training(settings, store, embedder, corpus):
+    settings = settings.replace(faiss_factory="IVF4,Flat")
+    first = reindex(settings, store, lambda: embedder, progress=False)
+    manifest = IndexVersion.load(settings.index_root).manifest
+    assert manifest["reused_training"] == {"docs": False, "chunks": False}
+
+    store.upsert([parse_article(dict(corpus[0], id="new-article", body=corpus[0]["body"] + " More."))])
+    store.delete([corpus[5]["id"]])
+    second = reindex(settings, store, lambda: embedder, progress=False)
+    version = IndexVersion.load(settings.index_root)
+    assert second.published and second.version != first.version
+    assert version.manifest["reused_training"] == {"docs": True, "chunks": True}
+    ids = set(version.doc_ids.tolist())
+    assert store.get("new-article").doc_id in ids and len(ids) == 30
+    # Every article finds itself first through the reused inverted file (nprobe = all 4 lists).
+    _, found = version.docs.search(np.asarray(version.doc_vectors), 1)
+    assert (found[:, 0] == version.doc_ids).all()
+
+    forced = reindex(settings, store, lambda: embedder, progress=False, force=True)
+    assert forced.published
+    assert IndexVersion.load(settings.index_root).manifest["reused_training"]["docs"] is False

@@ -1,0 +1,170 @@
+"""`reindex --engine ray`: the embedding step as a Ray Data job on a local Ray
+(2 CPUs), checked against the local engine. Skipped without Ray, unless
+REQUIRE_RAY is set (CI), where a missing Ray is an error."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from recommender import pipeline
+from recommender.articles import parse_article
+from recommender.config import Settings
+from recommender.embed import SentenceTransformerEmbedder
+from recommender.pipeline import EmbeddingError, EmbedJob, reindex
+from recommender.ray_engine import EmbedActor, RayEngine, RemoteEmbeddingError, pack_results, unpack_result
+from recommender.store import Store
+from recommender.version import IndexVersion
+from tests.conftest import write_jsonl
+
+try:
+    import ray
+except ImportError:
+    if os.environ.get("REQUIRE_RAY"):
+        raise RuntimeError("REQUIRE_RAY is set but Ray is not installed: pip install -e '.[ray]'") from None
+    ray = None
+
+needs_ray = pytest.mark.skipif(ray is None, reason="needs Ray: pip install 'recommender[ray]'")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    yield ray
+    ray.shutdown()
+
+
+def _ingested(settings: Settings, rows: list[dict]) -> Store:
+    store = Store.open(settings.store_path)
+    store.upsert([parse_article(r) for r in rows])
+    return store
+
+
+@needs_ray
+@pytest.mark.slow
+def test_ray_engine_publishes_the_same_index_as_the_local_one(tmp_path, tiny_model_dir, corpus, local_ray, monkeypatch):
+    # 30 articles in jobs of 8: 4 jobs, in windows of 3 (two datasets), on 2
+    # one-thread actors, so results can come back out of order.
+    monkeypatch.setattr(pipeline, "EMBED_BATCH_DOCS", 8)
+    local = Settings.load({"data_dir": tmp_path / "local", "model": str(tiny_model_dir)}, environ={})
+    remote = local.replace(data_dir=tmp_path / "ray")
+    rows = corpus + [dict(corpus[0], id="copy-of-talks-0")]  # a syndicated copy: one story, passages reused
+
+    with _ingested(local, rows) as store:
+        expected = reindex(local, store, lambda: SentenceTransformerEmbedder.from_settings(local), progress=False)
+    with _ingested(remote, rows) as store:
+        engine = RayEngine(remote, concurrency=2, threads_per_actor=1, window_jobs=3)
+        report = reindex(remote, store, lambda: pytest.fail("the ray engine must not load a model here"),
+                         progress=False, engine=engine)
+        assert ray.is_initialized()  # the engine used the running Ray and left it running
+
+    assert report.engine == "ray" and expected.engine == "local"
+    assert (report.embedded, report.failed, report.published) == (31, [], True)
+    assert (report.passages_embedded, report.passages_reused) == (expected.passages_embedded, expected.passages_reused)
+    a = IndexVersion.load(local.index_root)
+    b = IndexVersion.load(remote.index_root)
+    np.testing.assert_array_equal(a.doc_ids, b.doc_ids)
+    assert b.doc_vectors.dtype == np.float32 and b.doc_vectors.shape == a.doc_vectors.shape
+    np.testing.assert_allclose(b.doc_vectors, a.doc_vectors, atol=1e-5)
+    np.testing.assert_array_equal(a.chunk_offsets, b.chunk_offsets)
+    np.testing.assert_allclose(b.chunk_vectors, a.chunk_vectors, atol=1e-5)
+    np.testing.assert_array_equal(a.story_ids, b.story_ids)
+    assert len(np.unique(b.story_ids)) < len(b.doc_ids)  # the copy joined its original's story
+    assert a.manifest["corpus_hash"] == b.manifest["corpus_hash"]
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_model_that_cannot_load_on_the_workers_stops_the_run(tmp_path, corpus, local_ray):
+    settings = Settings.load({"data_dir": tmp_path / "d", "model": str(tmp_path / "no-such-model")}, environ={})
+    with _ingested(settings, corpus[:3]) as store:
+        engine = RayEngine(settings, concurrency=1, threads_per_actor=1)
+        with pytest.raises(EmbeddingError, match="cannot load the model .*no-such-model.* on Ray worker"):
+            reindex(settings, store, lambda: None, progress=False, engine=engine)
+        assert store.stale_embeddings(pipeline.embedding_key(settings))  # nothing saved
+    assert not (settings.index_root / "CURRENT").exists()
+
+
+@needs_ray
+@pytest.mark.slow
+def test_cli_reindex_engine_ray(tmp_path, tiny_model_dir, corpus):
+    # Its own process: starts a local Ray for the run and shuts it down.
+    common = ["--data-dir", str(tmp_path / "d"), "--model", str(tiny_model_dir)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "recommender.cli", *args, *common],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    assert cli("ingest", str(write_jsonl(tmp_path / "a.jsonl", corpus[:12]))).returncode == 0
+    result = cli("reindex", "--engine", "ray", "--ray-actors", "1", "--json", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["engine"] == "ray" and summary["embedded"] == 12 and summary["published"]
+    assert "Traceback" not in result.stderr
+
+
+def test_results_and_per_article_errors_survive_the_trip():
+    good = np.arange(6, dtype=np.float32).reshape(2, 3)
+    results = [good, ValueError("cannot embed this text"), np.zeros((0, 3), np.float32), good[:1] + 0.5]
+    data, rows, errors = pack_results(results, 3)
+    row = {"vectors": data, "rows": json.dumps(rows), "errors": json.dumps(errors), "job_error": ""}
+    back = unpack_result(EmbedJob(0, [["a", "b"], ["c"], [], ["d"]]), row)
+    assert len(back) == 4 and isinstance(back[1], RemoteEmbeddingError)
+    assert str(back[1]) == "ValueError: cannot embed this text"
+    for got, want in zip([back[0], back[2], back[3]], [results[0], results[2], results[3]]):
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(EmbeddingError, match="boom"):
+        unpack_result(EmbedJob(0, [["a"]]), dict(row, job_error="boom"))
+
+
+def test_actor_isolates_a_failing_article(settings):
+    """The actor's call, in this process: one bad article fails alone."""
+
+    class FailsOnPoison:
+        def __init__(self, inner):
+            self.inner, self.model_id, self.dimension = inner, inner.model_id, inner.dimension
+
+        def embed(self, texts, *, progress=False):
+            if any("POISON" in t for t in texts):
+                raise ValueError("cannot embed this text")
+            return self.inner.embed(texts)
+
+    actor = EmbedActor(settings, threads=1)
+    assert actor.error is None
+    actor.embedder = FailsOnPoison(actor.embedder)
+    texts = [["ceasefire talks", "envoy treaty"], ["POISON"], ["bridge harbour"]]
+    out = actor({"number": np.array([7]), "texts": np.array([json.dumps(texts)], dtype=object)})
+    row = {k: v[0] for k, v in out.items()}
+    assert row["number"] == 7 and row["job_error"] == ""
+    back = unpack_result(EmbedJob(7, texts), row)
+    assert [getattr(r, "shape", None) for r in back] == [(2, 24), None, (1, 24)]
+    assert isinstance(back[1], RemoteEmbeddingError) and "cannot embed this text" in str(back[1])
+    np.testing.assert_allclose(back[0], actor.embedder.inner.embed(texts[0]), atol=1e-6)
+
+
+def test_engine_ray_without_ray_installed_says_how_to_install(tmp_path, corpus, tiny_model_dir):
+    """Ray made unimportable in a subprocess: a clear error, no traceback."""
+    common = ["--data-dir", str(tmp_path / "d"), "--model", str(tiny_model_dir)]
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from recommender.cli import main\n"
+        f"sys.exit(main({['reindex', '--engine', 'ray', *common]!r}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1, result.stderr
+    assert "pip install 'recommender[ray]'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ray_options_need_the_ray_engine(tmp_path):
+    from recommender.cli import main
+
+    assert main(["reindex", "--ray-address", "auto", "--data-dir", str(tmp_path / "d")]) == 2
