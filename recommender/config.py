@@ -55,6 +55,21 @@ class Settings:
     cosine is at least ``duplicate_floor``. On the development sets, different
     outlets' reports of one event stay below 0.95 and 0.8."""
     duplicate_floor: float = 0.85
+    dedup: bool = True
+    """Collapse near duplicates and copies of one story to one item per list."""
+    half_life_days: float = 0.0
+    """Recency: an article this many days old loses half of ``recency_weight``
+    (in standard deviations of the list's score); 0 turns recency off.
+    Requests can set their own (``half_life``)."""
+    recency_weight: float = 1.0
+    max_age_days: int = 0
+    """Only articles from the last N days (0: no limit); requests can set ``max_age``."""
+    multilingual: bool = False
+    """Set when ``model`` maps languages into one space (e.g. a multilingual
+    MiniLM): only then may requests ask for cross-language lists."""
+    mmr_lambda: float = 1.0
+    """Diversity (maximal marginal relevance): 1 is off; 0.7 trades some
+    relevance for lists that do not repeat one angle. Requests can set ``mmr``."""
     faiss_factory: str = ""
     """A FAISS index factory string (e.g. "IVF4096,Flat"); empty picks by size."""
     keep_versions: int = 3

@@ -31,6 +31,14 @@ class ArticleNotFound(RecommenderError):
         self.article_id = article_id
 
 
+class RuleNotFound(RecommenderError):
+    status_code = 404
+    code = "rule_not_found"
+
+    def __init__(self, rule_id: int):
+        super().__init__(f"no rule with id {rule_id}")
+
+
 class IndexNotFound(RecommenderError):
     status_code = 503
     code = "index_not_ready"

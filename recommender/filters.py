@@ -1,7 +1,8 @@
-"""Filters on related and search lists: section, date range, language."""
+"""Filters on related and search lists: section, tag, date range, language."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from recommender.articles import parse_date
@@ -16,22 +17,26 @@ class Filters:
     until: str | None = None
     """Inclusive upper bound; a bare date includes that whole day."""
     lang: str | None = None
+    tag: str | None = None
 
     @classmethod
-    def parse(cls, section=None, since=None, until=None, lang=None) -> Filters:
+    def parse(cls, section=None, since=None, until=None, lang=None, tag=None) -> Filters:
         def date(name: str, value: str | None) -> str | None:
             try:
                 return parse_date(value)
             except ValueError:
                 raise InvalidInput(f"{name!r} must be an ISO date such as 2024-05-31, got {value!r}", field=name) from None
 
-        filters = cls(section or None, date("since", since), date("until", until), lang or None)
+        filters = cls(section or None, date("since", since), date("until", until), lang or None, tag or None)
         if filters.since and filters.until and filters.since[:10] > filters.until[:10]:
             raise InvalidInput("'since' is after 'until'", field="since")
         return filters
 
     def __bool__(self) -> bool:
-        return any((self.section, self.since, self.until, self.lang))
+        return any((self.section, self.since, self.until, self.lang, self.tag))
+
+    def with_defaults(self, **values: str) -> Filters:
+        return dataclasses.replace(self, **values)
 
     def sql(self) -> tuple[str, list[str]]:
         """A WHERE clause over the ``articles`` table and its parameters."""
@@ -42,6 +47,9 @@ class Filters:
         if self.lang:
             clauses.append("lang = ?")
             params.append(self.lang)
+        if self.tag:
+            clauses.append("EXISTS (SELECT 1 FROM json_each(articles.tags) WHERE json_each.value = ?)")
+            params.append(self.tag)
         if self.since:
             clauses.append("published >= ?")
             params.append(self.since)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import re
 import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -296,9 +299,10 @@ def _build_and_publish(settings: Settings, store: Store, key: str, *, retrain: b
     # Over what is in this version: articles that failed to embed make the next
     # run publish again once they succeed.
     corpus_hash = _corpus_hash({d: stored[d].content_hash for d in doc_ids})
-    tfidf, bm25 = build_keyword_models(
-        [stored[d].article.title for d in doc_ids], [stored[d].article.body for d in doc_ids]
-    )
+    titles = [stored[d].article.title for d in doc_ids]
+    urls = [stored[d].article.metadata.get("canonical_url") or stored[d].article.url for d in doc_ids]
+    published = [stored[d].article.published for d in doc_ids]
+    tfidf, bm25 = build_keyword_models(titles, [stored[d].article.body for d in doc_ids])
     del stored
     # Deletes and updates need no k-means run: an inverted file keeps the
     # published version's centroids while the archive has not outgrown them.
@@ -311,7 +315,9 @@ def _build_and_publish(settings: Settings, store: Store, key: str, *, retrain: b
         chunk_vectors, np.arange(len(chunk_vectors), dtype=np.int64), settings.faiss_factory,
         trained=_previous_training(settings, key, "chunks.faiss", "chunk_faiss_factory") if reuse else None,
     )
-    story_ids = near_duplicate_clusters(docs, ids, doc_vectors, tfidf, settings)
+    story_ids = near_duplicate_clusters(
+        docs, ids, doc_vectors, tfidf, settings, titles=titles, urls=urls, published=published
+    )
 
     name, staging = new_staging_dir(settings.index_root)
     docs.save(staging / "docs.faiss")
@@ -319,6 +325,7 @@ def _build_and_publish(settings: Settings, store: Store, key: str, *, retrain: b
     np.save(staging / "doc_ids.npy", ids)
     np.save(staging / "doc_vectors.npy", doc_vectors)
     np.save(staging / "story_ids.npy", story_ids)
+    np.save(staging / "published_days.npy", published_days(published))
     np.save(staging / "chunk_vectors.npy", chunk_vectors)
     np.save(staging / "chunk_offsets.npy", offsets)
     tfidf.save(staging)
@@ -360,11 +367,29 @@ def article_vectors(chunk_vectors: np.ndarray, offsets: np.ndarray) -> np.ndarra
 
 
 def near_duplicate_clusters(
-    docs: VectorIndex, ids: np.ndarray, doc_vectors: np.ndarray, tfidf: TfidfModel, settings: Settings
+    docs: VectorIndex,
+    ids: np.ndarray,
+    doc_vectors: np.ndarray,
+    tfidf: TfidfModel,
+    settings: Settings,
+    *,
+    titles: list[str] | None = None,
+    urls: list[str | None] | None = None,
+    published: list[str | None] | None = None,
 ) -> np.ndarray:
-    """Label each article with a story id: near duplicates (syndicated copies,
-    re-publications, lightly updated versions) share one. Pairs are found among
-    each article's nearest vectors and merged with union-find."""
+    """Label each article with its story: near duplicates (syndicated copies,
+    re-publications, lightly updated versions) share one label. The signals:
+
+    * vectors: cosine >= ``duplicate_threshold``, or TF-IDF cosine >=
+      ``lexical_duplicate_threshold`` with vector cosine >= ``duplicate_floor``
+      (pairs found among each article's nearest vectors);
+    * the same canonical URL (scheme, ``www.``, query and fragment ignored);
+    * the same title (at least four words, case and punctuation ignored) with
+      vector cosine >= ``duplicate_floor``.
+
+    The label is the row of the story's original: its earliest published copy
+    (undated copies count as newest; ties go to the one ingested first). Lists
+    show that copy."""
     n = len(doc_vectors)
     parent = np.arange(n)
 
@@ -374,26 +399,78 @@ def near_duplicate_clusters(
             i = parent[i]
         return i
 
+    def union(i: int, j: int) -> None:
+        a, b = find(i), find(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+
     k = min(STORY_NEIGHBOURS + 1, n)
     row_of = {int(d): r for r, d in enumerate(ids)}
     for start in range(0, n, 4096):
         block = doc_vectors[start : start + 4096]
-        scores, ids = docs.search(block, k)
+        scores, found = docs.search(block, k)
         for offset in range(len(block)):
             i = start + offset
-            for score, doc_id in zip(scores[offset], ids[offset]):
+            for score, doc_id in zip(scores[offset], found[offset]):
                 j = row_of.get(int(doc_id))
                 if j is None or j == i:
                     continue
                 if score < settings.duplicate_floor:
                     break  # neighbours come best first; no duplicate below this
                 lexical = float(tfidf.matrix[i].multiply(tfidf.matrix[j]).sum())
-                if not is_near_duplicate(float(score), lexical, settings):
-                    continue
-                a, b = find(i), find(j)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-    return np.array([find(i) for i in range(n)], dtype=np.int64)
+                if is_near_duplicate(float(score), lexical, settings):
+                    union(i, j)
+    for key_of, needs_floor in ((_canonical_url, False), (_title_key, True)):
+        values = urls if key_of is _canonical_url else titles
+        if values is None:
+            continue
+        groups: dict[str, list[int]] = {}
+        for row, value in enumerate(values):
+            key = key_of(value)
+            if key:
+                groups.setdefault(key, []).append(row)
+        for rows in groups.values():
+            for a in rows[1:]:
+                if not needs_floor or float(doc_vectors[rows[0]] @ doc_vectors[a]) >= settings.duplicate_floor:
+                    union(rows[0], a)
+    roots = np.array([find(i) for i in range(n)], dtype=np.int64)
+    # Relabel every story by its original.
+    order = sorted(range(n), key=lambda r: ((published[r] if published else None) or "~", r))
+    original: dict[int, int] = {}
+    for row in order:
+        original.setdefault(int(roots[row]), row)
+    return np.array([original[int(r)] for r in roots], dtype=np.int64)
+
+
+def published_days(published: list[str | None]) -> np.ndarray:
+    """Days since 1970-01-01 of each publication date (NaN when unknown)."""
+    out = np.full(len(published), np.nan, dtype=np.float64)
+    for row, value in enumerate(published):
+        if value:
+            try:
+                day = dt.date.fromisoformat(value[:10])
+            except ValueError:
+                continue
+            out[row] = (day - EPOCH).days
+    return out
+
+
+EPOCH = dt.date(1970, 1, 1)
+
+
+def _canonical_url(url: str | None) -> str:
+    if not url:
+        return ""
+    parts = urlsplit(url.strip())
+    host = parts.netloc.lower().removeprefix("www.")
+    if not host:
+        return ""
+    return host + (parts.path.rstrip("/") or "/")
+
+
+def _title_key(title: str | None) -> str:
+    words = re.findall(r"\w+", (title or "").lower())
+    return " ".join(words) if len(words) >= 4 else ""
 
 
 def _corpus_hash(hashes: dict[int, str]) -> str:

@@ -37,10 +37,33 @@ class Hit:
     score: float
     semantic: float
     lexical: float
+    manual: bool = False
+    """Placed by an editor's pin rather than ranked."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a list needs beyond similarity, decided per request."""
+
+    excluded_rows: np.ndarray | None = None
+    """Sorted rows never shown: blocked, embargoed."""
+    adjust: Callable[[np.ndarray], np.ndarray] | None = None
+    """Added to the blended score of the given rows: boosts, buries, recency."""
+    mmr_lambda: float = 1.0
+    """Maximal marginal relevance: 1 ranks by relevance alone; lower values
+    trade relevance for lists that do not repeat one angle."""
+    prefer_original: bool = True
+    """Show the earliest published copy of a story (see ``story_ids``)."""
+    dedup: bool = True
+    """One item per story; off, only the article itself is left out."""
+
+
+NO_POLICY = Policy()
 
 
 def related_to_row(
-    version: IndexVersion, row: int, k: int, settings: Settings, *, allowed_rows: np.ndarray | None = None
+    version: IndexVersion, row: int, k: int, settings: Settings, *, allowed_rows: np.ndarray | None = None,
+    policy: Policy = NO_POLICY,
 ) -> list[Hit]:
     """The k articles most related to the indexed article at ``row``."""
     return rank_related(
@@ -51,6 +74,7 @@ def related_to_row(
         settings,
         exclude_row=row,
         allowed_rows=allowed_rows,
+        policy=policy,
     )
 
 
@@ -63,6 +87,7 @@ def rank_related(
     *,
     exclude_row: int | None = None,
     allowed_rows: np.ndarray | None = None,
+    policy: Policy = NO_POLICY,
 ) -> list[Hit]:
     """Rank the archive against an article given by its vector and TF-IDF row
     (an indexed article, or a draft that is not in the index)."""
@@ -77,7 +102,9 @@ def rank_related(
         lexical = version.tfidf.pair_scores(terms, rows)
         w = settings.related_semantic_weight
         score = w * _z(semantic, semantic_stats) + (1 - w) * _z(lexical, lexical_stats)
-        return _select(version, rows, score, semantic, lexical, k, settings, exclude_row)
+        if policy.adjust is not None:
+            score = score + policy.adjust(rows)
+        return _select(version, rows, score, semantic, lexical, k, settings, exclude_row, policy)
 
     return rank_candidates(n, k, settings, allowed_rows, lambda pool: _candidates(version, vector, terms, pool), rank)
 
@@ -93,6 +120,8 @@ def rank_candidates(
     """Rank the rows a selective filter allows exactly; otherwise rank a pool
     of candidates, widened 4x at a time until k hits survive filters and dedup."""
     if allowed_rows is not None and len(allowed_rows) <= EXACT_FILTER_LIMIT:
+        # Rows that exist in this version and are allowed, all scored: a rare
+        # section still fills the list.
         return rank(np.asarray(allowed_rows, dtype=np.int64))
     pool = min(n, max(settings.candidates, 4 * k))
     while True:
@@ -132,22 +161,67 @@ def _select(
     k: int,
     settings: Settings,
     exclude_row: int | None,
+    policy: Policy = NO_POLICY,
 ) -> list[Hit]:
+    """Best first, one article per story, never the article itself or a copy of it."""
+    if policy.excluded_rows is not None and len(policy.excluded_rows):
+        keep = ~np.isin(rows, policy.excluded_rows)
+        rows, score, semantic, lexical = rows[keep], score[keep], semantic[keep], lexical[keep]
     excluded_story = int(version.story_ids[exclude_row]) if exclude_row is not None else None
     seen: set[int] = set()
-    hits: list[Hit] = []
+    picked: list[int] = []
     for i in np.argsort(-score, kind="stable"):
         row = int(rows[i])
         story = int(version.story_ids[row])
-        if row == exclude_row or story == excluded_story or story in seen:
+        if row == exclude_row:
             continue
-        if is_near_duplicate(semantic[i], lexical[i], settings):
-            continue  # a copy of the article asked about
-        seen.add(story)
-        hits.append(Hit(int(version.doc_ids[row]), float(score[i]), float(semantic[i]), float(lexical[i])))
-        if len(hits) == k:
+        if policy.dedup:
+            if story == excluded_story or story in seen:
+                continue
+            if is_near_duplicate(semantic[i], lexical[i], settings):
+                continue  # a copy of the article asked about
+            seen.add(story)
+        picked.append(int(i))
+        if len(picked) == (k if policy.mmr_lambda >= 1.0 else max(4 * k, 50)):
             break
+    if policy.mmr_lambda < 1.0:
+        picked = mmr(version, rows, score, picked, k, policy.mmr_lambda)
+    shown = set(rows.tolist()) if policy.prefer_original and policy.dedup else set()
+    hits = []
+    for i in picked[:k]:
+        row = int(rows[i])
+        # A story is shown by its original (its earliest published copy, see
+        # near_duplicate_clusters) when that copy is among the rows allowed here.
+        original = int(version.story_ids[row])
+        if original != row and original in shown and original != exclude_row:
+            row = original
+        hits.append(Hit(int(version.doc_ids[row]), float(score[i]), float(semantic[i]), float(lexical[i])))
     return hits
+
+
+def mmr(version: IndexVersion, rows: np.ndarray, score: np.ndarray, order: list[int], k: int, lam: float) -> list[int]:
+    """Greedy maximal marginal relevance over the best candidates: each step
+    takes the one with the best ``lam * relevance - (1 - lam) * similarity to
+    those already taken`` (relevance scaled to [0, 1])."""
+    if len(order) <= 1:
+        return order
+    idx = np.asarray(order)
+    rel = score[idx]
+    rel = (rel - rel.min()) / max(float(rel.max() - rel.min()), 1e-9)
+    vectors = np.asarray(version.doc_vectors[rows[idx]], dtype=np.float32)
+    similarity = vectors @ vectors.T
+    taken = [0]
+    closest = similarity[0].copy()
+    available = np.ones(len(idx), dtype=bool)
+    available[0] = False
+    while len(taken) < min(k, len(idx)):
+        value = lam * rel - (1 - lam) * closest
+        value[~available] = -np.inf
+        j = int(np.argmax(value))
+        taken.append(j)
+        available[j] = False
+        closest = np.maximum(closest, similarity[j])
+    return [int(idx[j]) for j in taken]
 
 
 def is_near_duplicate(semantic: float, lexical: float, settings: Settings) -> bool:

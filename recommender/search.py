@@ -8,7 +8,7 @@ import numpy as np
 
 from recommender.config import Settings
 from recommender.errors import InvalidInput
-from recommender.related import Hit, rank_candidates
+from recommender.related import NO_POLICY, Hit, Policy, rank_candidates
 from recommender.text import tokenize
 from recommender.version import IndexVersion
 
@@ -39,24 +39,31 @@ def search(
     settings: Settings,
     *,
     allowed_rows: np.ndarray | None = None,
+    policy: Policy = NO_POLICY,
 ) -> list[Hit]:
-    """Rank articles for ``query``, whose embedding is ``vector``."""
+    """Rank articles for ``query``, whose embedding is ``vector``. The policy's
+    exclusions (blocks, embargo), score adjustments (boosts, recency) and
+    dedup apply; pins and diversity are for related lists."""
     n = len(version)
     if n == 0 or k <= 0 or (allowed_rows is not None and len(allowed_rows) == 0):
         return []
     keyword = version.bm25.scores(query)
 
     def rank(rows: np.ndarray) -> list[Hit]:
+        if policy.excluded_rows is not None and len(policy.excluded_rows):
+            rows = rows[~np.isin(rows, policy.excluded_rows)]
         doc_ids = version.doc_ids[rows]
         lexical = keyword[rows]
         semantic = passage_scores(version, rows, vector)
         w = settings.search_semantic_weight
         score = w * _z(semantic) + (1 - w) * _z(lexical)
+        if policy.adjust is not None:
+            score = score + policy.adjust(rows)
         seen: set[int] = set()
         hits: list[Hit] = []
         for i in np.argsort(-score, kind="stable"):
             story = int(version.story_ids[rows[i]])
-            if story in seen:
+            if policy.dedup and story in seen:
                 continue
             seen.add(story)
             hits.append(Hit(int(doc_ids[i]), float(score[i]), float(semantic[i]), float(lexical[i])))

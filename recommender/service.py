@@ -3,6 +3,7 @@ the embedder, with related, search and the write path on top."""
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import logging
 import threading
@@ -10,6 +11,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,11 @@ import numpy as np
 from recommender.articles import Article
 from recommender.config import Settings
 from recommender.embed import Embedder, model_id_for
-from recommender.errors import ArticleNotFound, IndexMismatch, IndexNotFound
+from recommender.errors import ArticleNotFound, IndexMismatch, IndexNotFound, RuleNotFound
 from recommender.filters import NO_FILTERS, Filters
 from recommender.lexical import snippet_html
-from recommender.related import Hit, rank_related, related_to_row
+from recommender.related import Hit, Policy, rank_related, related_to_row
+from recommender.rules import ListRules, Rule
 from recommender.search import search, validate_query
 from recommender.store import Store, UpsertCounts
 from recommender.text import chunk_article, document_text
@@ -92,6 +95,37 @@ class LiveIndex:
             self._thread.join(timeout=5)
 
 
+@dataclass(frozen=True)
+class ListOptions:
+    """Per-request choices, defaulting to the settings."""
+
+    half_life_days: float = 0.0
+    max_age_days: int = 0
+    mmr_lambda: float = 1.0
+    cross_language: bool = False
+    dedup: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> ListOptions:
+        values = {
+            "half_life_days": settings.half_life_days,
+            "max_age_days": settings.max_age_days,
+            "mmr_lambda": settings.mmr_lambda,
+            "cross_language": False,
+            "dedup": settings.dedup,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _today() -> float:
+    return float((dt.date.today() - dt.date(1970, 1, 1)).days)
+
+
 class Engine:
     def __init__(self, settings: Settings, live: LiveIndex, load_embedder: Callable[[], Embedder]):
         self.settings = settings
@@ -155,58 +189,167 @@ class Engine:
             raise ArticleNotFound(article_id)
         return stored.article.to_dict()
 
-    def related_hits(self, article_id: str, k: int, filters: Filters = NO_FILTERS) -> list[Hit]:
-        """Unfiltered related lists are cached per index version (a new version
-        is a new key). Filtered ones are not: they read metadata from the store,
-        which can change without a new version."""
+    def related_hits(
+        self, article_id: str, k: int, filters: Filters = NO_FILTERS, options: ListOptions | None = None
+    ) -> list[Hit]:
+        """The article's list: editors' rules applied, then the automatic
+        ranking in the remaining slots. Lists are cached per index version,
+        rules generation, embargo state and options; filtered lists are not
+        cached, because they read store metadata that can change without a
+        new version."""
+        options = options or ListOptions.from_settings(self.settings)
         version = self.live.current
         stored = self.store.get(article_id)
         if stored is None:
             raise ArticleNotFound(article_id)
-        if filters:
-            return self._compute_related(version, stored, k, filters)
-        key = (version.name, stored.doc_id, stored.content_hash, k)
-        with self._cache_lock:
-            hits = self._related_cache.get(key)
-            if hits is not None:
-                self._related_cache.move_to_end(key)
-                return hits
-        hits = self._compute_related(version, stored, k, NO_FILTERS)
-        with self._cache_lock:
-            self._related_cache[key] = hits
-            while len(self._related_cache) > self.settings.related_cache_size:
-                self._related_cache.popitem(last=False)
+        cacheable = not filters
+        filters = self._list_filters(version, stored, filters, options)
+        rules = ListRules.of(self.store.rules(article_id, applying=True))
+        hidden = tuple(self.store.embargoed_doc_ids(_now_iso()))
+        key = None
+        if cacheable:
+            key = (version.name, stored.doc_id, stored.content_hash, k, self.store.rules_generation(), hidden,
+                   options, filters, _today() if options.half_life_days else None)
+            with self._cache_lock:
+                hits = self._related_cache.get(key)
+                if hits is not None:
+                    self._related_cache.move_to_end(key)
+                    return hits
+        policy = self._policy(version, rules, hidden, options)
+        hits = self._compute_related(version, stored, k + len(rules.pins), filters, policy)
+        hits = self._place_pins(hits, list(rules.pins), k, filters, hidden, exclude=stored.doc_id)
+        if key is not None:
+            with self._cache_lock:
+                self._related_cache[key] = hits
+                while len(self._related_cache) > self.settings.related_cache_size:
+                    self._related_cache.popitem(last=False)
         return hits
 
-    def _compute_related(self, version: IndexVersion, stored, k: int, filters: Filters) -> list[Hit]:
+    def _compute_related(self, version: IndexVersion, stored, k: int, filters: Filters, policy: Policy) -> list[Hit]:
         allowed = self._allowed_rows(version, filters)
         row = version.row_of(stored.doc_id)
         if row is None:  # written since the index was published: rank it as a draft
             vector, terms = self._draft(version, stored.article.title, stored.article.body)
-            hits = rank_related(version, vector, terms, k + 1, self.settings, allowed_rows=allowed)
+            hits = rank_related(version, vector, terms, k + 1, self.settings, allowed_rows=allowed, policy=policy)
             return [h for h in hits if h.doc_id != stored.doc_id][:k]
-        return related_to_row(version, row, k, self.settings, allowed_rows=allowed)
+        return related_to_row(version, row, k, self.settings, allowed_rows=allowed, policy=policy)
 
-    def related(self, article_id: str, k: int = 10, filters: Filters = NO_FILTERS) -> list[dict[str, Any]]:
-        return self._items(self.related_hits(article_id, k, filters))
+    def _place_pins(
+        self, hits: list[Hit], pins: list[Rule], k: int, filters: Filters, hidden: tuple[int, ...], exclude: int
+    ) -> list[Hit]:
+        """Put pinned articles at their positions; automatic items fill the rest.
+        A pin is dropped if its article is gone, embargoed, blocked (already
+        left out of ``pins``) or outside the request's filters."""
+        if not pins:
+            return hits[:k]
+        found = {s.article.id: s for s in (self.store.get(p.target) for p in pins) if s is not None}
+        allowed = set(self.store.filter_doc_ids([s.doc_id for s in found.values()], filters).tolist())
+        manual: list[tuple[int, Hit]] = []
+        for pin in pins:
+            stored = found.get(pin.target)
+            if stored is None or stored.doc_id in hidden or stored.doc_id not in allowed or stored.doc_id == exclude:
+                continue
+            manual.append((pin.position, Hit(stored.doc_id, 0.0, 0.0, 0.0, manual=True)))
+        pinned_ids = {h.doc_id for _, h in manual}
+        result = [h for h in hits if h.doc_id not in pinned_ids]
+        for position, hit in sorted(manual, key=lambda m: m[0]):
+            result.insert(min(position - 1, len(result)), hit)
+        return result[:k]
+
+    def _policy(self, version: IndexVersion, rules: ListRules, hidden: tuple[int, ...], options: ListOptions) -> Policy:
+        excluded = list(hidden)
+        for article_id in rules.blocked:
+            stored = self.store.get(article_id)
+            if stored is not None:
+                excluded.append(stored.doc_id)
+        excluded_rows = np.unique(version.rows_of(np.asarray(excluded, dtype=np.int64))) if excluded else None
+        boost_rows, boost_values = self._boosts(version, rules)
+        half_life = options.half_life_days
+        today = _today()
+
+        def adjust(rows: np.ndarray) -> np.ndarray:
+            out = np.zeros(len(rows), dtype=np.float64)
+            if len(boost_rows):
+                at = np.minimum(np.searchsorted(boost_rows, rows), len(boost_rows) - 1)
+                out += np.where(boost_rows[at] == rows, boost_values[at], 0.0)
+            if half_life:
+                age = np.maximum(today - version.published_days[rows], 0.0)
+                out += np.nan_to_num(self.settings.recency_weight * (0.5 ** (age / half_life) - 1.0))
+            return out
+
+        return Policy(
+            excluded_rows=excluded_rows,
+            adjust=adjust if (len(boost_rows) or half_life) else None,
+            mmr_lambda=options.mmr_lambda,
+            dedup=options.dedup,
+        )
+
+    def _boosts(self, version: IndexVersion, rules: ListRules) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and score changes of the boosts and buries (summed per row)."""
+        if not rules.boosts:
+            return np.zeros(0, np.int64), np.zeros(0)
+        total: dict[int, float] = {}
+        for rule in rules.boosts:
+            doc_ids = self.store.doc_ids_for_target(rule.target_type, rule.target)
+            for row in version.rows_of(doc_ids).tolist():
+                total[row] = total.get(row, 0.0) + rule.signed_weight
+        rows = np.array(sorted(total), dtype=np.int64)
+        return rows, np.array([total[r] for r in rows.tolist()], dtype=np.float64)
+
+    def _list_filters(self, version: IndexVersion, stored, filters: Filters, options: ListOptions) -> Filters:
+        """The request's filters, plus the hard age window and, unless the
+        request opts out, the source article's language."""
+        if options.max_age_days:
+            since = (dt.date.today() - dt.timedelta(days=options.max_age_days)).isoformat()
+            if not filters.since or filters.since < since:
+                filters = filters.with_defaults(since=since)
+        lang = stored.article.lang
+        if not options.cross_language and lang and not filters.lang and self._languages(version) - {lang}:
+            filters = filters.with_defaults(lang=lang)
+        return filters
+
+    def _languages(self, version: IndexVersion) -> set[str]:
+        """Languages in the store, checked once per index version."""
+        cached = getattr(self._local, "languages", None)
+        if cached is None or cached[0] != version.name:
+            cached = self._local.languages = (version.name, self.store.languages())
+        return cached[1]
+
+    def related(
+        self, article_id: str, k: int = 10, filters: Filters = NO_FILTERS, options: ListOptions | None = None
+    ) -> list[dict[str, Any]]:
+        return self._items(self.related_hits(article_id, k, filters, options))
 
     def related_to_draft(self, title: str, body: str, k: int = 10, filters: Filters = NO_FILTERS) -> list[dict[str, Any]]:
         version = self.live.current
         self.store  # noqa: B018 - sets up this thread (FAISS threads) before the search
         vector, terms = self._draft(version, title, body)
-        hits = rank_related(version, vector, terms, k, self.settings, allowed_rows=self._allowed_rows(version, filters))
+        options = ListOptions.from_settings(self.settings)
+        rules = ListRules.of(self.store.global_rules(), for_search=True)
+        policy = self._policy(version, rules, tuple(self.store.embargoed_doc_ids(_now_iso())), options)
+        hits = rank_related(version, vector, terms, k, self.settings,
+                            allowed_rows=self._allowed_rows(version, filters), policy=policy)
         return self._items(hits)
 
-    def search_hits(self, query: str, k: int, filters: Filters = NO_FILTERS) -> list[Hit]:
+    def search_hits(self, query: str, k: int, filters: Filters = NO_FILTERS, options: ListOptions | None = None) -> list[Hit]:
         query = validate_query(query)
+        options = options or ListOptions.from_settings(self.settings)
         version = self.live.current
         self.store  # noqa: B018 - sets up this thread (FAISS threads) before the search
         vector = self.embedder.embed([query])[0]
+        if options.max_age_days:
+            since = (dt.date.today() - dt.timedelta(days=options.max_age_days)).isoformat()
+            if not filters.since or filters.since < since:
+                filters = filters.with_defaults(since=since)
         allowed = self._allowed_rows(version, filters)
-        return search(version, vector, query, k, self.settings, allowed_rows=allowed)
+        rules = ListRules.of(self.store.global_rules(), for_search=True)
+        policy = self._policy(version, rules, tuple(self.store.embargoed_doc_ids(_now_iso())), options)
+        return search(version, vector, query, k, self.settings, allowed_rows=allowed, policy=policy)
 
-    def search(self, query: str, k: int = 10, filters: Filters = NO_FILTERS) -> list[dict[str, Any]]:
-        hits = self.search_hits(query, k, filters)
+    def search(
+        self, query: str, k: int = 10, filters: Filters = NO_FILTERS, options: ListOptions | None = None
+    ) -> list[dict[str, Any]]:
+        hits = self.search_hits(query, k, filters, options)
         found = self.store.get_many([h.doc_id for h in hits])
         items = self._items(hits, found)
         bodies = {s.article.id: s.article.body for s in found.values()}
@@ -238,11 +381,25 @@ class Engine:
             a = stored.article
             items.append(
                 {"id": a.id, "title": a.title, "url": a.url, "published": a.published,
-                 "section": a.section, "score": round(hit.score, 4)}
+                 "section": a.section, "score": None if hit.manual else round(hit.score, 4),
+                 "source": "manual" if hit.manual else "auto"}
             )
         return items
 
     # -- writes -----------------------------------------------------------
+
+    def rules(self, article: str | None = None) -> list[Rule]:
+        return self.store.rules(article)
+
+    def add_rule(self, rule: Rule) -> Rule:
+        for name in {rule.article, rule.target if rule.target_type == "article" else None} - {None}:
+            if self.store.get(name) is None:
+                raise ArticleNotFound(name)
+        return self.store.add_rule(rule)
+
+    def delete_rule(self, rule_id: int) -> None:
+        if not self.store.delete_rule(rule_id):
+            raise RuleNotFound(rule_id)
 
     def upsert(self, articles: Sequence[Article]) -> UpsertCounts:
         return self.store.upsert(articles)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from recommender.articles import Article
+from recommender.rules import Rule
 
 if TYPE_CHECKING:
     from recommender.filters import Filters
@@ -59,6 +60,21 @@ CREATE TABLE IF NOT EXISTS embeddings (
     PRIMARY KEY (model_key, doc_id)
 );
 CREATE INDEX IF NOT EXISTS embeddings_by_content ON embeddings (model_key, content_hash);
+CREATE TABLE IF NOT EXISTS rules (
+    rule_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind        TEXT NOT NULL,
+    article     TEXT,
+    target      TEXT NOT NULL,
+    target_type TEXT NOT NULL DEFAULT 'article',
+    position    INTEGER,
+    weight      REAL,
+    note        TEXT NOT NULL DEFAULT '',
+    created_at  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rules_by_article ON rules (article);
+CREATE INDEX IF NOT EXISTS articles_by_published ON articles (published);
+CREATE INDEX IF NOT EXISTS articles_by_section ON articles (section);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 CHUNK_HASH_BYTES = 8
@@ -205,6 +221,102 @@ class Store:
         rows = self.connection.execute(f"SELECT doc_id FROM articles WHERE {where} ORDER BY doc_id", params)
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
+    # -- editorial rules -------------------------------------------------
+
+    def add_rule(self, rule: Rule) -> Rule:
+        """Store a rule; a pin replaces an earlier pin of the same article to the
+        same list, and an identical rule is not stored twice."""
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with self._transaction() as db:
+            if rule.kind == "pin":
+                db.execute("DELETE FROM rules WHERE kind = 'pin' AND article = ? AND target = ?", (rule.article, rule.target))
+            existing = db.execute(
+                """SELECT rule_id FROM rules WHERE kind = ? AND article IS ? AND target = ? AND target_type = ?
+                   AND position IS ? AND weight IS ?""",
+                (rule.kind, rule.article, rule.target, rule.target_type, rule.position, rule.weight),
+            ).fetchone()
+            if existing:
+                rule_id = existing[0]
+            else:
+                rule_id = db.execute(
+                    """INSERT INTO rules (kind, article, target, target_type, position, weight, note, created_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (rule.kind, rule.article, rule.target, rule.target_type, rule.position, rule.weight,
+                     rule.note, created),
+                ).lastrowid
+            _bump(db, "rules_generation")
+        return self.rule(rule_id)
+
+    def rule(self, rule_id: int) -> Rule | None:
+        row = self.connection.execute(f"SELECT {RULE_COLUMNS} FROM rules WHERE rule_id = ?", (int(rule_id),)).fetchone()
+        return _rule(row) if row else None
+
+    def delete_rule(self, rule_id: int) -> bool:
+        with self._transaction() as db:
+            deleted = db.execute("DELETE FROM rules WHERE rule_id = ?", (int(rule_id),)).rowcount
+            if deleted:
+                _bump(db, "rules_generation")
+        return bool(deleted)
+
+    def rules(self, article: str | None = None, *, applying: bool = False) -> list[Rule]:
+        """All rules; with ``article``, those of its list; with ``applying`` too,
+        also the rules for every list."""
+        if article is None:
+            rows = self.connection.execute(f"SELECT {RULE_COLUMNS} FROM rules ORDER BY rule_id")
+        elif applying:
+            rows = self.connection.execute(
+                f"SELECT {RULE_COLUMNS} FROM rules WHERE article = ? OR article IS NULL ORDER BY rule_id", (article,)
+            )
+        else:
+            rows = self.connection.execute(f"SELECT {RULE_COLUMNS} FROM rules WHERE article = ? ORDER BY rule_id", (article,))
+        return [_rule(r) for r in rows]
+
+    def global_rules(self) -> list[Rule]:
+        """Rules for every list (and search): global blocks, boosts and buries."""
+        rows = self.connection.execute(f"SELECT {RULE_COLUMNS} FROM rules WHERE article IS NULL ORDER BY rule_id")
+        return [_rule(r) for r in rows]
+
+    def doc_ids_for_target(self, target_type: str, target: str) -> np.ndarray:
+        """doc_ids a boost or bury names: one article, a section or a tag."""
+        if target_type == "article":
+            sql = "SELECT doc_id FROM articles WHERE id = ?"
+        elif target_type == "section":
+            sql = "SELECT doc_id FROM articles WHERE section = ?"
+        else:
+            sql = "SELECT doc_id FROM articles WHERE EXISTS (SELECT 1 FROM json_each(articles.tags) WHERE json_each.value = ?)"
+        return np.fromiter((r[0] for r in self.connection.execute(sql + " ORDER BY doc_id", (target,))), dtype=np.int64)
+
+    def embargoed_doc_ids(self, now_iso: str) -> list[int]:
+        """Articles whose publication time is still to come: never shown yet.
+        A bare date counts from the start of its day."""
+        rows = self.connection.execute(
+            "SELECT doc_id FROM articles WHERE published > ? ORDER BY doc_id", (now_iso[:10] + "~",)
+        ).fetchall()
+        timed = self.connection.execute(
+            "SELECT doc_id FROM articles WHERE published > ? AND published <= ? AND length(published) > 10 ORDER BY doc_id",
+            (now_iso, now_iso[:10] + "~"),
+        ).fetchall()
+        return sorted(r[0] for r in rows + timed)
+
+    def filter_doc_ids(self, doc_ids: Sequence[int], filters: Filters) -> np.ndarray:
+        """The given doc_ids that match ``filters``."""
+        if not doc_ids:
+            return np.zeros(0, dtype=np.int64)
+        where, params = filters.sql()
+        marks = ",".join("?" * len(doc_ids))
+        rows = self.connection.execute(
+            f"SELECT doc_id FROM articles WHERE doc_id IN ({marks}) AND {where}", [*map(int, doc_ids), *params]
+        )
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def languages(self) -> set[str]:
+        return {r[0] for r in self.connection.execute("SELECT DISTINCT lang FROM articles WHERE lang IS NOT NULL")}
+
+    def rules_generation(self) -> int:
+        """A number that changes whenever a rule is added or removed (cache keys)."""
+        row = self.connection.execute("SELECT value FROM meta WHERE key = 'rules_generation'").fetchone()
+        return int(row[0]) if row else 0
+
     # -- embedding cache -------------------------------------------------
 
     def stale_embeddings(self, model_key: str) -> list[int]:
@@ -306,6 +418,19 @@ def _stored(row: tuple) -> StoredArticle:
         tags=tuple(json.loads(tags)), lang=lang, metadata=json.loads(metadata),
     )
     return StoredArticle(doc_id=doc_id, article=article, content_hash=content_hash)
+
+
+RULE_COLUMNS = "rule_id, kind, article, target, target_type, position, weight, note, created_at"
+
+
+def _rule(row: tuple) -> Rule:
+    rule_id, kind, article, target, target_type, position, weight, note, created_at = row
+    return Rule(kind=kind, target=target, article=article, target_type=target_type, position=position,
+                weight=weight, note=note, id=rule_id, created_at=created_at)
+
+
+def _bump(db: sqlite3.Connection, key: str) -> None:
+    db.execute("INSERT INTO meta (key, value) VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET value = value + 1", (key,))
 
 
 def _migrate(connection: sqlite3.Connection) -> None:

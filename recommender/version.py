@@ -6,7 +6,8 @@
         docs.faiss                       one vector per article (id = doc_id)
         chunks.faiss                     one vector per passage (id = passage row)
         doc_ids.npy                      sorted doc_ids; row i of every array below
-        doc_vectors.npy, story_ids.npy   article vectors; near-duplicate clusters
+        doc_vectors.npy, story_ids.npy   article vectors; stories (the row of each one's original)
+        published_days.npy               publication day of each article (recency)
         chunk_vectors.npy, chunk_offsets.npy
         tfidf.npz, idf.npy, vocabulary.json     TF-IDF (related)
         bm25.npz, bm25_vocabulary.json          stemmed BM25 (search)
@@ -33,7 +34,7 @@ from recommender.errors import IndexMismatch, IndexNotFound
 from recommender.index import VectorIndex
 from recommender.lexical import Bm25Model, TfidfModel
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 STATS_SAMPLE = 2048
 CURRENT = "CURRENT"
 
@@ -48,6 +49,7 @@ class IndexVersion:
     doc_ids: np.ndarray
     doc_vectors: np.ndarray
     story_ids: np.ndarray
+    published_days: np.ndarray
     chunk_vectors: np.ndarray
     chunk_offsets: np.ndarray
     tfidf: TfidfModel
@@ -127,6 +129,7 @@ class IndexVersion:
             doc_ids=np.load(path / "doc_ids.npy"),
             doc_vectors=array("doc_vectors.npy"),
             story_ids=np.load(path / "story_ids.npy"),
+            published_days=np.load(path / "published_days.npy"),
             chunk_vectors=array("chunk_vectors.npy"),
             chunk_offsets=np.load(path / "chunk_offsets.npy"),
             tfidf=TfidfModel.load(path),

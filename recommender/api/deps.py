@@ -9,7 +9,8 @@ from fastapi import Depends, Header, HTTPException, Query, Request
 
 from recommender.config import Settings
 from recommender.filters import Filters
-from recommender.service import Engine, Reindexer
+from recommender.errors import InvalidInput
+from recommender.service import Engine, ListOptions, Reindexer
 
 
 def get_settings(request: Request) -> Settings:
@@ -34,11 +35,37 @@ def get_filters(
     since: Annotated[str | None, Query(max_length=40, description="published on or after (ISO date)")] = None,
     until: Annotated[str | None, Query(max_length=40, description="published on or before (ISO date)")] = None,
     lang: Annotated[str | None, Query(max_length=20, description="only this language")] = None,
+    tag: Annotated[str | None, Query(max_length=200, description="only articles with this tag")] = None,
 ) -> Filters:
-    return Filters.parse(section, since, until, lang)
+    return Filters.parse(section, since, until, lang, tag)
 
 
 FiltersDep = Annotated[Filters, Depends(get_filters)]
+
+
+def get_options(
+    settings: SettingsDep,
+    half_life: Annotated[float | None, Query(ge=0, le=36500, description=(
+        "recency: days after which an article has lost half of the recency weight; 0 turns it off "
+        "(default: the server's half_life_days)"))] = None,
+    max_age: Annotated[int | None, Query(ge=0, le=36500, description=(
+        "only articles published in the last N days; 0: no limit (default: the server's max_age_days)"))] = None,
+    mmr: Annotated[float | None, Query(ge=0, le=1, description=(
+        "diversity: 1 ranks by relevance alone, lower values avoid near-identical angles"))] = None,
+    cross_language: Annotated[bool, Query(description=(
+        "also list articles in other languages than the source's (needs a multilingual model)"))] = False,
+) -> ListOptions:
+    if cross_language and not settings.multilingual:
+        raise InvalidInput(
+            "cross-language lists need a multilingual model: set `model` to one and `multilingual = true`",
+            field="cross_language",
+        )
+    return ListOptions.from_settings(
+        settings, half_life_days=half_life, max_age_days=max_age, mmr_lambda=mmr, cross_language=cross_language
+    )
+
+
+OptionsDep = Annotated[ListOptions, Depends(get_options)]
 K = Annotated[int, Query(ge=1, le=100, description="how many items (1-100)")]
 
 

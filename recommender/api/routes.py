@@ -9,19 +9,23 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
-from recommender.api.deps import EngineDep, FiltersDep, K, ReindexerDep, SettingsDep, WriteAccess
+from recommender.api.deps import EngineDep, FiltersDep, K, OptionsDep, ReindexerDep, SettingsDep, WriteAccess
 from recommender.api.schemas import (
     ArticleIn,
     ArticleOut,
     DraftRelatedRequest,
     DraftRelatedResponse,
     RelatedResponse,
+    RuleIn,
+    RuleOut,
+    RulesResponse,
     SearchResponse,
     WriteResult,
 )
 from recommender.articles import parse_article
 from recommender.errors import InvalidInput
 from recommender.filters import Filters
+from recommender.rules import parse_rule
 from recommender.search import MAX_QUERY_CHARS
 
 router = APIRouter()
@@ -45,17 +49,19 @@ def cached_json(request: Request, payload: Any, max_age: int) -> Response:
 
 @router.get("/v1/articles/{article_id}/related", response_model=RelatedResponse, tags=["read"])
 def related(request: Request, article_id: ArticleId, engine: EngineDep, settings: SettingsDep,
-            filters: FiltersDep, k: K = 10):
-    """The k articles most related to one article (never itself, its copies, or two copies of a story)."""
-    items = engine.related(article_id, k, filters)
+            filters: FiltersDep, options: OptionsDep, k: K = 10):
+    """The k articles most related to one article (never itself, its copies, or two copies of a story).
+    Editors' pins come at their positions with `source: "manual"`; blocked, embargoed and deleted
+    articles never appear."""
+    items = engine.related(article_id, k, filters, options)
     return cached_json(request, {"article_id": article_id, "items": items}, settings.cache_seconds)
 
 
 @router.get("/v1/search", response_model=SearchResponse, tags=["read"])
-def search(engine: EngineDep, filters: FiltersDep,
+def search(engine: EngineDep, filters: FiltersDep, options: OptionsDep,
            q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="free text")], k: K = 10):
     """Keyword + semantic search; each item carries an HTML-escaped snippet with <mark> highlights."""
-    return {"query": q, "items": engine.search(q, k, filters)}
+    return {"query": q, "items": engine.search(q, k, filters, options)}
 
 
 @router.post("/v1/related", response_model=DraftRelatedResponse, tags=["read"])
@@ -113,6 +119,25 @@ def post_articles(
     if good:
         reindexer.request()
     return WriteResult(added=counts.added, updated=counts.updated, unchanged=counts.unchanged, rejected=rejected)
+
+
+@router.get("/v1/rules", response_model=RulesResponse, tags=["rules"])
+def list_rules(engine: EngineDep, _: WriteAccess,
+               article: Annotated[str | None, Query(max_length=512, description="only this article's list")] = None):
+    """Editorial rules (key required: rules are not public)."""
+    return {"rules": [r.to_dict() for r in engine.rules(article)]}
+
+
+@router.post("/v1/rules", response_model=RuleOut, status_code=201, tags=["rules"])
+def add_rule(rule: RuleIn, engine: EngineDep, _: WriteAccess):
+    """Add a pin, block, boost or bury. It applies to the next request; no reindex is needed."""
+    return engine.add_rule(parse_rule(rule.model_dump(exclude_none=True))).to_dict()
+
+
+@router.delete("/v1/rules/{rule_id}", response_model=WriteResult, tags=["rules"])
+def delete_rule(rule_id: Annotated[int, Path(ge=1, le=2**62)], engine: EngineDep, _: WriteAccess):
+    engine.delete_rule(rule_id)
+    return WriteResult(deleted=1)
 
 
 @router.get("/healthz", tags=["ops"])

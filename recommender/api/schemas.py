@@ -15,7 +15,8 @@ class Item(BaseModel):
     url: str | None = None
     published: str | None = None
     section: str | None = None
-    score: float
+    score: float | None = Field(description="the ranking score; null for items an editor pinned")
+    source: str = Field("auto", description="'manual' for an editor's pin, 'auto' for a ranked item")
 
 
 class SearchItem(Item):
@@ -94,3 +95,35 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class RuleIn(BaseModel):
+    """An editorial rule. ``pin``: show ``target`` in ``article``'s list at
+    ``position``. ``block``: never show ``target`` in ``article``'s list, or
+    anywhere when ``article`` is omitted. ``boost``/``bury``: move an article,
+    a section or a tag (``target_type``) up or down by ``weight``."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field(..., max_length=10, description="pin, block, boost or bury")
+    target: str = Field(..., min_length=1, max_length=512)
+    article: str | None = Field(None, max_length=512, description="the list's article; omit for every list")
+    target_type: str = Field("article", max_length=10, description="article, section or tag")
+    position: int | None = Field(None, description="pins: 1-based slot")
+    weight: float | None = Field(None, description="boosts and buries: standard deviations of the score (default 1)")
+    note: str | None = Field(None, max_length=512)
+
+
+class RuleOut(BaseModel):
+    id: int
+    kind: str
+    target: str
+    article: str | None = None
+    target_type: str
+    position: int | None = None
+    weight: float | None = None
+    note: str = ""
+    created_at: str | None = None
+
+
+class RulesResponse(BaseModel):
+    rules: list[RuleOut]
