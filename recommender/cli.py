@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         recommender reindex --force         # rebuild the index even if nothing changed
         recommender reindex --dry-run       # what would be embedded, deleted and published
         recommender reindex --engine ray    # embed on Ray: $RAY_ADDRESS, a `ray start` cluster, or a local one
-        recommender reindex --engine ray --ray-address ray://head:10001 --ray-actors 32
+        recommender reindex --engine ray --ray-address ray://head:10001 --ray-workers 32
 
         With --engine ray (pip install 'recommender[ray]') the embedding runs as a
         Ray Data job on the cluster's workers, which need recommender and the model
@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $RAY_ADDRESS, else a cluster started here with `ray start`, else a local Ray for this run)",
     )
     reindex.add_argument(
-        "--ray-actors", metavar="N", type=int, default=None,
-        help="model copies on the cluster with --engine ray (default: the cluster's CPUs / 2; each uses 2 threads)",
+        "--ray-workers", metavar="N", type=int, default=None,
+        help="model copies embedding at once with --engine ray "
+        "(default: the cluster's CPUs / 2; each uses 2 threads)",
     )
     reindex.set_defaults(handler=cmd_reindex)
 
@@ -279,13 +280,13 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from recommender.ray_engine import RayEngine, import_ray
 
-        if args.ray_actors is not None and args.ray_actors < 1:
-            print("error: --ray-actors must be at least 1", file=sys.stderr)
+        if args.ray_workers is not None and args.ray_workers < 1:
+            print("error: --ray-workers must be at least 1", file=sys.stderr)
             return EXIT_USAGE
         import_ray()  # fails here, with the pip command, if the extra is not installed
-        engine = RayEngine(settings, address=args.ray_address, concurrency=args.ray_actors)
-    elif args.ray_address is not None or args.ray_actors is not None:
-        print("error: --ray-address and --ray-actors need --engine ray", file=sys.stderr)
+        engine = RayEngine(settings, address=args.ray_address, concurrency=args.ray_workers)
+    elif args.ray_address is not None or args.ray_workers is not None:
+        print("error: --ray-address and --ray-workers need --engine ray", file=sys.stderr)
         return EXIT_USAGE
     with Store.open(settings.store_path) as store, reindex_lock(settings.data_dir):
         if store.count() == 0:

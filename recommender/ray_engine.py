@@ -1,18 +1,23 @@
-"""Embedding on a Ray cluster, as a Ray Data job (``recommender reindex --engine ray``).
+"""Embedding on a Ray cluster, as Ray Data jobs (``recommender reindex --engine ray``).
 
 The driver (the process running ``reindex``) keeps the SQLite store: it reads
-the changed articles, sends their passages to the cluster, and checkpoints the
-vectors as they come back, exactly as with the local engine. Only the model
-runs on the cluster, in a pool of actors that each load it once.
+the changed articles, sends their passages to the cluster and checkpoints the
+vectors as they come back, as with the local engine. Only the model runs on
+the cluster.
 
-The jobs arrive lazily from the store, 64 articles each. They are sent in
-windows of ``window_jobs`` jobs (default 64, about 4,000 articles): one Ray
-Data dataset per window, ``from_items`` -> ``map_batches(EmbedActor)``, one job
-per batch. Memory on the driver stays bounded on a million-article archive,
-and each window's actors start once and embed many jobs.
+The pipeline makes jobs of 64 articles lazily. They go out in windows (by
+default 4 jobs per worker, at least 32 and at most 512 jobs): one Ray Data
+dataset per window, ``from_items(window).map_batches(embed_batch)``, one job
+per batch, so the driver holds one window at a time, however large the
+archive. ``embed_batch`` runs as Ray tasks, each reserving
+``threads_per_worker`` CPUs; a worker process loads the model with its first
+task and keeps it, and Ray reuses the idle worker processes of a job, so every
+window after the first starts warm. (An actor pool, ``map_batches`` with a
+callable class, starts new actors for every dataset: here that reloaded torch
+and the model for every window, 15-20 s each on 2 cores.)
 
-Ray is an optional extra (``pip install 'recommender[ray]'``) and is imported
-only when this engine runs.
+Ray is an optional extra (``pip install 'recommender[ray]'``), imported only
+when this engine runs.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
@@ -28,28 +34,27 @@ import numpy as np
 
 from recommender.config import Settings
 from recommender.errors import ConfigError
-from recommender.pipeline import EmbeddingError, EmbedJob, EmbedResult
+from recommender.pipeline import EmbeddingError, EmbedJob, EmbedResult, embed_job
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'recommender[ray]'"
-WINDOW_JOBS = 64
-"""Jobs (of 64 articles) per Ray Data dataset; a new actor pool starts per window."""
-THREADS_PER_ACTOR = 2
-"""torch threads (and Ray CPUs reserved) per actor; actors = cluster CPUs // this."""
+THREADS_PER_WORKER = 2
+"""torch threads per worker, and the Ray CPUs each task reserves."""
+WINDOW_JOBS_PER_WORKER, MIN_WINDOW_JOBS, MAX_WINDOW_JOBS = 4, 32, 512
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "SENTENCE_TRANSFORMERS_HOME")
-"""Environment variables of the driver that the actors get too (if set)."""
+"""The driver's environment variables (if set) that the workers get too."""
 
 
 class RemoteEmbeddingError(Exception):
-    """An article's embedding failed on a Ray worker; carries the worker's message."""
+    """An article could not be embedded on a Ray worker; the message is the worker's."""
 
 
 def import_ray():
-    """Import Ray, or fail with a message saying how to install it."""
+    """Import Ray and Ray Data, or fail with a message saying how to install them."""
     try:
         import ray
-        import ray.data  # noqa: F401 - the Data library is the part we need
+        import ray.data
     except ImportError as exc:
         raise ConfigError(
             f"the ray engine needs Ray, which is not installed here ({exc}); install it with: {INSTALL_HINT}"
@@ -60,14 +65,17 @@ def import_ray():
 class RayEngine:
     """Runs the embedding step as Ray Data jobs on a local or remote Ray cluster.
 
-    ``address``: a cluster (``ray://head:10001``, ``head:6379``, ``auto``); None
-    connects to the cluster named by ``RAY_ADDRESS`` or started on this machine
-    with ``ray start``, else starts a local one for the run. If Ray is already
-    initialized in this process, that connection is used as it is.
+    ``address``: the cluster (``ray://head:10001``, ``head:6379``, ``auto``). None
+    means the cluster named by ``RAY_ADDRESS``, else one started on this machine
+    with ``ray start``, else a local Ray started for the run and shut down after
+    it. If Ray is already initialized in this process, that connection is used.
 
-    ``concurrency``: actors (model copies); default the cluster's CPUs divided by
-    ``threads_per_actor``, at least 1. Each actor reserves ``threads_per_actor``
-    CPUs and limits torch to as many threads, so actors do not oversubscribe.
+    ``concurrency``: workers (model copies) embedding at once; default the
+    cluster's CPUs divided by ``threads_per_worker`` (at least 1). Each worker
+    reserves ``threads_per_worker`` CPUs and gives torch as many threads, so
+    the workers do not oversubscribe the cores.
+
+    ``window_jobs``: jobs per Ray Data dataset; default 4 per worker (32 to 512).
     """
 
     name = "ray"
@@ -78,46 +86,48 @@ class RayEngine:
         *,
         address: str | None = None,
         concurrency: int | None = None,
-        threads_per_actor: int = THREADS_PER_ACTOR,
-        window_jobs: int = WINDOW_JOBS,
+        threads_per_worker: int = THREADS_PER_WORKER,
+        window_jobs: int | None = None,
     ):
-        if concurrency is not None and concurrency < 1:
-            raise ConfigError(f"the number of Ray actors must be at least 1, got {concurrency}")
-        if threads_per_actor < 1 or window_jobs < 1:
-            raise ConfigError("threads_per_actor and window_jobs must be at least 1")
+        for label, value in (("workers", concurrency), ("threads per worker", threads_per_worker),
+                             ("jobs per window", window_jobs)):
+            if value is not None and value < 1:
+                raise ConfigError(f"the number of Ray {label} must be at least 1, got {value}")
         self.settings = settings
         self.address = address
         self.concurrency = concurrency
-        self.threads_per_actor = threads_per_actor
+        self.threads_per_worker = threads_per_worker
         self.window_jobs = window_jobs
 
     def run(self, jobs: Iterable[EmbedJob]) -> Iterator[tuple[EmbedJob, EmbedResult]]:
         jobs = iter(jobs)
-        first = list(islice(jobs, self.window_jobs))
-        if not first:
-            return
+        first = next(jobs, None)
+        if first is None:
+            return  # nothing to embed: no need for Ray
         ray = import_ray()
         started_here = self._connect(ray)
         try:
-            concurrency = self.concurrency or default_concurrency(ray, self.threads_per_actor)
-            log.info("embedding on Ray %s with %d actors x %d threads", ray.__version__, concurrency,
-                     self.threads_per_actor)
-            window = first
+            concurrency = self.concurrency or default_concurrency(ray, self.threads_per_worker)
+            size = self.window_jobs or min(max(WINDOW_JOBS_PER_WORKER * concurrency, MIN_WINDOW_JOBS), MAX_WINDOW_JOBS)
+            log.info("embedding on Ray %s: %d workers x %d threads, %d jobs per window",
+                     ray.__version__, concurrency, self.threads_per_worker, size)
+            window = [first, *islice(jobs, size - 1)]
             while window:
                 yield from self._run_window(ray, window, concurrency)
-                window = list(islice(jobs, self.window_jobs))
+                window = list(islice(jobs, size))
         finally:
             if started_here:
                 ray.shutdown()
 
     def _connect(self, ray) -> bool:
-        """Connect (or start a local Ray); True when this call started it."""
-        ray.data.DataContext.get_current().enable_progress_bars = False  # the reindex bar counts articles
+        """Connect to Ray, or start a local one; True when this call did."""
+        _quiet_ray_data(ray, chatter=log.isEnabledFor(logging.INFO))
         if ray.is_initialized():
             return False
+        check_reachable(self.address or os.environ.get("RAY_ADDRESS"))
         kwargs: dict[str, Any] = {"ignore_reinit_error": True, "logging_level": logging.WARNING}
         if self.address is None and not os.environ.get("RAY_ADDRESS"):
-            kwargs["include_dashboard"] = False
+            kwargs["include_dashboard"] = False  # may start a local Ray
         try:
             ray.init(address=self.address, **kwargs)
         except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -128,43 +138,116 @@ class RayEngine:
     def _run_window(self, ray, window: list[EmbedJob], concurrency: int) -> Iterator[tuple[EmbedJob, EmbedResult]]:
         by_number = {job.number: job for job in window}
         items = [{"number": job.number, "texts": json.dumps(job.texts)} for job in window]
-        common = dict(batch_size=1, batch_format="numpy", num_cpus=self.threads_per_actor,
-                      runtime_env={"env_vars": actor_env(self.threads_per_actor)})
-        if os.environ.get("RAYMODE") == "tasks":
-            dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-                embed_batch, fn_args=(self.settings, self.threads_per_actor),
-                compute=ray.data.TaskPoolStrategy(size=min(concurrency, len(window))), **common)
-        else:
-            dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-                EmbedActor,
-                fn_constructor_args=(self.settings, self.threads_per_actor),
-                compute=ray.data.ActorPoolStrategy(size=min(concurrency, len(window))), **common)
-        for row in dataset.iter_rows():
-            job = by_number.pop(int(row["number"]))
-            yield job, unpack_result(job, row)
-        if by_number:  # Ray Data returns every row or raises; this would be a bug
+        args = (items, self.settings, self.threads_per_worker, min(concurrency, len(window)))
+        try:
+            if ray.util.client.ray.is_connected():
+                # Ray Data cannot stream to a Ray Client (ray://) driver: the window
+                # runs in a task on the cluster, which returns all its rows at once.
+                rows = iter(ray.get(ray.remote(num_cpus=0)(collect_window).remote(*args)))
+            else:
+                rows = iter(window_dataset(ray, *args).iter_rows())
+            while True:
+                try:
+                    row = next(rows)
+                except StopIteration:
+                    break
+                job = by_number.pop(int(row["number"]))
+                yield job, unpack_result(job, row)
+        except ray.exceptions.RayError as exc:  # a worker died, ran out of memory, ...
+            raise EmbeddingError(f"the Ray embedding job failed: {exc}") from exc
+        if by_number:  # Ray Data returns every row or raises
             raise EmbeddingError(f"Ray returned no result for jobs {sorted(by_number)}")
 
 
-def default_concurrency(ray, threads_per_actor: int) -> int:
+def window_dataset(ray, items: list[dict], settings: Settings, threads: int, concurrency: int):
+    """One window of jobs as a Ray Data dataset: one block and one batch per job."""
+    return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        embed_batch,
+        fn_args=(settings, threads),
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.TaskPoolStrategy(size=concurrency),
+        num_cpus=threads,
+        runtime_env={"env_vars": worker_env(threads)},
+    )
+
+
+def collect_window(items: list[dict], settings: Settings, threads: int, concurrency: int) -> list[dict]:
+    """Runs a window on the cluster and returns its rows (for Ray Client drivers)."""
+    import ray
+
+    _quiet_ray_data(ray)
+    return list(window_dataset(ray, items, settings, threads, concurrency).iter_rows())
+
+
+def _quiet_ray_data(ray, *, chatter: bool = False) -> None:
+    """No Ray Data progress bars (the reindex bar counts articles), and without
+    -v none of its per-dataset log lines."""
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    if not chatter:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        notices = logging.getLogger("ray.data._internal.progress")
+        if not any(isinstance(f, _NotProgressBarNotice) for f in notices.filters):
+            notices.addFilter(_NotProgressBarNotice())
+
+
+class _NotProgressBarNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Progress bars disabled")
+
+
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast on a cluster address (host:port) that does not answer: Ray
+    itself retries such an address for many minutes."""
+    if not address or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return  # "auto", "local"
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot reach Ray at {address}: {exc}; is the cluster up (`ray status` on its head node)?"
+        ) from None
+
+
+def default_concurrency(ray, threads_per_worker: int) -> int:
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(1, cpus // threads_per_actor)
+    return max(1, cpus // threads_per_worker)
 
 
-def actor_env(threads: int) -> dict[str, str]:
+def worker_env(threads: int) -> dict[str, str]:
     env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
     env.update(TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(threads))
     return env
 
 
-class EmbedActor:
-    """A Ray Data callable class: loads the model once, then embeds one job per
-    call with the pipeline's ``embed_job`` (per-article failure isolation).
+_WORKERS: dict[tuple, EmbedWorker] = {}
+"""This worker process's loaded models, by what ``from_settings`` reads."""
 
-    Results travel as plain columns: the article vectors concatenated as float32
-    bytes, their row counts, and per article an error message or None. A model
-    that cannot load, or a job where every article fails, comes back as a job
-    error, which stops the run on the driver with the worker's message."""
+
+def embed_batch(batch: dict[str, np.ndarray], settings: Settings, threads: int) -> dict[str, np.ndarray]:
+    """The Ray Data function: embed a batch of jobs with this worker process's
+    model, loaded by its first task and kept for the next ones."""
+    key = (settings.model, settings.device, settings.batch_size, settings.precision, threads)
+    worker = _WORKERS.get(key)
+    if worker is None:
+        worker = EmbedWorker(settings, threads)
+        if worker.error is None:  # a failed load is retried by the next task
+            _WORKERS[key] = worker
+    return worker(batch)
+
+
+class EmbedWorker:
+    """Loads the model once, then embeds jobs with the pipeline's ``embed_job``
+    (one bad article fails alone).
+
+    Results travel as plain columns: the vectors of the job's articles
+    concatenated as float32 bytes, the dimension and each article's row count
+    (-1: failed), each article's error message or None, and a job error. A model
+    that cannot load, or a job whose every article fails, is a job error: it
+    stops the run on the driver with the worker's message."""
 
     def __init__(self, settings: Settings, threads: int):
         self.error: str | None = None
@@ -176,51 +259,35 @@ class EmbedActor:
             from recommender.embed import SentenceTransformerEmbedder
 
             self.embedder = SentenceTransformerEmbedder.from_settings(settings)
-        except Exception as exc:  # noqa: BLE001 - reported to the driver with each job
-            self.error = f"cannot load the model {settings.model!r} on Ray worker {_node()}: {_describe(exc)}"
+        except Exception as exc:  # noqa: BLE001 - sent to the driver with each job
+            where = socket.gethostname()
+            self.error = f"cannot load the model {settings.model!r} on Ray worker {where}: {_describe(exc)}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from recommender.pipeline import embed_job
-
-        out: dict[str, list] = {"number": [], "vectors": [], "rows": [], "errors": [], "job_error": []}
+        columns: dict[str, list] = {"number": [], "vectors": [], "rows": [], "errors": [], "job_error": []}
         for number, packed in zip(batch["number"], batch["texts"]):
             job = EmbedJob(int(number), json.loads(packed))
-            vectors, rows, errors, job_error = b"", [], [], ""
-            if self.error:
-                job_error = self.error
-            else:
+            vectors, rows, errors, job_error = b"", [], [], self.error or ""
+            if not job_error:
                 try:
                     results = embed_job(self.embedder, job)
                 except Exception as exc:  # noqa: BLE001 - every article failed: the run stops
-                    job_error = f"embedding job {job.number} failed on Ray worker {_node()}: {_describe(exc)}"
+                    where = socket.gethostname()
+                    job_error = f"embedding job {job.number} failed on Ray worker {where}: {_describe(exc)}"
                 else:
                     vectors, rows, errors = pack_results(results, self.embedder.dimension)
-            out["number"].append(job.number)
-            out["vectors"].append(vectors)
-            out["rows"].append(json.dumps(rows))
-            out["errors"].append(json.dumps(errors))
-            out["job_error"].append(job_error)
-        return {
-            "number": np.asarray(out["number"], dtype=np.int64),
-            "vectors": np.asarray(out["vectors"], dtype=object),
-            "rows": np.asarray(out["rows"], dtype=object),
-            "errors": np.asarray(out["errors"], dtype=object),
-            "job_error": np.asarray(out["job_error"], dtype=object),
-        }
-
-
-_WORKER_EMBEDDERS: dict = {}
-
-
-def embed_batch(batch, settings, threads):
-    key = (settings, threads)
-    if key not in _WORKER_EMBEDDERS:
-        _WORKER_EMBEDDERS[key] = EmbedActor(settings, threads)
-    return _WORKER_EMBEDDERS[key](batch)
+            columns["number"].append(job.number)
+            columns["vectors"].append(vectors)
+            columns["rows"].append(json.dumps(rows))
+            columns["errors"].append(json.dumps(errors))
+            columns["job_error"].append(job_error)
+        out = {name: np.asarray(values, dtype=object) for name, values in columns.items()}
+        out["number"] = np.asarray(columns["number"], dtype=np.int64)
+        return out
 
 
 def pack_results(results: EmbedResult, dimension: int) -> tuple[bytes, list, list]:
-    """(concatenated float32 bytes, [dimension, rows per article], error per article)."""
+    """(float32 bytes of all vectors, [dimension, rows per article or -1], error per article or None)."""
     blocks, rows, errors = [], [], []
     for result in results:
         if isinstance(result, Exception):
@@ -236,8 +303,8 @@ def pack_results(results: EmbedResult, dimension: int) -> tuple[bytes, list, lis
 
 
 def unpack_result(job: EmbedJob, row: dict[str, Any]) -> EmbedResult:
-    """A result row back into the pipeline's form: per article an (n, dim)
-    float32 array, or a RemoteEmbeddingError with the worker's message."""
+    """A result row back in the pipeline's form: per article an (n, dim) float32
+    array, or a RemoteEmbeddingError with the worker's message."""
     if row["job_error"]:
         raise EmbeddingError(row["job_error"])
     dimension, rows = json.loads(row["rows"])
@@ -258,9 +325,3 @@ def unpack_result(job: EmbedJob, row: dict[str, Any]) -> EmbedResult:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
-
-
-def _node() -> str:
-    import socket
-
-    return socket.gethostname()

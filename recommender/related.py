@@ -28,6 +28,8 @@ from recommender.version import IndexVersion
 QUERY_TERMS = 32
 """Distinctive terms of the query article used to gather lexical candidates."""
 EXACT_FILTER_LIMIT = 20_000
+MMR_WINDOW = 50
+"""Diversity chooses among this many of the best candidates."""
 """A filter allowing at most this many articles is scored exhaustively."""
 
 
@@ -182,10 +184,12 @@ def _select(
                 continue  # a copy of the article asked about
             seen.add(story)
         picked.append(int(i))
-        if len(picked) == (k if policy.mmr_lambda >= 1.0 else max(4 * k, 50)):
+        if len(picked) == (k if policy.mmr_lambda >= 1.0 else max(k, MMR_WINDOW)):
             break
     if policy.mmr_lambda < 1.0:
-        picked = mmr(version, rows, score, picked, k, policy.mmr_lambda)
+        # Diversity re-orders the head of the list (the part readers see).
+        head = mmr(version, rows, score, picked[:MMR_WINDOW], min(k, MMR_WINDOW), policy.mmr_lambda)
+        picked = head + [i for i in picked if i not in set(head)]
     shown = set(rows.tolist()) if policy.prefer_original and policy.dedup else set()
     hits = []
     for i in picked[:k]:
@@ -197,6 +201,28 @@ def _select(
             row = original
         hits.append(Hit(int(version.doc_ids[row]), float(score[i]), float(semantic[i]), float(lexical[i])))
     return hits
+
+
+def recency_adjust(
+    version: IndexVersion, half_life_days: float, weight: float, today: float
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Score change by age: 0 for an article published ``today``, -weight/2 at
+    one half-life, tending to -weight; none for undated articles."""
+
+    def adjust(rows: np.ndarray) -> np.ndarray:
+        age = np.maximum(today - version.published_days[rows], 0.0)
+        return np.nan_to_num(weight * (0.5 ** (age / half_life_days) - 1.0))
+
+    return adjust
+
+
+def combine(*adjustments: Callable[[np.ndarray], np.ndarray] | None) -> Callable[[np.ndarray], np.ndarray] | None:
+    active = [a for a in adjustments if a is not None]
+    if not active:
+        return None
+    if len(active) == 1:
+        return active[0]
+    return lambda rows: sum(a(rows) for a in active)
 
 
 def mmr(version: IndexVersion, rows: np.ndarray, score: np.ndarray, order: list[int], k: int, lam: float) -> list[int]:

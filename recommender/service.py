@@ -23,7 +23,7 @@ from recommender.embed import Embedder, model_id_for
 from recommender.errors import ArticleNotFound, IndexMismatch, IndexNotFound, RuleNotFound
 from recommender.filters import NO_FILTERS, Filters
 from recommender.lexical import snippet_html
-from recommender.related import Hit, Policy, rank_related, related_to_row
+from recommender.related import Hit, Policy, combine, rank_related, recency_adjust, related_to_row
 from recommender.rules import ListRules, Rule
 from recommender.search import search, validate_query
 from recommender.store import Store, UpsertCounts
@@ -264,22 +264,17 @@ class Engine:
                 excluded.append(stored.doc_id)
         excluded_rows = np.unique(version.rows_of(np.asarray(excluded, dtype=np.int64))) if excluded else None
         boost_rows, boost_values = self._boosts(version, rules)
-        half_life = options.half_life_days
-        today = _today()
 
-        def adjust(rows: np.ndarray) -> np.ndarray:
-            out = np.zeros(len(rows), dtype=np.float64)
-            if len(boost_rows):
-                at = np.minimum(np.searchsorted(boost_rows, rows), len(boost_rows) - 1)
-                out += np.where(boost_rows[at] == rows, boost_values[at], 0.0)
-            if half_life:
-                age = np.maximum(today - version.published_days[rows], 0.0)
-                out += np.nan_to_num(self.settings.recency_weight * (0.5 ** (age / half_life) - 1.0))
-            return out
+        def boosts(rows: np.ndarray) -> np.ndarray:
+            at = np.minimum(np.searchsorted(boost_rows, rows), len(boost_rows) - 1)
+            return np.where(boost_rows[at] == rows, boost_values[at], 0.0)
 
+        recency = None
+        if options.half_life_days:
+            recency = recency_adjust(version, options.half_life_days, self.settings.recency_weight, _today())
         return Policy(
             excluded_rows=excluded_rows,
-            adjust=adjust if (len(boost_rows) or half_life) else None,
+            adjust=combine(boosts if len(boost_rows) else None, recency),
             mmr_lambda=options.mmr_lambda,
             dedup=options.dedup,
         )

@@ -31,7 +31,7 @@ def test_import_and_help_do_not_import_torch():
         "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
         "for sub in ['ingest', 'reindex', 'related', 'search', 'eval', 'serve']:\n"
         "    try:\n        c.main([sub, '--help'])\n    except SystemExit:\n        pass\n"
-        "heavy = [m for m in ('torch', 'sentence_transformers', 'faiss', 'transformers', 'fastapi', 'uvicorn') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'sentence_transformers', 'faiss', 'transformers', 'fastapi', 'uvicorn', 'ray') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
@@ -65,7 +65,7 @@ def test_end_to_end(tmp_path, corpus, tiny_model_dir):
 
     related = json.loads(run("related", "talks-1", "--k", "3", "--json", *common).stdout)
     assert related["article_id"] == "talks-1" and len(related["items"]) == 3
-    assert set(related["items"][0]) == {"id", "title", "url", "published", "section", "score"}
+    assert set(related["items"][0]) == {"id", "title", "url", "published", "section", "score", "source"}
     hits = json.loads(run("search", "ceasefire envoy", "--json", *common).stdout)["items"]
     assert hits and hits[0]["id"].startswith("talks-")
     assert "1." in run("search", "harbour bridge", *common).stdout

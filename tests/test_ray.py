@@ -17,7 +17,7 @@ from recommender.articles import parse_article
 from recommender.config import Settings
 from recommender.embed import SentenceTransformerEmbedder
 from recommender.pipeline import EmbeddingError, EmbedJob, reindex
-from recommender.ray_engine import EmbedActor, RayEngine, RemoteEmbeddingError, pack_results, unpack_result
+from recommender.ray_engine import EmbedWorker, RayEngine, RemoteEmbeddingError, pack_results, unpack_result
 from recommender.store import Store
 from recommender.version import IndexVersion
 from tests.conftest import write_jsonl
@@ -30,6 +30,7 @@ except ImportError:
     ray = None
 
 needs_ray = pytest.mark.skipif(ray is None, reason="needs Ray: pip install 'recommender[ray]'")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own settings
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def _ingested(settings: Settings, rows: list[dict]) -> Store:
 @pytest.mark.slow
 def test_ray_engine_publishes_the_same_index_as_the_local_one(tmp_path, tiny_model_dir, corpus, local_ray, monkeypatch):
     # 30 articles in jobs of 8: 4 jobs, in windows of 3 (two datasets), on 2
-    # one-thread actors, so results can come back out of order.
+    # one-thread workers, so results can come back out of order.
     monkeypatch.setattr(pipeline, "EMBED_BATCH_DOCS", 8)
     local = Settings.load({"data_dir": tmp_path / "local", "model": str(tiny_model_dir)}, environ={})
     remote = local.replace(data_dir=tmp_path / "ray")
@@ -58,7 +59,7 @@ def test_ray_engine_publishes_the_same_index_as_the_local_one(tmp_path, tiny_mod
     with _ingested(local, rows) as store:
         expected = reindex(local, store, lambda: SentenceTransformerEmbedder.from_settings(local), progress=False)
     with _ingested(remote, rows) as store:
-        engine = RayEngine(remote, concurrency=2, threads_per_actor=1, window_jobs=3)
+        engine = RayEngine(remote, concurrency=2, threads_per_worker=1, window_jobs=3)
         report = reindex(remote, store, lambda: pytest.fail("the ray engine must not load a model here"),
                          progress=False, engine=engine)
         assert ray.is_initialized()  # the engine used the running Ray and left it running
@@ -80,10 +81,28 @@ def test_ray_engine_publishes_the_same_index_as_the_local_one(tmp_path, tiny_mod
 
 @needs_ray
 @pytest.mark.slow
+def test_ray_client_path_runs_each_window_in_a_cluster_task(tmp_path, tiny_model_dir, corpus, local_ray, monkeypatch):
+    """With ray:// (Ray Client) Ray Data cannot stream to the driver; the engine
+    then collects each window in a task on the cluster. Taken here on the local Ray."""
+    monkeypatch.setattr(ray.util.client.ray, "is_connected", lambda: True)
+    local = Settings.load({"data_dir": tmp_path / "local", "model": str(tiny_model_dir)}, environ={})
+    remote = local.replace(data_dir=tmp_path / "ray")
+    with _ingested(local, corpus[:10]) as store:
+        reindex(local, store, lambda: SentenceTransformerEmbedder.from_settings(local), progress=False)
+    with _ingested(remote, corpus[:10]) as store:
+        report = reindex(remote, store, lambda: None, progress=False,
+                         engine=RayEngine(remote, concurrency=2, threads_per_worker=1))
+    assert (report.embedded, report.engine) == (10, "ray")
+    np.testing.assert_allclose(IndexVersion.load(remote.index_root).doc_vectors,
+                               IndexVersion.load(local.index_root).doc_vectors, atol=1e-5)
+
+
+@needs_ray
+@pytest.mark.slow
 def test_a_model_that_cannot_load_on_the_workers_stops_the_run(tmp_path, corpus, local_ray):
     settings = Settings.load({"data_dir": tmp_path / "d", "model": str(tmp_path / "no-such-model")}, environ={})
     with _ingested(settings, corpus[:3]) as store:
-        engine = RayEngine(settings, concurrency=1, threads_per_actor=1)
+        engine = RayEngine(settings, concurrency=1, threads_per_worker=1)
         with pytest.raises(EmbeddingError, match="cannot load the model .*no-such-model.* on Ray worker"):
             reindex(settings, store, lambda: None, progress=False, engine=engine)
         assert store.stale_embeddings(pipeline.embedding_key(settings))  # nothing saved
@@ -92,22 +111,24 @@ def test_a_model_that_cannot_load_on_the_workers_stops_the_run(tmp_path, corpus,
 
 @needs_ray
 @pytest.mark.slow
-def test_cli_reindex_engine_ray(tmp_path, tiny_model_dir, corpus):
-    # Its own process: starts a local Ray for the run and shuts it down.
+def test_cli_reindex_engine_ray_with_address(tmp_path, tiny_model_dir, corpus, local_ray):
+    # Another process, connecting to the running Ray by address as to a real cluster.
+    address = local_ray.get_runtime_context().gcs_address
     common = ["--data-dir", str(tmp_path / "d"), "--model", str(tiny_model_dir)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "recommender.cli", *args, *common],
-                              capture_output=True, text=True, env=env, timeout=300)
+        return subprocess.run([sys.executable, "-m", "recommender.cli", *args, *common], check=False,
+                              capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"}, timeout=300)
 
     assert cli("ingest", str(write_jsonl(tmp_path / "a.jsonl", corpus[:12]))).returncode == 0
-    result = cli("reindex", "--engine", "ray", "--ray-actors", "1", "--json", "--no-progress")
+    result = cli("reindex", "--engine", "ray", "--ray-address", address, "--ray-workers", "2",
+                 "--json", "--no-progress")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["engine"] == "ray" and summary["embedded"] == 12 and summary["published"]
     assert "Traceback" not in result.stderr
+    assert local_ray.cluster_resources().get("CPU") == 2  # disconnecting left the cluster running
 
 
 def test_results_and_per_article_errors_survive_the_trip():
@@ -125,8 +146,8 @@ def test_results_and_per_article_errors_survive_the_trip():
         unpack_result(EmbedJob(0, [["a"]]), dict(row, job_error="boom"))
 
 
-def test_actor_isolates_a_failing_article(settings):
-    """The actor's call, in this process: one bad article fails alone."""
+def test_worker_isolates_a_failing_article(settings):
+    """A worker's call, in this process: one bad article fails alone."""
 
     class FailsOnPoison:
         def __init__(self, inner):
@@ -137,17 +158,23 @@ def test_actor_isolates_a_failing_article(settings):
                 raise ValueError("cannot embed this text")
             return self.inner.embed(texts)
 
-    actor = EmbedActor(settings, threads=1)
-    assert actor.error is None
-    actor.embedder = FailsOnPoison(actor.embedder)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        worker = EmbedWorker(settings, threads=1)  # sets torch's threads, as in a Ray worker
+    finally:
+        torch.set_num_threads(threads)
+    assert worker.error is None
+    worker.embedder = FailsOnPoison(worker.embedder)
     texts = [["ceasefire talks", "envoy treaty"], ["POISON"], ["bridge harbour"]]
-    out = actor({"number": np.array([7]), "texts": np.array([json.dumps(texts)], dtype=object)})
+    out = worker({"number": np.array([7]), "texts": np.array([json.dumps(texts)], dtype=object)})
     row = {k: v[0] for k, v in out.items()}
     assert row["number"] == 7 and row["job_error"] == ""
     back = unpack_result(EmbedJob(7, texts), row)
     assert [getattr(r, "shape", None) for r in back] == [(2, 24), None, (1, 24)]
     assert isinstance(back[1], RemoteEmbeddingError) and "cannot embed this text" in str(back[1])
-    np.testing.assert_allclose(back[0], actor.embedder.inner.embed(texts[0]), atol=1e-6)
+    np.testing.assert_allclose(back[0], worker.embedder.inner.embed(texts[0]), atol=1e-6)
 
 
 def test_engine_ray_without_ray_installed_says_how_to_install(tmp_path, corpus, tiny_model_dir):
@@ -158,10 +185,27 @@ def test_engine_ray_without_ray_installed_says_how_to_install(tmp_path, corpus, 
         "from recommender.cli import main\n"
         f"sys.exit(main({['reindex', '--engine', 'ray', *common]!r}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 1, result.stderr
     assert "pip install 'recommender[ray]'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unreachable_cluster_address_fails_fast():
+    import socket
+
+    from recommender.errors import ConfigError
+    from recommender.ray_engine import check_reachable
+
+    with socket.socket() as server:  # a port that answers...
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        check_reachable(f"127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match=f"cannot reach Ray at 127.0.0.1:{port}"):
+        check_reachable(f"127.0.0.1:{port}", timeout=2)  # ...and, closed, one that does not
+    check_reachable("auto")
+    check_reachable("ray://head:10001")  # Ray Client has its own timeout
 
 
 def test_ray_options_need_the_ray_engine(tmp_path):
