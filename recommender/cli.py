@@ -34,6 +34,7 @@ typical session:
   recommender reindex                            # embed what changed, publish a new index
   recommender related bbc-2024-0042 --k 5        # the article's related list
   recommender search "Ilham Aliev Minsk Group"   # keyword + semantic search
+  recommender rules add pin --article bbc-2024-0042 --target bbc-2024-0007 --position 2
   recommender eval related --dataset labelled.jsonl
 
 exit codes: 0 success, 1 failure, 2 bad usage, 3 partial success (some input
@@ -135,6 +136,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reindex.set_defaults(handler=cmd_reindex)
 
+    rules = command(
+        "rules",
+        "List, add and delete editorial rules: pins, blocks, boosts and buries.",
+        """
+        recommender rules list
+        recommender rules list --article bbc-2024-0042 --json
+        recommender rules add pin --article bbc-2024-0042 --target bbc-2024-0007 --position 2
+        recommender rules add block --target bbc-2023-0999               # in every list and search
+        recommender rules add block --article bbc-2024-0042 --target bbc-2024-0100
+        recommender rules add boost --target explainer --type tag --weight 2
+        recommender rules add bury --target sport --type section --article bbc-2024-0042
+        recommender rules delete 12
+
+        pin:   show TARGET in ARTICLE's related list at POSITION (1 = first); the
+               other slots are filled automatically.
+        block: never show TARGET in ARTICLE's list, or anywhere without --article.
+               A block beats every other rule.
+        boost, bury: move an article, a section or a tag up or down by WEIGHT
+               standard deviations of the list's score (default 1).
+        Rules live in the store, name articles by id, apply to the next request
+        and survive reindexing and model changes.
+        """,
+    )
+    rules.add_argument("action", choices=("list", "add", "delete"))
+    rules.add_argument("kind_or_id", nargs="?", metavar="KIND|RULE_ID",
+                       help="add: pin, block, boost or bury; delete: the rule's number")
+    rules.add_argument("--article", help="the list the rule is for (required for pins; omit for every list)")
+    rules.add_argument("--target", help="the article id (or section or tag name) the rule moves")
+    rules.add_argument("--type", dest="target_type", choices=("article", "section", "tag"), default="article",
+                       help="what --target names (boost and bury; default article)")
+    rules.add_argument("--position", type=int, help="pins: the 1-based slot")
+    rules.add_argument("--weight", type=float, help="boost and bury: strength (default 1)")
+    rules.add_argument("--note", help="why (shown to editors)")
+    rules.add_argument("--json", action="store_true", help="print JSON")
+    rules.set_defaults(handler=cmd_rules)
+
     related = command(
         "related",
         "Print the articles most related to one article.",
@@ -190,11 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
         recommender eval related --dataset ../shared/data/bbc_news.jsonl
         recommender eval search --dataset ../shared/data/time_docs.jsonl \\
                                 --queries ../shared/data/time_queries.jsonl --json
+        recommender eval related --dataset ../shared/data/newswcl50.jsonl --ablation
 
         related: every article with a `group` is a query; articles sharing its group
                  are relevant. Metrics: MAP, nDCG@10, P@5, R-precision.
         search:  each line of --queries has `query` and `relevant_ids`.
                  Metrics: MAP, nDCG@10, MRR, recall@100.
+        --ablation adds rows with dedup, recency, diversity (MMR) and hybrid
+        scoring each switched against the configured engine.
         The dataset is indexed into its own folder (default indexes/eval/<name>),
         never into your data folder; reruns reuse its cached vectors.
         """,
@@ -204,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--queries", type=Path, help="JSONL queries (search only)")
     evaluate.add_argument("--depth", type=int, default=None, help="rank depth for MAP (default: the whole archive)")
     evaluate.add_argument("--json", action="store_true", help="print only the JSON report")
+    evaluate.add_argument(
+        "--ablation", action="store_true",
+        help="also rank with dedup, recency, diversity (MMR) and hybrid scoring each switched against the settings",
+    )
     evaluate.set_defaults(handler=cmd_eval)
     return parser
 
@@ -353,6 +397,50 @@ def _print_items(args: argparse.Namespace, payload: dict) -> int:
     return EXIT_OK
 
 
+def cmd_rules(args: argparse.Namespace) -> int:
+    from recommender.errors import InvalidInput
+    from recommender.rules import parse_rule
+    from recommender.store import Store
+
+    settings = _settings(args)
+    with Store.open(settings.store_path) as store:
+        if args.action == "list":
+            found = [r.to_dict() for r in store.rules(args.article)]
+            if args.json:
+                print(json.dumps({"rules": found}, indent=2))
+            for r in [] if args.json else found:
+                where = f"in {r['article']}'s list" if r["article"] else "everywhere"
+                detail = f" at {r['position']}" if r["position"] else f" by {r['weight']:g}" if r["weight"] else ""
+                target = r["target"] if r["target_type"] == "article" else f"{r['target_type']} {r['target']}"
+                print(f"{r['id']:>5}  {r['kind']:<5}  {target}{detail} {where}  {r['note']}".rstrip())
+            if not found and not args.json:
+                print("no rules")
+            return EXIT_OK
+        if args.action == "delete":
+            if not (args.kind_or_id or "").isdigit():
+                print("error: rules delete needs the rule's number (see `recommender rules list`)", file=sys.stderr)
+                return EXIT_USAGE
+            if not store.delete_rule(int(args.kind_or_id)):
+                print(f"error: no rule {args.kind_or_id}", file=sys.stderr)
+                return EXIT_FAILURE
+            print(f"deleted rule {args.kind_or_id}")
+            return EXIT_OK
+        data = {"kind": args.kind_or_id, "target": args.target, "article": args.article,
+                "target_type": args.target_type, "position": args.position, "weight": args.weight, "note": args.note}
+        try:
+            rule = parse_rule({k: v for k, v in data.items() if v is not None})
+        except InvalidInput as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        for name in {rule.article, rule.target if rule.target_type == "article" else None} - {None}:
+            if store.get(name) is None:
+                print(f"error: no article with id {name!r}", file=sys.stderr)
+                return EXIT_FAILURE
+        added = store.add_rule(rule)
+        print(json.dumps(added.to_dict()) if args.json else f"added rule {added.id}: {added.kind} {added.target}")
+    return EXIT_OK
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from recommender import evaluate
 
@@ -362,9 +450,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data_dir = getattr(args, "data_dir", None) or Path("indexes/eval") / args.dataset.stem
     settings = _settings(args, data_dir=data_dir)
     if args.task == "related":
-        report = evaluate.evaluate_related(settings, args.dataset, depth=args.depth, progress=not args.json)
+        report = evaluate.evaluate_related(
+            settings, args.dataset, depth=args.depth, progress=not args.json, ablation=args.ablation
+        )
     else:
-        report = evaluate.evaluate_search(settings, args.dataset, args.queries, depth=args.depth, progress=not args.json)
+        report = evaluate.evaluate_search(
+            settings, args.dataset, args.queries, depth=args.depth, progress=not args.json, ablation=args.ablation
+        )
     if args.json:
         print(json.dumps(report, indent=2))
     else:

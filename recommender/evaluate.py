@@ -172,7 +172,40 @@ def _timed(systems: dict[str, Callable[[], dict[str, float]]]) -> tuple[dict, di
     return results, seconds
 
 
-def evaluate_related(settings: Settings, dataset: Path, *, depth: int | None = None, progress: bool = True) -> dict:
+def ablation_variants(settings: Settings, task: str) -> dict[str, Settings]:
+    """One feature switched against the configured engine at a time."""
+    weight = "related_semantic_weight" if task == "related" else "search_semantic_weight"
+    variants = {
+        "dedup off" if settings.dedup else "dedup on": settings.replace(dedup=not settings.dedup),
+        "recency off" if settings.half_life_days else "recency on (half-life 30 days)":
+            settings.replace(half_life_days=0.0 if settings.half_life_days else 30.0),
+        "vectors only (no hybrid)": settings.replace(**{weight: 1.0}),
+        "keywords only": settings.replace(**{weight: 0.0}),
+    }
+    if task == "related":
+        variants["MMR off" if settings.mmr_lambda < 1 else "MMR on (lambda 0.7)"] = settings.replace(
+            mmr_lambda=1.0 if settings.mmr_lambda < 1 else 0.7
+        )
+    return variants
+
+
+def eval_policy(version, settings: Settings):
+    """The engine's policy for an evaluation: dedup, diversity and recency as
+    configured. Recency counts age from the newest article of the dataset
+    (the development sets are historical)."""
+    from recommender.related import Policy, recency_adjust
+
+    adjust = None
+    if settings.half_life_days:
+        dated = version.published_days[~np.isnan(version.published_days)]
+        if len(dated):
+            adjust = recency_adjust(version, settings.half_life_days, settings.recency_weight, float(dated.max()))
+    return Policy(adjust=adjust, mmr_lambda=settings.mmr_lambda, dedup=settings.dedup)
+
+
+def evaluate_related(
+    settings: Settings, dataset: Path, *, depth: int | None = None, progress: bool = True, ablation: bool = False
+) -> dict:
     from tqdm.auto import tqdm
 
     from recommender.related import related_to_row
@@ -192,10 +225,11 @@ def evaluate_related(settings: Settings, dataset: Path, *, depth: int | None = N
 
     store, version, id_of, row_of, _ = _prepare_engine(settings, articles, progress)
 
-    def engine() -> dict[str, float]:
+    def engine(variant: Settings = settings) -> dict[str, float]:
         rows = []
+        policy = eval_policy(version, variant)
         for i in tqdm(queries, desc="related", unit="query", disable=not progress):
-            hits = related_to_row(version, row_of[ids[i]], depth, settings)
+            hits = related_to_row(version, row_of[ids[i]], depth, variant, policy=policy)
             rows.append(related_metrics([id_of[h.doc_id] for h in hits], relevant(i)))
         return _mean(rows, RELATED_METRICS)
 
@@ -210,13 +244,17 @@ def evaluate_related(settings: Settings, dataset: Path, *, depth: int | None = N
         model = Bm25(texts)
         return _mean([related_metrics(_ranking(model.scores(texts[i]), ids, depth, i), relevant(i)) for i in queries], RELATED_METRICS)
 
-    systems, seconds = _timed({"recommender": engine, "tfidf": tfidf, "bm25": bm25})
+    runs = {"recommender": engine, "tfidf": tfidf, "bm25": bm25}
+    if ablation:
+        runs.update({f"recommender, {name}": (lambda v=v: engine(v)) for name, v in ablation_variants(settings, "related").items()})
+    systems, seconds = _timed(runs)
     store.close()
     return _report(dataset, "related", settings, len(articles), len(queries), depth, systems, seconds)
 
 
 def evaluate_search(
-    settings: Settings, dataset: Path, queries_path: Path, *, depth: int | None = None, progress: bool = True
+    settings: Settings, dataset: Path, queries_path: Path, *, depth: int | None = None, progress: bool = True,
+    ablation: bool = False,
 ) -> dict:
     from tqdm.auto import tqdm
 
@@ -240,11 +278,16 @@ def evaluate_search(
 
     store, version, id_of, _, load_embedder = _prepare_engine(settings, articles, progress)
 
-    def engine() -> dict[str, float]:
+    vectors: dict[str, np.ndarray] = {}
+
+    def engine(variant: Settings = settings) -> dict[str, float]:
         embedder = load_embedder()
         rows = []
+        policy = eval_policy(version, variant)
         for query, relevant in tqdm(queries, desc="search", unit="query", disable=not progress):
-            hits = search(version, embedder.embed([query])[0], query, depth, settings)
+            if query not in vectors:
+                vectors[query] = embedder.embed([query])[0]
+            hits = search(version, vectors[query], query, depth, variant, policy=policy)
             rows.append(search_metrics([id_of[h.doc_id] for h in hits], relevant))
         return _mean(rows, SEARCH_METRICS)
 
@@ -266,9 +309,10 @@ def evaluate_search(
             rows.append(search_metrics([id_of[d] for d, _ in hits], relevant))
         return _mean(rows, SEARCH_METRICS)
 
-    systems, seconds = _timed(
-        {"recommender": engine, "tfidf": tfidf, "bm25": bm25, "bm25_fts5_porter": bm25_stemmed}
-    )
+    runs = {"recommender": engine, "tfidf": tfidf, "bm25": bm25, "bm25_fts5_porter": bm25_stemmed}
+    if ablation:
+        runs.update({f"recommender, {name}": (lambda v=v: engine(v)) for name, v in ablation_variants(settings, "search").items()})
+    systems, seconds = _timed(runs)
     store.close()
     return _report(dataset, "search", settings, len(articles), len(queries), depth, systems, seconds)
 
@@ -287,7 +331,8 @@ def _report(dataset, task, settings, n_articles, n_queries, depth, systems, seco
             name: getattr(settings, name)
             for name in (
                 "chunk_words", "max_chunks", "related_semantic_weight", "search_semantic_weight", "candidates",
-                "duplicate_threshold", "lexical_duplicate_threshold", "duplicate_floor",
+                "duplicate_threshold", "lexical_duplicate_threshold", "duplicate_floor", "dedup",
+                "half_life_days", "mmr_lambda",
             )
         },
         "systems": systems,

@@ -15,6 +15,7 @@ from tests.server import Server, free_port
 from tests.test_api import build_index
 
 XSS_TITLE = "<img src=x onerror=alert(1)> Karsk envoy"
+EDITOR_KEY = "browser-editor-key"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
@@ -45,7 +46,8 @@ def site(tmp_path_factory, tiny_model_dir):
 
     page_port = free_port()
     page_origin = f"http://127.0.0.1:{page_port}"
-    server = Server(settings.data_dir, settings.model, env={"RECOMMENDER_CORS_ORIGINS": page_origin})
+    server = Server(settings.data_dir, settings.model,
+                    env={"RECOMMENDER_CORS_ORIGINS": page_origin, "RECOMMENDER_API_KEY": EDITOR_KEY})
     pages = root / "site"
     pages.mkdir()
     (pages / "article.html").write_text(
@@ -124,3 +126,30 @@ def test_widget_on_another_origin(site, browser):
     assert not any(h and h.startswith("javascript:") for h in hrefs)
     assert no_alert(browser)
     screenshot(browser, "widget.png")
+
+
+def test_editor_pins_an_article_and_the_list_marks_it(site, browser):
+    server, _ = site
+    wait = WebDriverWait(browser, 20)
+    browser.get(server.base + "/")
+    box = wait.until(EC.presence_of_element_located((By.ID, "q")))
+    box.send_keys("harbour bridge")
+    browser.find_element(By.CSS_SELECTOR, "#search-form button[type=submit]").click()
+    wait.until(EC.presence_of_all_elements_located((By.CSS_SELECTOR, "#results li .result-title")))[0].click()
+    wait.until(EC.presence_of_all_elements_located((By.CSS_SELECTOR, "#related li .related-title")))
+    assert not browser.find_elements(By.CSS_SELECTOR, "#related li.manual")
+    browser.find_element(By.CSS_SELECTOR, "#rules-box summary").click()
+    browser.find_element(By.ID, "api-key").send_keys(EDITOR_KEY)
+    browser.find_element(By.ID, "pin-target").send_keys("drought-3")
+    position = browser.find_element(By.ID, "pin-position")
+    position.clear()
+    position.send_keys("2")
+    browser.find_element(By.CSS_SELECTOR, "#pin-form button").click()
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#related li.manual .badge")))
+    items = browser.find_elements(By.CSS_SELECTOR, "#related > li")
+    assert "manual" in items[1].get_attribute("class") and "pinned" in items[1].text
+    assert all("manual" not in i.get_attribute("class") for i in items[:1] + items[2:])
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#rules li")))
+    assert "pin drought-3 at 2" in browser.find_element(By.ID, "rules").text
+    assert no_alert(browser)
+    screenshot(browser, "editors-pin.png")

@@ -12,7 +12,7 @@ import pytest
 from recommender.cli import build_parser
 from tests.conftest import write_jsonl
 
-COMMANDS = ["ingest", "reindex", "related", "search", "eval", "serve"]
+COMMANDS = ["ingest", "reindex", "rules", "related", "search", "eval", "serve"]
 
 
 def run(*args, env_extra=None, check=True):
@@ -29,7 +29,7 @@ def test_import_and_help_do_not_import_torch():
     code = (
         "import sys, recommender, recommender.cli as c\n"
         "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "for sub in ['ingest', 'reindex', 'related', 'search', 'eval', 'serve']:\n"
+        "for sub in ['ingest', 'reindex', 'rules', 'related', 'search', 'eval', 'serve']:\n"
         "    try:\n        c.main([sub, '--help'])\n    except SystemExit:\n        pass\n"
         "heavy = [m for m in ('torch', 'sentence_transformers', 'faiss', 'transformers', 'fastapi', 'uvicorn', 'ray') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
@@ -123,3 +123,25 @@ def test_reindex_exit_code_3_when_some_articles_fail(tmp_path, corpus, tiny_mode
     monkeypatch.undo()
     assert cli.main(["reindex", "--no-progress", *common]) == 0
     assert "1 embedded" in capsys.readouterr().out
+
+
+def test_rules_command(tmp_path, corpus, tiny_model_dir, capsys):
+    from recommender import cli
+
+    common = ["--data-dir", str(tmp_path / "d"), "--model", str(tiny_model_dir)]
+    assert cli.main(["ingest", str(write_jsonl(tmp_path / "a.jsonl", corpus)), *common]) == 0
+    assert cli.main(["rules", "list", *common]) == 0 and "no rules" in capsys.readouterr().out
+    assert cli.main(["rules", "add", "pin", "--article", "talks-1", "--target", "bridge-2", "--position", "2", *common]) == 0
+    assert cli.main(["rules", "add", "boost", "--target", "world", "--type", "section", "--weight", "2", *common]) == 0
+    capsys.readouterr()
+    assert cli.main(["rules", "add", "pin", "--article", "talks-1", "--target", "bridge-2", *common]) == 2
+    assert "position" in capsys.readouterr().err
+    assert cli.main(["rules", "add", "block", "--target", "nope", *common]) == 1
+    assert cli.main(["rules", "list", "--json", *common]) == 0
+    listed = json.loads(capsys.readouterr().out)["rules"]
+    assert [(r["kind"], r["target"]) for r in listed] == [("pin", "bridge-2"), ("boost", "world")]
+    assert cli.main(["rules", "delete", str(listed[0]["id"]), *common]) == 0
+    assert cli.main(["rules", "delete", "999", *common]) == 1
+    capsys.readouterr()
+    assert cli.main(["rules", "list", *common]) == 0
+    assert "boost  section world by 2 everywhere" in capsys.readouterr().out

@@ -75,7 +75,8 @@ def render_fragment(article_id: str, items: list[dict[str, Any]]) -> str:
         link = f'<a href="{html.escape(href, quote=True)}">{title}</a>' if href else f"<span>{title}</span>"
         date = html.escape(item.get("published") or "")
         time_tag = f' <time datetime="{date}">{date[:10]}</time>' if date else ""
-        rows.append(f"<li>{link}{time_tag}</li>")
+        source = "manual" if item.get("source") == "manual" else "auto"
+        rows.append(f'<li data-source="{source}">{link}{time_tag}</li>')
     return (
         f'<nav class="rec-related" aria-label="Related articles" data-article-id="{html.escape(article_id, quote=True)}">'
         f'<h2 class="rec-related__title">Related articles</h2><ul>{"".join(rows)}</ul></nav>'

@@ -22,23 +22,79 @@
     }, function () { target.replaceChildren(el("li", "error", "request failed (" + r.status + ")")); });
   }
 
+  var current = null;
+
+  function writeHeaders() {
+    return { "Authorization": "Bearer " + $("api-key").value, "Content-Type": "application/json" };
+  }
+
+  function ruleRequest(method, path, body) {
+    var status = $("rules-status");
+    status.textContent = "Saving…";
+    return fetch(path, { method: method, headers: writeHeaders(), body: body ? JSON.stringify(body) : undefined })
+      .then(function (r) {
+        return r.json().then(function (data) {
+          status.textContent = r.ok ? "Saved." : (data.error ? data.error.message : "request failed");
+          if (r.ok && current) showRelated(current);
+        });
+      });
+  }
+
+  function showRules(item) {
+    var list = $("rules");
+    list.replaceChildren();
+    if (!$("api-key").value) return;
+    fetch("/v1/rules?article=" + encodeURIComponent(item.id), { headers: writeHeaders(), cache: "no-store" }).then(function (r) {
+      if (!r.ok) return fail(list, r);
+      return r.json().then(function (data) {
+        data.rules.forEach(function (rule) {
+          var li = el("li", null, rule.kind + " " + rule.target +
+            (rule.position ? " at " + rule.position : "") + (rule.weight ? " by " + rule.weight : ""));
+          var remove = el("button", "small", "Remove");
+          remove.type = "button";
+          remove.addEventListener("click", function () { ruleRequest("DELETE", "/v1/rules/" + rule.id); });
+          li.appendChild(remove);
+          list.appendChild(li);
+        });
+      });
+    });
+  }
+
+  $("pin-form").addEventListener("submit", function (event) {
+    event.preventDefault();
+    if (!current) return;
+    ruleRequest("POST", "/v1/rules", { kind: "pin", article: current.id, target: $("pin-target").value.trim(),
+                                        position: parseInt($("pin-position").value, 10) });
+  });
+
   function showRelated(item) {
     var panel = $("related-panel"), list = $("related");
+    current = item;
     panel.hidden = false;
     $("related-for").textContent = item.title || item.id;
     list.replaceChildren(el("li", "meta", "Loading…"));
-    fetch("/v1/articles/" + encodeURIComponent(item.id) + "/related?k=10").then(function (r) {
+    /* no-store: editors see a rule's effect at once, not the 60 s public cache */
+    fetch("/v1/articles/" + encodeURIComponent(item.id) + "/related?k=10", { cache: "no-store" }).then(function (r) {
       if (!r.ok) return fail(list, r);
       return r.json().then(function (data) {
         list.replaceChildren();
         if (!data.items.length) list.appendChild(el("li", "meta", "No related articles."));
         data.items.forEach(function (rel) {
-          var li = el("li");
+          var li = el("li", rel.source === "manual" ? "manual" : "auto");
           li.appendChild(el("span", "related-title", rel.title || rel.id));
-          li.appendChild(el("span", "score", rel.score.toFixed(2)));
+          if (rel.source === "manual") li.appendChild(el("span", "badge manual", "pinned"));
+          else li.appendChild(el("span", "score", rel.score.toFixed(2)));
+          var block = el("button", "small", "Block here");
+          block.type = "button";
+          block.title = "Never show this article under " + (item.title || item.id);
+          block.addEventListener("click", function () {
+            ruleRequest("POST", "/v1/rules", { kind: "block", article: item.id, target: rel.id });
+          });
+          li.appendChild(block);
           li.appendChild(el("div", "meta", meta(rel)));
           list.appendChild(li);
         });
+        showRules(item);
       });
     });
   }

@@ -42,6 +42,7 @@
     var ul = document.createElement("ul");
     data.items.forEach(function (item) {
       var li = document.createElement("li");
+      li.setAttribute("data-source", item.source === "manual" ? "manual" : "auto");
       var href = safeHref(item.url);
       var a = document.createElement(href ? "a" : "span");
       if (href) a.href = href;
