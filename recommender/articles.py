@@ -98,9 +98,29 @@ def parse_article(record: Any) -> Article:
         published=parse_date(record.get("published")),
         section=_optional_str({"section": section}, "section"),
         tags=_parse_tags(record.get("tags")),
-        lang=_optional_str(record, "lang"),
+        lang=(_optional_str(record, "lang") or detect_language(title + ". " + body) or None),
         metadata=metadata,
     )
+
+
+LANGUAGE_CONFIDENCE = 0.8
+"""A detected language is kept only at this probability or above."""
+_identifier = None
+
+
+def detect_language(text: str) -> str | None:
+    """The ISO 639-1 code of the text's language (py3langid, 97 languages, offline),
+    or None when the text is short or the guess is unsure."""
+    global _identifier
+    sample = text[:4000]
+    if len(sample.split()) < 5:
+        return None
+    if _identifier is None:
+        from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+        _identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    lang, probability = _identifier.classify(sample)
+    return str(lang) if float(probability) >= LANGUAGE_CONFIDENCE else None
 
 
 def _optional_str(record: dict[str, Any], name: str) -> str | None:

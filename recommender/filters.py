@@ -18,6 +18,9 @@ class Filters:
     """Inclusive upper bound; a bare date includes that whole day."""
     lang: str | None = None
     tag: str | None = None
+    same_language: str | None = None
+    """The source article's language, applied by default to related lists:
+    unlike ``lang``, it also lets through articles of unknown language."""
 
     @classmethod
     def parse(cls, section=None, since=None, until=None, lang=None, tag=None) -> Filters:
@@ -33,7 +36,7 @@ class Filters:
         return filters
 
     def __bool__(self) -> bool:
-        return any((self.section, self.since, self.until, self.lang, self.tag))
+        return any((self.section, self.since, self.until, self.lang, self.tag, self.same_language))
 
     def with_defaults(self, **values: str) -> Filters:
         return dataclasses.replace(self, **values)
@@ -47,6 +50,9 @@ class Filters:
         if self.lang:
             clauses.append("lang = ?")
             params.append(self.lang)
+        if self.same_language:
+            clauses.append("(lang = ? OR lang IS NULL)")
+            params.append(self.same_language)
         if self.tag:
             clauses.append("EXISTS (SELECT 1 FROM json_each(articles.tags) WHERE json_each.value = ?)")
             params.append(self.tag)

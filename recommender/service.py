@@ -300,7 +300,7 @@ class Engine:
                 filters = filters.with_defaults(since=since)
         lang = stored.article.lang
         if not options.cross_language and lang and not filters.lang and self._languages(version) - {lang}:
-            filters = filters.with_defaults(lang=lang)
+            filters = filters.with_defaults(same_language=lang)
         return filters
 
     def _languages(self, version: IndexVersion) -> set[str]:

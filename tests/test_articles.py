@@ -89,3 +89,11 @@ def test_csv_without_required_columns(tmp_path):
 def test_unknown_format(tmp_path):
     with pytest.raises(ValueError, match="unknown format"):
         list(read_articles(write_jsonl(tmp_path / "x.xml", [])))
+
+
+def test_language_is_detected_when_missing_and_kept_when_given():
+    english = parse_article({"id": "e", "title": "Talks resume", "body": "The ministers said the talks would resume next week in Geneva after the summer."})
+    german = parse_article({"id": "g", "title": "Gespräche", "body": "Die Minister sagten, die Verhandlungen würden nächste Woche in Genf fortgesetzt."})
+    given = parse_article({"id": "x", "title": "t", "body": "The ministers said the talks would resume.", "lang": "fr"})
+    short = parse_article({"id": "s", "title": "t", "body": "ok"})
+    assert (english.lang, german.lang, given.lang, short.lang) == ("en", "de", "fr", None)
