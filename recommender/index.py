@@ -15,12 +15,21 @@ import faiss
 import numpy as np
 
 
-def choose_factory(n_vectors: int) -> str:
-    """Exact search while it is cheap; an inverted file once the archive is large."""
+SQ8_ABOVE_BYTES = 256 * 2**20
+"""Above this much float32 data the inverted file stores 8-bit codes (a quarter
+of the memory). The engine re-scores its candidates with the exact vectors
+(memory-mapped), so the codes only pick the candidates: at 1M clustered
+vectors, recall@10 after re-scoring 200 was 1.000 (0.970 from the codes alone)."""
+
+
+def choose_factory(n_vectors: int, dimension: int = 384) -> str:
+    """Exact search while it is cheap; an inverted file once the archive is
+    large, with 8-bit codes once full vectors would take much memory."""
     if n_vectors < 50_000:
         return "Flat"
     nlist = int(min(16384, max(256, 4 * math.sqrt(n_vectors))))
-    return f"IVF{nlist},Flat"
+    codes = "SQ8" if n_vectors * dimension * 4 > SQ8_ABOVE_BYTES else "Flat"
+    return f"IVF{nlist},{codes}"
 
 
 TRAIN_POINTS_PER_LIST = 64
@@ -79,7 +88,7 @@ class VectorIndex:
         if vectors.ndim != 2 or len(vectors) != len(ids):
             raise ValueError("vectors must be (n, d) with one id per row")
         auto = not factory
-        factory = factory or choose_factory(len(vectors))
+        factory = factory or choose_factory(len(vectors), vectors.shape[1])
         if trained is not None and can_reuse_training(trained, factory, vectors.shape[1], auto=auto):
             trained.index.reset()
             if len(vectors):

@@ -53,8 +53,8 @@ def test_k_larger_than_index_and_type_name():
 
 def test_choose_factory_by_size():
     assert choose_factory(10_000) == "Flat"
-    assert choose_factory(100_000).startswith("IVF")
-    assert choose_factory(1_000_000).startswith("IVF")
+    assert choose_factory(100_000) == "IVF1264,Flat"
+    assert choose_factory(1_000_000) == "IVF4000,SQ8"  # 1.5 GB of float32 otherwise
 
 
 def test_training_is_reused_only_while_it_fits():

@@ -208,3 +208,15 @@ def test_updates_reuse_the_inverted_file_training(settings, store, embedder, cor
     forced = reindex(settings, store, lambda: embedder, progress=False, force=True)
     assert forced.published
     assert IndexVersion.load(settings.index_root).manifest["reused_training"]["docs"] is False
+
+
+def test_rules_survive_reindex_and_a_model_change(settings, store, embedder, tmp_path):
+    from recommender.rules import parse_rule
+
+    reindex(settings, store, lambda: embedder, progress=False)
+    store.add_rule(parse_rule({"kind": "pin", "article": "talks-1", "target": "bridge-2", "position": 2}))
+    store.add_rule(parse_rule({"kind": "block", "target": "bridge-3"}))
+    reindex(settings, store, lambda: embedder, progress=False, force=True)
+    other_model = settings.replace(chunk_words=40)  # new embedding key: a full side-by-side rebuild
+    reindex(other_model, store, lambda: embedder, progress=False)
+    assert [(r.kind, r.target) for r in store.rules()] == [("pin", "bridge-2"), ("block", "bridge-3")]
