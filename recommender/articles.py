@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ def parse_article(record: Any) -> Article:
         raise ValueError("'title' must be a string")
     if not isinstance(body, str):
         raise ValueError("'body' must be a string")
+    title, body = _clean(title), _clean(body)
     if not body.strip():
         raise ValueError("'body' is empty")
     if len(body) > MAX_BODY_CHARS:
@@ -121,6 +123,14 @@ def detect_language(text: str) -> str | None:
         _identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
     lang, probability = _identifier.classify(sample)
     return str(lang) if float(probability) >= LANGUAGE_CONFIDENCE else None
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _clean(text: str) -> str:
+    """Control characters (other than tab and line breaks) become spaces."""
+    return _CONTROL.sub(" ", text)
 
 
 def _optional_str(record: dict[str, Any], name: str) -> str | None:
@@ -171,7 +181,9 @@ def read_articles(path: Path) -> Iterator[Article | Rejected]:
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".ndjson", ".json", ".csv"):
         raise ValueError(f"{source}: unknown format {suffix!r}; use .jsonl or .csv")
-    with path.open("r", encoding="utf-8", errors="strict", newline="") as handle:
+    # surrogateescape: a line with bytes that are not UTF-8 is rejected by
+    # itself (see _not_utf8) and the rest of the file is still read.
+    with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as handle:
         if suffix == ".csv":
             yield from _read_csv(handle, source)
         else:
@@ -191,6 +203,9 @@ def _read_jsonl(handle, source: str) -> Iterator[Article | Rejected]:
             return
         if not line.strip():
             continue
+        if _not_utf8(line):
+            yield Rejected(source, line_no, "not UTF-8: the line holds bytes that are not valid UTF-8")
+            continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -200,6 +215,10 @@ def _read_jsonl(handle, source: str) -> Iterator[Article | Rejected]:
             yield parse_article(record)
         except ValueError as exc:
             yield Rejected(source, line_no, str(exc))
+
+
+def _not_utf8(text: str) -> bool:
+    return any("\udc80" <= c <= "\udcff" for c in text)
 
 
 def _read_csv(handle, source: str) -> Iterator[Article | Rejected]:
@@ -224,6 +243,9 @@ def _read_csv(handle, source: str) -> Iterator[Article | Rejected]:
             return
         if None in row:
             yield Rejected(source, start, f"row has more fields than the header ({len(header)})")
+            continue
+        if any(isinstance(v, str) and _not_utf8(v) for v in row.values()):
+            yield Rejected(source, start, "not UTF-8: the row holds bytes that are not valid UTF-8")
             continue
         record = {k: v for k, v in row.items() if v is not None and v != ""}
         record.setdefault("title", "")
