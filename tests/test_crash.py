@@ -78,3 +78,76 @@ def test_dry_run_changes_nothing(tmp_path, tiny_model_dir, corpus):
     assert "would embed 0 of 30" in out and "current" in out
     report = json.loads(cli("reindex", "--dry-run", "--json", "--data-dir", folder, check=True).stdout)
     assert report["to_embed"] == 30 and "full rebuild" in report["reason"]  # the default model differs
+
+
+def store_count(store_path) -> int:
+    try:
+        with sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=1) as db:
+            return db.execute("SELECT count(*) FROM articles").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def kill_when(process, ready, timeout=120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def spawn(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "recommender.cli", *map(str, args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_sigkill_during_ingest_loses_and_duplicates_nothing(tmp_path, tiny_model_dir, corpus):
+    folder = tmp_path / "d"
+    common = ["--data-dir", folder, "--model", tiny_model_dir]
+    cli("ingest", write_jsonl(tmp_path / "first.jsonl", corpus), *common, check=True)
+    cli("reindex", "--no-progress", *common, check=True)
+    served = cli("related", "talks-1", "--json", *common, check=True).stdout
+
+    big = [dict(r, id="new-" + r["id"]) for r in make_corpus(per_topic=3000)]  # 15,000 articles
+    process = spawn("ingest", write_jsonl(tmp_path / "big.jsonl", big), *common)
+    kill_when(process, lambda: store_count(folder / "store.sqlite") > len(corpus))
+    after_kill = store_count(folder / "store.sqlite")
+    assert len(corpus) < after_kill < len(corpus) + len(big), "the kill should land partway through the ingest"
+
+    with sqlite3.connect(folder / "store.sqlite") as db:  # opens cleanly; whole batches only
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert (after_kill - len(corpus)) % 1000 == 0
+    assert cli("related", "talks-1", "--json", *common, check=True).stdout == served  # the old index serves
+
+    report = json.loads(cli("ingest", tmp_path / "big.jsonl", "--json", *common, check=True).stdout)
+    assert report["unchanged"] == after_kill - len(corpus) and report["added"] == len(corpus) + len(big) - after_kill
+    with sqlite3.connect(folder / "store.sqlite") as db:
+        total, distinct = db.execute("SELECT count(*), count(DISTINCT id) FROM articles").fetchone()
+    assert total == distinct == len(corpus) + len(big)
+
+
+def test_sigkill_during_publish_keeps_a_whole_version_serving(tmp_path, tiny_model_dir, corpus):
+    folder = tmp_path / "d"
+    common = ["--data-dir", folder, "--model", tiny_model_dir]
+    cli("ingest", write_jsonl(tmp_path / "first.jsonl", corpus), *common, check=True)
+    cli("reindex", "--no-progress", *common, check=True)
+    old = (folder / "index" / "CURRENT").read_text()
+    cli("ingest", write_jsonl(tmp_path / "more.jsonl", make_corpus(per_topic=600, seed=3)), *common, check=True)
+    cli("reindex", "--no-progress", *common, check=True)  # embeds the 3,000 new articles; publishes
+    middle = (folder / "index" / "CURRENT").read_text()
+    assert middle != old
+
+    staging = folder / "index" / "staging"
+    process = spawn("reindex", "--force", "--no-progress", *common)  # no embedding: straight to build + publish
+    kill_when(process, lambda: staging.is_dir() and any(any(p.iterdir()) for p in staging.iterdir()))
+    current = (folder / "index" / "CURRENT").read_text()
+    version = IndexVersion.load(folder / "index")  # a whole version, the old one or the new one
+    assert len(version) == store_count(folder / "store.sqlite") == 3000
+    assert current in (middle, version.name)
+    with sqlite3.connect(folder / "store.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    report = json.loads(cli("reindex", "--force", "--json", "--no-progress", *common, check=True).stdout)
+    assert report["embedded"] == 0 and report["published"]
+    assert len(IndexVersion.load(folder / "index")) == 3000
