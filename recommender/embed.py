@@ -37,6 +37,8 @@ def model_id_for(name: str) -> str:
 
 
 PRECISIONS = ("auto", "float32", "bfloat16")
+BF16_MIN_TEXTS = 16
+"""bfloat16 is used for calls with at least this many texts (bulk embedding)."""
 _BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
@@ -124,7 +126,7 @@ class SentenceTransformerEmbedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         # Sorting by length keeps padding low inside each batch.
         order = np.argsort([-len(t) for t in texts], kind="stable")
-        with self._autocast():
+        with self._autocast(len(texts)):
             vectors = self.model.encode(
                 [texts[i] for i in order],
                 batch_size=self.batch_size,
@@ -138,9 +140,12 @@ class SentenceTransformerEmbedder:
         out[order] = vectors / np.maximum(norms, 1e-12)
         return out
 
-    def _autocast(self):
+    def _autocast(self, n_texts: int):
         import torch
 
-        if self.precision == "bfloat16":
+        # A few texts (a search query, a draft) take float32: each new input
+        # shape costs bfloat16 kernels a set-up that a bulk job amortizes and
+        # a single query does not.
+        if self.precision == "bfloat16" and n_texts >= BF16_MIN_TEXTS:
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
