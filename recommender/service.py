@@ -202,7 +202,8 @@ class Engine:
         stored = self.store.get(article_id)
         if stored is None:
             raise ArticleNotFound(article_id)
-        cacheable = not filters
+        requested = filters
+        cacheable = not requested
         filters = self._list_filters(version, stored, filters, options)
         rules = ListRules.of(self.store.rules(article_id, applying=True))
         hidden = tuple(self.store.embargoed_doc_ids(_now_iso()))
@@ -217,7 +218,10 @@ class Engine:
                     return hits
         policy = self._policy(version, rules, hidden, options)
         hits = self._compute_related(version, stored, k + len(rules.pins), filters, policy)
-        hits = self._place_pins(hits, list(rules.pins), k, filters, hidden, exclude=stored.doc_id)
+        # Pins obey the request's own filters and the age window, not the
+        # language default: an editor may pin an article in another language.
+        pin_filters = requested.with_defaults(since=filters.since) if options.max_age_days else requested
+        hits = self._place_pins(hits, list(rules.pins), k, pin_filters, hidden, exclude=stored.doc_id)
         if key is not None:
             with self._cache_lock:
                 self._related_cache[key] = hits

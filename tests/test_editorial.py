@@ -208,3 +208,11 @@ def test_rules_api_needs_the_key_and_checks_input(client):
     listed = client.get("/v1/rules", headers=AUTH).json()["rules"]
     assert made.json()["id"] in [r["id"] for r in listed]
     assert client.delete(f"/v1/rules/{made.json()['id']}", headers=AUTH).status_code == 200
+
+
+def test_a_pin_may_cross_the_language_default(client, rules):
+    assert "talks-de" not in ids(related(client, "talks-1", k=50))
+    rules(kind="pin", article="talks-1", target="talks-de", position=3)
+    items = related(client, "talks-1")
+    assert items[2]["id"] == "talks-de" and items[2]["source"] == "manual"
+    assert "talks-de" not in ids(related(client, "talks-1", section="local"))  # request filters still apply
