@@ -118,6 +118,11 @@ class ListOptions:
         return cls(**values)
 
 
+DELETED_MARGIN = 5
+"""Extra items ranked so that articles deleted since the last publish can be
+dropped and the list still holds k."""
+
+
 def _now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
@@ -207,7 +212,7 @@ class Engine:
         filters = self._list_filters(version, stored, filters, options)
         rules = ListRules.of(self.store.rules(article_id, applying=True))
         hidden = tuple(self.store.embargoed_doc_ids(_now_iso()))
-        key = None
+        key, hits = None, None
         if cacheable:
             key = (version.name, stored.doc_id, stored.content_hash, k, self.store.rules_generation(), hidden,
                    options, filters, _today() if options.half_life_days else None)
@@ -215,19 +220,24 @@ class Engine:
                 hits = self._related_cache.get(key)
                 if hits is not None:
                     self._related_cache.move_to_end(key)
-                    return hits
+            if hits is not None:
+                return self._drop_deleted(hits)[:k]
         policy = self._policy(version, rules, hidden, options)
-        hits = self._compute_related(version, stored, k + len(rules.pins), filters, policy)
+        hits = self._compute_related(version, stored, k + len(rules.pins) + DELETED_MARGIN, filters, policy)
         # Pins obey the request's own filters and the age window, not the
         # language default: an editor may pin an article in another language.
         pin_filters = requested.with_defaults(since=filters.since) if options.max_age_days else requested
-        hits = self._place_pins(hits, list(rules.pins), k, pin_filters, hidden, exclude=stored.doc_id)
+        # The list keeps a few spare items, so that articles deleted before the
+        # next publish can be dropped (also from the cached list) and k remain.
+        hits = self._place_pins(
+            self._drop_deleted(hits), list(rules.pins), k + DELETED_MARGIN, pin_filters, hidden, exclude=stored.doc_id
+        )
         if key is not None:
             with self._cache_lock:
                 self._related_cache[key] = hits
                 while len(self._related_cache) > self.settings.related_cache_size:
                     self._related_cache.popitem(last=False)
-        return hits
+        return self._drop_deleted(hits)[:k]
 
     def _compute_related(self, version: IndexVersion, stored, k: int, filters: Filters, policy: Policy) -> list[Hit]:
         allowed = self._allowed_rows(version, filters)
@@ -237,6 +247,11 @@ class Engine:
             hits = rank_related(version, vector, terms, k + 1, self.settings, allowed_rows=allowed, policy=policy)
             return [h for h in hits if h.doc_id != stored.doc_id][:k]
         return related_to_row(version, row, k, self.settings, allowed_rows=allowed, policy=policy)
+
+    def _drop_deleted(self, hits: list[Hit]) -> list[Hit]:
+        """Articles deleted since the index was published never appear."""
+        alive = set(self.store.filter_doc_ids([h.doc_id for h in hits], NO_FILTERS).tolist())
+        return [h for h in hits if h.doc_id in alive]
 
     def _place_pins(
         self, hits: list[Hit], pins: list[Rule], k: int, filters: Filters, hidden: tuple[int, ...], exclude: int
@@ -343,7 +358,8 @@ class Engine:
         allowed = self._allowed_rows(version, filters)
         rules = ListRules.of(self.store.global_rules(), for_search=True)
         policy = self._policy(version, rules, tuple(self.store.embargoed_doc_ids(_now_iso())), options)
-        return search(version, vector, query, k, self.settings, allowed_rows=allowed, policy=policy)
+        hits = search(version, vector, query, k + DELETED_MARGIN, self.settings, allowed_rows=allowed, policy=policy)
+        return self._drop_deleted(hits)[:k]
 
     def search(
         self, query: str, k: int = 10, filters: Filters = NO_FILTERS, options: ListOptions | None = None
