@@ -68,6 +68,7 @@ def main() -> int:
             with tempfile.TemporaryDirectory() as tmp:  # the serialized size is what a worker holds
                 index.save(Path(tmp) / "i.faiss")
                 memory = (Path(tmp) / "i.faiss").stat().st_size / 2**20
+            print(f"built {factory} in {build:.1f}s; measuring queries", file=sys.stderr, flush=True)
             set_query_threads(1)
             found = np.empty((len(queries), 10), dtype=np.int64)
             reranked = np.empty((len(queries), 10), dtype=np.int64)
