@@ -57,6 +57,23 @@ def recall_at(ranked: Sequence[str], relevant: set[str], k: int) -> float:
     return sum(1 for item in ranked[:k] if item in relevant) / len(relevant) if relevant else 0.0
 
 
+def story_map(ranked: Sequence[str], relevant: set[str], story_of: dict[str, int], own_story: int) -> float:
+    """Average precision counting stories, not copies: the ranking keeps the
+    first copy of each story, a story is relevant when any copy is, and the
+    query's own story (its copies) is neither. Story dedup is then neither
+    rewarded nor charged for hiding second copies of one story."""
+    seen: set[int] = {own_story}
+    stories: list[str] = []
+    for article in ranked:
+        story = story_of.get(article)
+        if story is None or story in seen:
+            continue
+        seen.add(story)
+        stories.append(str(story))
+    wanted = {str(story_of[a]) for a in relevant if a in story_of and story_of[a] != own_story}
+    return average_precision(stories, wanted)
+
+
 def related_metrics(ranked: Sequence[str], relevant: set[str]) -> dict[str, float]:
     return {
         "map": average_precision(ranked, relevant),
@@ -225,13 +242,18 @@ def evaluate_related(
 
     store, version, id_of, row_of, _ = _prepare_engine(settings, articles, progress)
 
+    story_of = {id_of[int(d)]: int(version.story_ids[r]) for r, d in enumerate(version.doc_ids)}
+
     def engine(variant: Settings = settings) -> dict[str, float]:
         rows = []
         policy = eval_policy(version, variant)
         for i in tqdm(queries, desc="related", unit="query", disable=not progress):
             hits = related_to_row(version, row_of[ids[i]], depth, variant, policy=policy)
-            rows.append(related_metrics([id_of[h.doc_id] for h in hits], relevant(i)))
-        return _mean(rows, RELATED_METRICS)
+            ranked = [id_of[h.doc_id] for h in hits]
+            row = related_metrics(ranked, relevant(i))
+            row["map, one per story"] = story_map(ranked, relevant(i), story_of, story_of[ids[i]])
+            rows.append(row)
+        return _mean(rows, (*RELATED_METRICS, "map, one per story"))
 
     def tfidf() -> dict[str, float]:
         model = TfidfModel.build(texts)

@@ -44,3 +44,14 @@ def test_eval_related_and_search_report_shape(tmp_path, corpus, settings):
     report = evaluate.evaluate_search(settings, dataset, queries, progress=False)
     assert set(report["systems"]["recommender"]) == {"map", "ndcg@10", "mrr", "recall@100"}
     assert report["systems"]["recommender"]["mrr"] == 1.0
+
+
+def test_story_map_counts_stories_not_copies():
+    from recommender.evaluate import story_map
+
+    story_of = {"q": 0, "q-copy": 0, "a": 1, "a-copy": 1, "b": 2, "c": 3}
+    relevant = {"q-copy", "a", "a-copy", "b"}
+    # Dedup on: one copy per story; dedup off: the second copy is skipped, not charged.
+    assert story_map(["a", "b", "c"], relevant, story_of, 0) == 1.0
+    assert story_map(["q-copy", "a", "a-copy", "b", "c"], relevant, story_of, 0) == 1.0
+    assert story_map(["c", "a", "b"], relevant, story_of, 0) == pytest.approx((1 / 2 + 2 / 3) / 2)
