@@ -81,6 +81,11 @@ def parse_article(record: Any) -> Article:
     if not isinstance(body, str):
         raise ValueError("'body' must be a string")
     title, body = _clean(title), _clean(body)
+    for name, text in (("id", article_id), ("title", title), ("body", body)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{name!r} is not valid Unicode text (it holds a lone surrogate such as \\ud800)") from None
     if not body.strip():
         raise ValueError("'body' is empty")
     if len(body) > MAX_BODY_CHARS:
@@ -105,8 +110,11 @@ def parse_article(record: Any) -> Article:
     )
 
 
-LANGUAGE_CONFIDENCE = 0.8
-"""A detected language is kept only at this probability or above."""
+LANGUAGE_CONFIDENCE = 0.9
+"""A detected language is kept only at this probability or above, and for
+texts of at least ``LANGUAGE_MIN_WORDS`` words: a wrong guess would confine
+the article's related list to another language."""
+LANGUAGE_MIN_WORDS = 12
 _identifier = None
 
 
@@ -115,7 +123,7 @@ def detect_language(text: str) -> str | None:
     or None when the text is short or the guess is unsure."""
     global _identifier
     sample = text[:4000]
-    if len(sample.split()) < 5:
+    if len(sample.split()) < LANGUAGE_MIN_WORDS:
         return None
     if _identifier is None:
         from py3langid.langid import MODEL_FILE, LanguageIdentifier

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 EMBED_BATCH_DOCS = 64
 TITLE_DUPLICATE_LEXICAL = 0.5
+GROUP_COMPARISONS = 50
+"""An article sharing a URL or title with many is compared with the 50 before it."""
 STORY_RULES = 2
 """Bumped when the story rules change, so the next reindex re-derives stories."""
 STORY_NEIGHBOURS = 10
@@ -227,17 +229,18 @@ def _embed(
             texts: list[list[str]] = []
             hashes: list[list[bytes]] = []
             new_hashes: list[list[bytes]] = []
-            wanted: set[bytes] = set()
             for doc_id in doc_ids:
                 article = batch[doc_id].article
                 chunks = chunk_article(article.title, article.body, settings.chunk_words, settings.max_chunks)
                 chunk_hashes = [passage_hash(c) for c in chunks]
+                # Each article asks for its own new passages (also those another
+                # article of this job shares), so one failing article never
+                # costs another; stored vectors are reused.
                 new, new_h = [], []
                 for text, h in zip(chunks, chunk_hashes):
-                    if h in known or h in wanted:
+                    if h in known or h in new_h:
                         report.passages_reused += 1
                     else:
-                        wanted.add(h)
                         new.append(text)
                         new_h.append(h)
                 texts.append(new)
@@ -247,29 +250,35 @@ def _embed(
             yield EmbedJob(number, texts)
 
     with tqdm(total=len(stale), desc="embedding", unit="doc", disable=not progress, dynamic_ncols=True) as bar:
-        for job, results in engine.run(jobs()):
-            state = pending.pop(job.number)
-            new_vectors = dict(state.known)
-            for new_h, result in zip(state.new_hashes, results):
-                if isinstance(result, np.ndarray):
-                    new_vectors.update(zip(new_h, result))
-            rows = []
-            for doc_id, content_hash, chunk_hashes, texts, result in zip(
-                state.doc_ids, state.content_hashes, state.passage_hashes, job.texts, results
-            ):
-                if isinstance(result, Exception) or any(h not in new_vectors for h in chunk_hashes):
-                    report.failed.append(doc_id)
-                    log.error("article with doc_id %d was not embedded: %s", doc_id, result)
-                    continue
-                vectors = np.stack([new_vectors[h] for h in chunk_hashes])
-                rows.append((doc_id, content_hash, vectors, b"".join(chunk_hashes)))
-                report.passages_embedded += len(texts)
-            # One transaction per job: a killed job keeps what it embedded.
-            store.save_embeddings(key, rows)
-            report.embedded += len(rows)
-            bar.update(len(state.doc_ids))
-    if report.failed and not report.embedded:
-        raise EmbeddingError(f"no article could be embedded ({len(report.failed)} failed); see the log for the cause")
+        try:
+            for job, results in engine.run(jobs()):
+                _save_job(store, key, job, results, pending.pop(job.number), report)
+                bar.update(len(job.texts))
+        except EmbeddingError:
+            raise
+        except Exception as exc:  # the model, memory, a worker: what is saved so far is kept
+            raise EmbeddingError(f"embedding stopped: {type(exc).__name__}: {exc}") from exc
+
+
+def _save_job(store: Store, key: str, job: EmbedJob, results: EmbedResult, state: _Pending, report: ReindexReport) -> None:
+    """Checkpoint one job's articles in one transaction: a killed job keeps what it embedded."""
+    new_vectors = dict(state.known)
+    for new_h, result in zip(state.new_hashes, results):
+        if isinstance(result, np.ndarray):
+            new_vectors.update(zip(new_h, result))
+    rows = []
+    for doc_id, content_hash, chunk_hashes, texts, result in zip(
+        state.doc_ids, state.content_hashes, state.passage_hashes, job.texts, results
+    ):
+        if isinstance(result, Exception) or any(h not in new_vectors for h in chunk_hashes):
+            report.failed.append(doc_id)
+            log.error("article with doc_id %d was not embedded: %s", doc_id, result)
+            continue
+        vectors = np.stack([new_vectors[h] for h in chunk_hashes])
+        rows.append((doc_id, content_hash, vectors, b"".join(chunk_hashes)))
+        report.passages_embedded += len(texts)
+    store.save_embeddings(key, rows)
+    report.embedded += len(rows)
 
 
 def _previous_training(settings: Settings, key: str, file: str, factory_field: str) -> VectorIndex | None:
@@ -291,7 +300,7 @@ def _build_and_publish(settings: Settings, store: Store, key: str, *, retrain: b
         doc_ids.append(doc_id)
         chunk_blocks.append(vectors)
     if not doc_ids:
-        raise ValueError("the store holds no articles; run `recommender ingest FILE` first")
+        raise EmbeddingError("no article has vectors (none could be embedded, or the store is empty); nothing was published")
     ids = np.asarray(doc_ids, dtype=np.int64)
     lengths = np.array([len(b) for b in chunk_blocks], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -436,8 +445,9 @@ def near_duplicate_clusters(
             if key:
                 groups.setdefault(key, []).append(row)
         for rows in groups.values():
-            for a in rows[1:]:
-                for b in rows[: rows.index(a)]:
+            for index in range(1, len(rows)):
+                a = rows[index]
+                for b in rows[max(0, index - GROUP_COMPARISONS) : index]:
                     shared = float(tfidf.matrix[a].multiply(tfidf.matrix[b]).sum()) if needs_text else 1.0
                     if shared >= TITLE_DUPLICATE_LEXICAL:
                         union(a, b)
@@ -468,13 +478,17 @@ EPOCH = dt.date(1970, 1, 1)
 
 
 def _canonical_url(url: str | None) -> str:
+    """host + path + query without tracking parameters; "" for a site's home
+    page (some feeds give it for every article) and for no URL."""
     if not url:
         return ""
     parts = urlsplit(url.strip())
     host = parts.netloc.lower().removeprefix("www.")
-    if not host:
+    path = parts.path.rstrip("/")
+    query = "&".join(sorted(p for p in parts.query.split("&") if p and not p.lower().startswith("utm_")))
+    if not host or (not path and not query):
         return ""
-    return host + (parts.path.rstrip("/") or "/")
+    return host + path + ("?" + query if query else "")
 
 
 def _title_key(title: str | None) -> str:

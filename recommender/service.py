@@ -268,10 +268,11 @@ class Engine:
             stored = found.get(pin.target)
             if stored is None or stored.doc_id in hidden or stored.doc_id not in allowed or stored.doc_id == exclude:
                 continue
-            manual.append((pin.position, Hit(stored.doc_id, 0.0, 0.0, 0.0, manual=True)))
-        pinned_ids = {h.doc_id for _, h in manual}
+            manual.append((pin.position, -(pin.id or 0), Hit(stored.doc_id, 0.0, 0.0, 0.0, manual=True)))
+        pinned_ids = {h.doc_id for _, _, h in manual}
         result = [h for h in hits if h.doc_id not in pinned_ids]
-        for position, hit in sorted(manual, key=lambda m: m[0]):
+        # Two pins at one position: the earlier rule keeps it, the later one comes next.
+        for position, _, hit in sorted(manual, key=lambda m: (m[0], m[1])):
             result.insert(min(position - 1, len(result)), hit)
         return result[:k]
 
@@ -341,9 +342,9 @@ class Engine:
         options = ListOptions.from_settings(self.settings)
         rules = ListRules.of(self.store.global_rules(), for_search=True)
         policy = self._policy(version, rules, tuple(self.store.embargoed_doc_ids(_now_iso())), options)
-        hits = rank_related(version, vector, terms, k, self.settings,
+        hits = rank_related(version, vector, terms, k + DELETED_MARGIN, self.settings,
                             allowed_rows=self._allowed_rows(version, filters), policy=policy)
-        return self._items(hits)
+        return self._items(self._drop_deleted(hits)[:k])
 
     def search_hits(self, query: str, k: int, filters: Filters = NO_FILTERS, options: ListOptions | None = None) -> list[Hit]:
         query = validate_query(query)

@@ -3,6 +3,7 @@ embedding cache. It is the source of truth; the FAISS index is derived from it."
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sqlite3
 import time
@@ -288,15 +289,24 @@ class Store:
 
     def embargoed_doc_ids(self, now_iso: str) -> list[int]:
         """Articles whose publication time is still to come: never shown yet.
-        A bare date counts from the start of its day."""
-        rows = self.connection.execute(
-            "SELECT doc_id FROM articles WHERE published > ? ORDER BY doc_id", (now_iso[:10] + "~",)
-        ).fetchall()
-        timed = self.connection.execute(
-            "SELECT doc_id FROM articles WHERE published > ? AND published <= ? AND length(published) > 10 ORDER BY doc_id",
-            (now_iso, now_iso[:10] + "~"),
-        ).fetchall()
-        return sorted(r[0] for r in rows + timed)
+        A bare date counts from the start of its day (UTC); a time without an
+        offset is taken as UTC. Only dates from the day before on are read
+        (the widest time-zone offset is 14 hours)."""
+        now = dt.datetime.fromisoformat(now_iso).replace(tzinfo=dt.timezone.utc)
+        since = (now - dt.timedelta(days=1)).date().isoformat()
+        hidden = []
+        for doc_id, published in self.connection.execute(
+            "SELECT doc_id, published FROM articles WHERE published >= ? ORDER BY doc_id", (since,)
+        ):
+            try:
+                when = dt.datetime.fromisoformat(published)
+            except ValueError:
+                continue
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.timezone.utc)
+            if when > now:
+                hidden.append(doc_id)
+        return hidden
 
     def filter_doc_ids(self, doc_ids: Sequence[int], filters: Filters) -> np.ndarray:
         """The given doc_ids that match ``filters``."""
@@ -437,4 +447,8 @@ def _migrate(connection: sqlite3.Connection) -> None:
     """Bring a store made by an older release up to the current schema."""
     columns = {row[1] for row in connection.execute("PRAGMA table_info(embeddings)")}
     if columns and "chunk_hashes" not in columns:
-        connection.execute("ALTER TABLE embeddings ADD COLUMN chunk_hashes BLOB")
+        try:
+            connection.execute("ALTER TABLE embeddings ADD COLUMN chunk_hashes BLOB")
+        except sqlite3.OperationalError as exc:  # another worker migrated it first
+            if "duplicate column" not in str(exc):
+                raise

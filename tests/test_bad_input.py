@@ -213,3 +213,11 @@ def test_bad_filters(client):
                           ({"half_life": "-3"}, "half_life")):
         r = client.get("/v1/articles/talks-1/related", params=params)
         assert r.status_code == 422 and r.json()["error"]["field"] == field, (params, r.text)
+
+
+def test_lone_surrogates_are_refused_not_crashing(client, tmp_path, capsys):
+    headers = {**AUTH, "Content-Type": "application/json"}
+    r = client.put("/v1/articles/bad-put", content=b'{"title": "x \\ud800 y", "body": "b"}', headers=headers)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "title"
+    code, report, _ = ingest(tmp_path, "in.jsonl", jsonl(b'{"id": "s", "title": "t", "body": "a \\udc80 b"}', GOOD), capsys)
+    assert code == 3 and report["added"] == 1 and "surrogate" in report["rejected"][0]["reason"]

@@ -8,7 +8,7 @@ import pytest
 from recommender.articles import parse_article
 from recommender.embed import SentenceTransformerEmbedder
 from recommender.errors import IndexMismatch, IndexNotFound
-from recommender.pipeline import embedding_key, reindex
+from recommender.pipeline import EmbeddingError, embedding_key, reindex
 from recommender.store import Store
 from recommender.text import chunk_article
 from recommender.version import IndexVersion, current_version_name
@@ -78,7 +78,7 @@ def test_killed_job_resumes_where_it_stopped(settings, store, embedder, monkeypa
 
     monkeypatch.setattr(pipeline, "EMBED_BATCH_DOCS", 8)
     failing = CountingEmbedder(embedder.inner, fail_after_calls=2)
-    with pytest.raises(RuntimeError, match="killed"):
+    with pytest.raises(EmbeddingError, match="killed"):
         reindex(settings, store, lambda: failing, progress=False)
     assert current_version_name(settings.index_root) is None  # nothing half-published
     report = reindex(settings, store, lambda: embedder, progress=False)
@@ -182,7 +182,7 @@ def test_a_broken_model_stops_the_run(settings, store, embedder):
         def embed(self, texts, *, progress=False):
             raise RuntimeError("model file is corrupt")
 
-    with pytest.raises(RuntimeError, match="corrupt"):
+    with pytest.raises(EmbeddingError, match="corrupt"):
         reindex(settings, store, lambda: Broken(embedder.inner), progress=False)
     assert current_version_name(settings.index_root) is None
 
@@ -220,3 +220,23 @@ def test_rules_survive_reindex_and_a_model_change(settings, store, embedder, tmp
     other_model = settings.replace(chunk_words=40)  # new embedding key: a full side-by-side rebuild
     reindex(other_model, store, lambda: embedder, progress=False)
     assert [(r.kind, r.target) for r in store.rules()] == [("pin", "bridge-2"), ("block", "bridge-3")]
+
+
+def test_a_failing_article_never_costs_another_that_shares_its_text(settings, store, embedder):
+    shared = "A paragraph both articles carry, word for word, from the wire."
+    store.upsert([
+        parse_article({"id": "poisoned", "title": "POISON", "body": shared}),
+        parse_article({"id": "healthy", "title": "Fine", "body": shared}),
+    ])
+    report = reindex(settings, store, lambda: PoisonEmbedder(embedder.inner), progress=False)
+    assert report.failed == [store.get("poisoned").doc_id] and report.published
+    assert store.get("healthy").doc_id in IndexVersion.load(settings.index_root).doc_ids
+
+
+def test_only_failing_articles_left_still_publishes_deletes(settings, store, embedder):
+    reindex(settings, store, lambda: embedder, progress=False)
+    store.delete(["talks-0"])
+    store.upsert([parse_article({"id": "bad", "title": "POISON", "body": "The model chokes on this one."})])
+    report = reindex(settings, store, lambda: PoisonEmbedder(embedder.inner), progress=False)
+    assert report.published and len(report.failed) == 1
+    assert len(IndexVersion.load(settings.index_root)) == 29

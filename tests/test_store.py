@@ -72,3 +72,19 @@ def test_precision_setting_is_checked():
     assert resolve_precision("auto", "cuda") == "float32"
     with pytest.raises(ConfigError, match="precision must be one of"):
         resolve_precision("int4")
+
+
+def test_embargo_respects_time_zones(tmp_path):
+    rows = [
+        {"id": "later-today-utc", "title": "t", "body": "b", "published": "2024-06-01T05:00:00"},
+        {"id": "past-in-new-york", "title": "t", "body": "b", "published": "2024-05-31T19:00:00-05:00"},  # 00:00Z
+        {"id": "future-in-new-york", "title": "t", "body": "b", "published": "2024-05-31T23:00:00-05:00"},  # 04:00Z
+        {"id": "past-in-karachi", "title": "t", "body": "b", "published": "2024-06-01T03:00:00+05:00"},  # 22:00Z
+        {"id": "tomorrow", "title": "t", "body": "b", "published": "2024-06-02"},
+        {"id": "today", "title": "t", "body": "b", "published": "2024-06-01"},
+        {"id": "undated", "title": "t", "body": "b"},
+    ]
+    with Store.open(tmp_path / "s.sqlite") as store:
+        store.upsert([parse_article(r) for r in rows])
+        hidden = {store.get_many([d])[d].article.id for d in store.embargoed_doc_ids("2024-06-01T01:00:00")}
+    assert hidden == {"later-today-utc", "future-in-new-york", "tomorrow"}
