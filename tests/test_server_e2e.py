@@ -34,6 +34,11 @@ def test_put_and_delete_reach_search_and_related_lists(settings, corpus, workers
     try:
         status, _ = server.request("PUT", "/v1/articles/new-talks", {"title": "nope", "body": "x"})
         assert status == 401
+        # A 100,000-character query: refused with a 4xx (the limit or the HTTP
+        # layer), never a 500 or a traceback, and the server keeps serving.
+        status, body = server.request("GET", "/v1/search?" + urllib.parse.urlencode({"q": "x" * 100_000}))
+        assert 400 <= status < 500 and "Traceback" not in str(body)
+        assert server.request("GET", "/healthz")[0] == 200
         doc = {"title": "Irena Kalvos envoy", "body": "irena kalvos ceasefire envoy mediators treaty border talks",
                "section": "world", "published": "2026-02-01"}
         status, body = server.request("PUT", "/v1/articles/new-talks", doc, AUTH)
