@@ -393,7 +393,8 @@ def _print_items(args: argparse.Namespace, payload: dict) -> int:
         print("no results")
     for rank, item in enumerate(payload["items"], 1):
         date = item["published"] or ""
-        print(f"{rank:>2}. {item['score']:6.2f}  {item['id']}  {date:10.10}  {item['title'] or '(no title)'}")
+        score = "pinned" if item.get("source") == "manual" else f"{item['score']:6.2f}"
+        print(f"{rank:>2}. {score:>6}  {item['id']}  {date:10.10}  {item['title'] or '(no title)'}")
     return EXIT_OK
 
 

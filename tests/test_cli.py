@@ -145,3 +145,15 @@ def test_rules_command(tmp_path, corpus, tiny_model_dir, capsys):
     capsys.readouterr()
     assert cli.main(["rules", "list", *common]) == 0
     assert "boost  section world by 2 everywhere" in capsys.readouterr().out
+
+
+def test_pinned_items_print_without_a_score(capsys):
+    import argparse
+
+    from recommender.cli import _print_items
+
+    items = [{"id": "a", "title": "A", "published": None, "score": None, "source": "manual"},
+             {"id": "b", "title": "B", "published": "2025-01-02", "score": 1.5, "source": "auto"}]
+    assert _print_items(argparse.Namespace(json=False), {"items": items}) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "pinned  a" in out[0] and "1.50  b" in out[1]
