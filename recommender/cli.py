@@ -433,7 +433,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
         except InvalidInput as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        for name in {rule.article, rule.target if rule.target_type == "article" else None} - {None}:
+        for name in rule.article_ids:
             if store.get(name) is None:
                 print(f"error: no article with id {name!r}", file=sys.stderr)
                 return EXIT_FAILURE

@@ -44,6 +44,13 @@ class Rule:
         return asdict(self)
 
     @property
+    def article_ids(self) -> list[str]:
+        """The articles the rule names (its list's article, an article target):
+        they must exist when the rule is added."""
+        ids = [self.article, self.target if self.target_type == "article" else None]
+        return list(dict.fromkeys(i for i in ids if i))
+
+    @property
     def signed_weight(self) -> float:
         weight = self.weight if self.weight is not None else 1.0
         return -weight if self.kind == "bury" else weight

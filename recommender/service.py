@@ -123,6 +123,14 @@ DELETED_MARGIN = 5
 dropped and the list still holds k."""
 
 
+def _within_age(filters: Filters, options: ListOptions) -> Filters:
+    """The filters narrowed to the options' hard age window, if any."""
+    if not options.max_age_days:
+        return filters
+    since = (dt.date.today() - dt.timedelta(days=options.max_age_days)).isoformat()
+    return filters if filters.since and filters.since >= since else filters.with_defaults(since=since)
+
+
 def _now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
@@ -314,10 +322,7 @@ class Engine:
     def _list_filters(self, version: IndexVersion, stored, filters: Filters, options: ListOptions) -> Filters:
         """The request's filters, plus the hard age window and, unless the
         request opts out, the source article's language."""
-        if options.max_age_days:
-            since = (dt.date.today() - dt.timedelta(days=options.max_age_days)).isoformat()
-            if not filters.since or filters.since < since:
-                filters = filters.with_defaults(since=since)
+        filters = _within_age(filters, options)
         lang = stored.article.lang
         if not options.cross_language and lang and not filters.lang and self._languages(version) - {lang}:
             filters = filters.with_defaults(same_language=lang)
@@ -352,10 +357,7 @@ class Engine:
         version = self.live.current
         self.store  # noqa: B018 - sets up this thread (FAISS threads) before the search
         vector = self.embedder.embed([query])[0]
-        if options.max_age_days:
-            since = (dt.date.today() - dt.timedelta(days=options.max_age_days)).isoformat()
-            if not filters.since or filters.since < since:
-                filters = filters.with_defaults(since=since)
+        filters = _within_age(filters, options)
         allowed = self._allowed_rows(version, filters)
         rules = ListRules.of(self.store.global_rules(), for_search=True)
         policy = self._policy(version, rules, tuple(self.store.embargoed_doc_ids(_now_iso())), options)
@@ -408,7 +410,7 @@ class Engine:
         return self.store.rules(article)
 
     def add_rule(self, rule: Rule) -> Rule:
-        for name in {rule.article, rule.target if rule.target_type == "article" else None} - {None}:
+        for name in rule.article_ids:
             if self.store.get(name) is None:
                 raise ArticleNotFound(name)
         return self.store.add_rule(rule)

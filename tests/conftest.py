@@ -92,3 +92,16 @@ def settings(tmp_path, tiny_model_dir) -> Settings:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+class PoisonEmbedder:
+    """A real embedder that fails on any text holding "POISON" (a tokenizer
+    bug, say): fault injection for the partial-failure paths."""
+
+    def __init__(self, inner):
+        self.inner, self.model_id, self.dimension = inner, inner.model_id, inner.dimension
+
+    def embed(self, texts, *, progress=False):
+        if any("POISON" in t for t in texts):
+            raise ValueError("cannot embed this text")
+        return self.inner.embed(texts)

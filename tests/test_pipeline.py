@@ -11,6 +11,7 @@ from recommender.errors import IndexMismatch, IndexNotFound
 from recommender.pipeline import EmbeddingError, embedding_key, reindex
 from recommender.store import Store
 from recommender.text import chunk_article
+from tests.conftest import PoisonEmbedder
 from recommender.version import IndexVersion, current_version_name
 
 
@@ -129,15 +130,6 @@ def test_abandoned_staging_folders_are_removed(settings, store, embedder):
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     reindex(settings, store, lambda: embedder, progress=False)
     assert not old.exists()
-
-
-class PoisonEmbedder(CountingEmbedder):
-    """The real tiny model, failing on one article's text (a tokenizer bug, say)."""
-
-    def embed(self, texts, *, progress=False):
-        if any("POISON" in t for t in texts):
-            raise ValueError("cannot embed this text")
-        return super().embed(texts)
 
 
 def test_unchanged_passages_and_copies_are_not_embedded_again(settings, store, embedder, corpus):

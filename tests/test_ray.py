@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from recommender import pipeline
+from tests.conftest import PoisonEmbedder
 from recommender.articles import parse_article
 from recommender.config import Settings
 from recommender.embed import SentenceTransformerEmbedder
@@ -149,15 +150,6 @@ def test_results_and_per_article_errors_survive_the_trip():
 def test_worker_isolates_a_failing_article(settings):
     """A worker's call, in this process: one bad article fails alone."""
 
-    class FailsOnPoison:
-        def __init__(self, inner):
-            self.inner, self.model_id, self.dimension = inner, inner.model_id, inner.dimension
-
-        def embed(self, texts, *, progress=False):
-            if any("POISON" in t for t in texts):
-                raise ValueError("cannot embed this text")
-            return self.inner.embed(texts)
-
     import torch
 
     threads = torch.get_num_threads()
@@ -166,7 +158,7 @@ def test_worker_isolates_a_failing_article(settings):
     finally:
         torch.set_num_threads(threads)
     assert worker.error is None
-    worker.embedder = FailsOnPoison(worker.embedder)
+    worker.embedder = PoisonEmbedder(worker.embedder)
     texts = [["ceasefire talks", "envoy treaty"], ["POISON"], ["bridge harbour"]]
     out = worker({"number": np.array([7]), "texts": np.array([json.dumps(texts)], dtype=object)})
     row = {k: v[0] for k, v in out.items()}
