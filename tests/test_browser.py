@@ -91,14 +91,18 @@ def screenshot(driver, name: str) -> None:
         driver.save_screenshot(str(SCREENSHOTS / name))
 
 
+def search_on_editors_page(browser, wait, server, query: str) -> list:
+    """Open the editors' page, search, and return the result title buttons."""
+    browser.get(server.base + "/")
+    wait.until(EC.presence_of_element_located((By.ID, "q"))).send_keys(query)
+    browser.find_element(By.CSS_SELECTOR, "#search-form button[type=submit]").click()
+    return wait.until(EC.presence_of_all_elements_located((By.CSS_SELECTOR, "#results li .result-title")))
+
+
 def test_editor_search_then_related_list(site, browser):
     server, _ = site
     wait = WebDriverWait(browser, 20)
-    browser.get(server.base + "/")
-    box = wait.until(EC.presence_of_element_located((By.ID, "q")))
-    box.send_keys("ceasefire envoy")
-    browser.find_element(By.CSS_SELECTOR, "#search-form button[type=submit]").click()
-    results = wait.until(EC.presence_of_all_elements_located((By.CSS_SELECTOR, "#results li .result-title")))
+    results = search_on_editors_page(browser, wait, server, "ceasefire envoy")
     titles = [r.text for r in results]
     assert XSS_TITLE in titles  # shown as text, not parsed as markup
     assert browser.find_elements(By.CSS_SELECTOR, "#results mark")  # highlighted snippet
@@ -131,11 +135,7 @@ def test_widget_on_another_origin(site, browser):
 def test_editor_pins_an_article_and_the_list_marks_it(site, browser):
     server, _ = site
     wait = WebDriverWait(browser, 20)
-    browser.get(server.base + "/")
-    box = wait.until(EC.presence_of_element_located((By.ID, "q")))
-    box.send_keys("harbour bridge")
-    browser.find_element(By.CSS_SELECTOR, "#search-form button[type=submit]").click()
-    wait.until(EC.presence_of_all_elements_located((By.CSS_SELECTOR, "#results li .result-title")))[0].click()
+    search_on_editors_page(browser, wait, server, "harbour bridge")[0].click()
     wait.until(EC.presence_of_all_elements_located((By.CSS_SELECTOR, "#related li .related-title")))
     assert not browser.find_elements(By.CSS_SELECTOR, "#related li.manual")
     browser.find_element(By.CSS_SELECTOR, "#rules-box summary").click()

@@ -23,12 +23,17 @@ def cli(*args, **kwargs):
                           capture_output=True, text=True, **kwargs)
 
 
-def embedded_rows(store_path) -> int:
+def count_rows(store_path, table: str) -> int:
+    """Rows in a store table, read-only while another process may write (0 if unreadable)."""
     try:
         with sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=1) as db:
-            return db.execute("SELECT count(*) FROM embeddings").fetchone()[0]
+            return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     except sqlite3.Error:
         return 0
+
+
+def embedded_rows(store_path) -> int:
+    return count_rows(store_path, "embeddings")
 
 
 def test_sigkill_during_embedding_then_rerun(tmp_path, tiny_model_dir):
@@ -81,11 +86,7 @@ def test_dry_run_changes_nothing(tmp_path, tiny_model_dir, corpus):
 
 
 def store_count(store_path) -> int:
-    try:
-        with sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=1) as db:
-            return db.execute("SELECT count(*) FROM articles").fetchone()[0]
-    except sqlite3.Error:
-        return 0
+    return count_rows(store_path, "articles")
 
 
 def kill_when(process, ready, timeout=120.0) -> None:
