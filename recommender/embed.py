@@ -6,7 +6,7 @@ torch and sentence-transformers are imported only when a model is loaded, so
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,6 +96,7 @@ class SentenceTransformerEmbedder:
         if dimension is None:
             dimension = int(model.encode(["dimension probe"], convert_to_numpy=True).shape[1])
         self.dimension = int(dimension)
+        self._bulk_model = None
 
     @classmethod
     def from_settings(cls, settings) -> SentenceTransformerEmbedder:
@@ -126,26 +127,31 @@ class SentenceTransformerEmbedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         # Sorting by length keeps padding low inside each batch.
         order = np.argsort([-len(t) for t in texts], kind="stable")
-        with self._autocast(len(texts)):
-            vectors = self.model.encode(
-                [texts[i] for i in order],
-                batch_size=self.batch_size,
-                normalize_embeddings=False,
-                convert_to_numpy=True,
-                show_progress_bar=progress,
-            )
+        vectors = self._model_for(len(texts)).encode(
+            [texts[i] for i in order],
+            batch_size=self.batch_size,
+            normalize_embeddings=False,
+            convert_to_numpy=True,
+            show_progress_bar=progress,
+        )
         vectors = np.asarray(vectors, dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
         out[order] = vectors / np.maximum(norms, 1e-12)
         return out
 
-    def _autocast(self, n_texts: int):
-        import torch
+    def _model_for(self, n_texts: int):
+        """The float32 model, or for bulk calls in bfloat16 a bfloat16 copy of it.
 
-        # A few texts (a search query, a draft) take float32: each new input
-        # shape costs bfloat16 kernels a set-up that a bulk job amortizes and
-        # a single query does not.
-        if self.precision == "bfloat16" and n_texts >= BF16_MIN_TEXTS:
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        A few texts (a search query, a draft) take float32: each new input shape
+        costs bfloat16 kernels a set-up that a bulk job amortizes and a single
+        query does not. The copy holds its weights in bfloat16 rather than
+        running float32 weights under autocast, which casts every weight on
+        every call; the vectors are normalized again in float32 (above)."""
+        if self.precision != "bfloat16" or n_texts < BF16_MIN_TEXTS:
+            return self.model
+        if self._bulk_model is None:
+            import torch
+
+            self._bulk_model = copy.deepcopy(self.model).to(torch.bfloat16)
+        return self._bulk_model

