@@ -31,11 +31,12 @@ class Settings:
     device: str = "cpu"
     batch_size: int = 32
     precision: str = "auto"
-    """Arithmetic of the model's matrix products on the CPU: "float32", "bfloat16"
-    (autocast: weights and layer norms stay float32), or "auto", which picks
-    bfloat16 where the CPU has native bf16 units (AMX or AVX512-BF16) and
-    float32 elsewhere. On this project's 2-core Sapphire Rapids machine bfloat16
-    embeds 2.3x as fast with cosine 0.9999 to the float32 vectors."""
+    """Arithmetic of bulk embedding (reindex jobs) on the CPU: "float32",
+    "bfloat16" (a copy of the model with bfloat16 weights; vectors are
+    normalized in float32), or "auto", which picks bfloat16 where the CPU has
+    native bf16 units (AMX or AVX512-BF16) and float32 elsewhere. Queries and
+    drafts always embed in float32. See docs/performance.md for the speed and
+    the MAP check."""
     chunk_words: int = 180
     """Bodies are cut into passages of about this many words (MiniLM reads ~256
     word pieces); the first passage carries the title."""

@@ -5,7 +5,7 @@ the changed articles, sends their passages to the cluster and checkpoints the
 vectors as they come back, as with the local engine. Only the model runs on
 the cluster.
 
-The pipeline makes jobs of 64 articles lazily. They go out in windows (by
+The pipeline makes jobs of 256 articles lazily. They go out in windows (by
 default 4 jobs per worker, at least 32 and at most 512 jobs): one Ray Data
 dataset per window, ``from_items(window).map_batches(embed_batch)``, one job
 per batch, so the driver holds one window at a time, however large the
