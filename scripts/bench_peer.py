@@ -431,7 +431,8 @@ def main() -> int:
          f"word pieces; ours reads each passage up to {embedder.model.max_seq_length}). `tokens` is the word "
          "pieces each system actually feeds the model (after truncation), `cut` the texts longer than that cap."),
         (f"Ours embeds with {embedder.precision} arithmetic (setting precision={settings.precision!r}; 'auto' picks "
-         "bfloat16 autocast where the CPU has AMX/AVX512-BF16 units); txtai computes in float32 (its default)."),
+         "a bfloat16 copy of the model for bulk embedding where the CPU has AMX/AVX512-BF16 units); txtai "
+         "computes in float32 (its default)."),
         ("Index seconds include writing the index to disk: ours publishes a version (SQLite store + FAISS "
          "+ keyword models), txtai's `.save()` time is shown apart in `save s` and included in `seconds`."),
         "Model loading and a warm-up encode happen before each index is timed, for both systems.",
