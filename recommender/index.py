@@ -1,8 +1,10 @@
 """The only module that imports faiss: build, search, save and load a vector index.
 
-Vectors are unit length, so inner product is cosine similarity. Each vector
-carries an int64 id (the article's ``doc_id``) through an ``IndexIDMap2``, so
-ids can be removed and vectors reconstructed whatever the inner index type.
+Vectors are unit length, so inner product is cosine similarity. In the
+article index each vector carries an int64 id (the article's ``doc_id``)
+through an ``IndexIDMap2``, so ids can be removed and vectors reconstructed
+whatever the inner index type. The passage index is rebuilt with each version
+and its ids are row numbers, so it has no id map.
 """
 
 from __future__ import annotations
@@ -22,14 +24,23 @@ of the memory). The engine re-scores its candidates with the exact vectors
 vectors, recall@10 after re-scoring 200 was 1.000 (0.970 from the codes alone)."""
 
 
-def choose_factory(n_vectors: int, dimension: int = 384) -> str:
+def choose_factory(n_vectors: int, dimension: int = 384, *, candidates_only: bool = False) -> str:
     """Exact search while it is cheap; an inverted file once the archive is
-    large, with 8-bit codes once full vectors would take much memory."""
+    large, with 8-bit codes once full vectors would take much memory.
+
+    ``candidates_only`` is for the passage index: search re-scores the
+    passages of every article it finds with the exact vectors, so its codes
+    only have to find candidate articles, and product-quantized codes of
+    ``dimension / 8`` bytes (48 for MiniLM) take the place of SQ8's
+    ``dimension`` bytes."""
     if n_vectors < 50_000:
         return "Flat"
     nlist = int(min(16384, max(256, 4 * math.sqrt(n_vectors))))
-    codes = "SQ8" if n_vectors * dimension * 4 > SQ8_ABOVE_BYTES else "Flat"
-    return f"IVF{nlist},{codes}"
+    if n_vectors * dimension * 4 <= SQ8_ABOVE_BYTES:
+        return f"IVF{nlist},Flat"
+    if candidates_only and dimension % 8 == 0:
+        return f"IVF{nlist},PQ{dimension // 8}"
+    return f"IVF{nlist},SQ8"
 
 
 TRAIN_POINTS_PER_LIST = 64
@@ -77,31 +88,42 @@ class VectorIndex:
 
     @classmethod
     def build(
-        cls, vectors: np.ndarray, ids: np.ndarray, factory: str = "", *, trained: VectorIndex | None = None
+        cls, vectors: np.ndarray, ids: np.ndarray | None, factory: str = "", *,
+        trained: VectorIndex | None = None, candidates_only: bool = False,
     ) -> VectorIndex:
-        """Index ``vectors`` under ``ids``. ``trained`` is an earlier index whose
-        trained state (an inverted file's centroids) is reused when it fits, see
-        :func:`can_reuse_training`: a new version then costs an ``add``, not a
-        k-means run (the bulk of an IVF build). ``trained`` is emptied."""
+        """Index ``vectors`` under ``ids``; with ``ids=None`` a vector's id is
+        its row number and the index keeps no id map (which costs 8 bytes per
+        vector on disk and about 50 more in memory), so ids cannot be removed.
+        ``trained`` is an earlier index whose trained state (an inverted file's
+        centroids) is reused when it fits, see :func:`can_reuse_training`: a
+        new version then costs an ``add``, not a k-means run (the bulk of an
+        IVF build). ``trained`` is emptied. ``candidates_only``: see
+        :func:`choose_factory`."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        if vectors.ndim != 2 or len(vectors) != len(ids):
+        if vectors.ndim != 2 or (ids is not None and len(vectors) != len(ids)):
             raise ValueError("vectors must be (n, d) with one id per row")
+        ids = None if ids is None else np.ascontiguousarray(ids, dtype=np.int64)
         auto = not factory
-        factory = factory or choose_factory(len(vectors), vectors.shape[1])
-        if trained is not None and can_reuse_training(trained, factory, vectors.shape[1], auto=auto):
+        factory = factory or choose_factory(len(vectors), vectors.shape[1], candidates_only=candidates_only)
+        if (
+            trained is not None
+            and isinstance(trained.index, faiss.IndexIDMap2) == (ids is not None)
+            and can_reuse_training(trained, factory, vectors.shape[1], auto=auto)
+        ):
             trained.index.reset()
-            if len(vectors):
-                trained.index.add_with_ids(vectors, ids)
+            _add(trained.index, vectors, ids)
             return cls(trained.index, trained.factory, reused_training=True)
         inner = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+        if getattr(inner, "do_polysemous_training", False):
+            # Polysemous codes serve Hamming-distance filtering, which search
+            # does not use; training them took 3 of 4 seconds of a small IVF-PQ build.
+            inner.do_polysemous_training = False
         if not inner.is_trained:
             inner.train(training_sample(vectors, inner))
         if hasattr(inner, "nprobe"):
             inner.nprobe = max(1, min(inner.nlist, 32))
-        index = faiss.IndexIDMap2(inner)
-        if len(vectors):
-            index.add_with_ids(vectors, ids)
+        index = inner if ids is None else faiss.IndexIDMap2(inner)
+        _add(index, vectors, ids)
         return cls(index, factory)
 
     @property
@@ -145,3 +167,12 @@ class VectorIndex:
         except RuntimeError:  # index types that cannot be memory-mapped
             index = faiss.read_index(str(path))
         return cls(index, factory)
+
+
+def _add(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray | None) -> None:
+    if not len(vectors):
+        return
+    if ids is None:
+        index.add(vectors)
+    else:
+        index.add_with_ids(vectors, ids)

@@ -326,8 +326,8 @@ def _build_and_publish(settings: Settings, store: Store, key: str, *, retrain: b
         doc_vectors, ids, settings.faiss_factory,
         trained=_previous_training(settings, key, "docs.faiss", "faiss_factory") if reuse else None,
     )
-    chunks = VectorIndex.build(
-        chunk_vectors, np.arange(len(chunk_vectors), dtype=np.int64), settings.faiss_factory,
+    chunks = VectorIndex.build(  # ids: row numbers in chunk_vectors
+        chunk_vectors, None, settings.faiss_factory, candidates_only=True,
         trained=_previous_training(settings, key, "chunks.faiss", "chunk_faiss_factory") if reuse else None,
     )
     story_ids = near_duplicate_clusters(

@@ -5,6 +5,14 @@ FAISS thread, as the serving path runs it; then the same after re-scoring a
 pool of 200 candidates exactly, which is what the engine does with them.
 
     python scripts/bench_index.py --sizes 100000 1000000 --out docs/bench-index.json
+    python scripts/bench_index.py --sizes 2700000 --passages --pool 600 --queries 300
+
+``--passages`` builds indexes as the passage index is built (ids are row
+numbers, so no id map; the engine's choice uses product-quantized codes,
+``choose_factory(n, candidates_only=True)``) and re-scores a pool of 600, as
+search does (3 x its candidates). Memory is measured twice: the serialized
+file, and the growth of the process's resident memory when the file is
+loaded (what a worker holds, including the id map's hash table).
 
 Vectors are 384-d (MiniLM), drawn around 5,000 centres with noise, then
 normalized; queries are held-out vectors of the same shape. Each index is
@@ -37,6 +45,26 @@ def clustered(n: int, d: int, rng: np.random.Generator, centres: np.ndarray) -> 
     return out
 
 
+LOAD_AND_MEASURE = """
+import os, sys, faiss
+def rss():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+before = rss()
+index = faiss.read_index(sys.argv[1])
+print(rss() - before)
+"""
+
+
+def loaded_mb(path: Path) -> float:
+    """Growth of a fresh process's resident memory when it reads the index
+    (as a worker does): codes, ids, and an id map's hash table."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", LOAD_AND_MEASURE, str(path)], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -46,6 +74,8 @@ def main() -> int:
     parser.add_argument("--pool", type=int, default=200,
                         help="candidates re-scored exactly, as the engine does (its `candidates` setting)")
     parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--passages", action="store_true",
+                        help="build as the passage index: row-number ids, no id map, compact codes by default")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
@@ -57,17 +87,18 @@ def main() -> int:
         ids = np.arange(n, dtype=np.int64)
         set_query_threads(os.cpu_count() or 1)
         exact = VectorIndex.build(data, ids, "Flat").search(queries, 10)[1]
-        chosen = choose_factory(n)
+        chosen = choose_factory(n, args.dim, candidates_only=args.passages)
         nlist = chosen.split(",")[0] if chosen.startswith("IVF") else f"IVF{int(4 * n ** 0.5)}"
         factories = args.factories or list(dict.fromkeys(["Flat", chosen, f"{nlist},SQ8", "HNSW32"]))
         for factory in factories:
             set_query_threads(os.cpu_count() or 1)
             start = time.perf_counter()
-            index = VectorIndex.build(data, ids, factory)
+            index = VectorIndex.build(data, None if args.passages else ids, factory)
             build = time.perf_counter() - start
-            with tempfile.TemporaryDirectory() as tmp:  # the serialized size is what a worker holds
+            with tempfile.TemporaryDirectory() as tmp:
                 index.save(Path(tmp) / "i.faiss")
                 memory = (Path(tmp) / "i.faiss").stat().st_size / 2**20
+                resident = loaded_mb(Path(tmp) / "i.faiss")
             print(f"built {factory} in {build:.1f}s; measuring queries", file=sys.stderr, flush=True)
             set_query_threads(1)
             found = np.empty((len(queries), 10), dtype=np.int64)
@@ -89,7 +120,8 @@ def main() -> int:
             recall = float(np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)]))
             recall_rr = float(np.mean([len(set(f) & set(e)) / 10 for f, e in zip(reranked, exact)]))
             row = {"vectors": n, "factory": factory, "type": index.type_name, "build_s": round(build, 1),
-                   "memory_mb": round(memory), "recall@10": round(recall, 4),
+                   "memory_mb": round(memory), "resident_mb": round(resident), "id_map": not args.passages,
+                   "recall@10": round(recall, 4),
                    "p50_ms": round(float(np.percentile(latency, 50)), 3),
                    "p99_ms": round(float(np.percentile(latency, 99)), 3),
                    "pool": args.pool, "recall@10_reranked": round(recall_rr, 4),
@@ -99,11 +131,12 @@ def main() -> int:
             print(json.dumps(row), file=sys.stderr, flush=True)
             del index
         del data
-    print(f"| vectors | factory | build s | memory MB | recall@10 | p50 ms | p99 ms | "
+    print(f"| vectors | factory | build s | file MB | loaded MB | recall@10 | p50 ms | p99 ms | "
           f"recall@10, top {args.pool} re-scored | p50 ms | p99 ms |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['vectors']:,} | {r['factory']} | {r['build_s']} | {r['memory_mb']} | {r['recall@10']:.4f} | "
+        print(f"| {r['vectors']:,} | {r['factory']} | {r['build_s']} | {r['memory_mb']} | {r['resident_mb']} | "
+              f"{r['recall@10']:.4f} | "
               f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['recall@10_reranked']:.4f} | "
               f"{r['reranked_p50_ms']:.3f} | {r['reranked_p99_ms']:.3f} |")
     if args.out:

@@ -55,6 +55,32 @@ def test_choose_factory_by_size():
     assert choose_factory(10_000) == "Flat"
     assert choose_factory(100_000) == "IVF1264,Flat"
     assert choose_factory(1_000_000) == "IVF4000,SQ8"  # 1.5 GB of float32 otherwise
+    # The passage index: its candidates are re-scored exactly, 48-byte codes do.
+    assert choose_factory(2_700_000, candidates_only=True) == "IVF6572,PQ48"
+    assert choose_factory(100_000, candidates_only=True) == "IVF1264,Flat"
+    assert choose_factory(1_000_000, 100, candidates_only=True) == "IVF4000,SQ8"  # 100 is not a multiple of 8
+
+
+def test_row_number_ids_need_no_id_map(tmp_path):
+    import faiss
+
+    x = clustered(12_000, d=32)
+    index = VectorIndex.build(x, None, "IVF32,PQ8")
+    assert not isinstance(index.index, faiss.IndexIDMap2)
+    queries = x[:100]
+    exact = np.argsort(-(queries @ x.T), axis=1)[:, :10]
+    _, pool = index.search(queries, 300)
+    # As search uses it: the codes pick candidates, exact vectors rank them.
+    reranked = np.array([p[np.argsort(-(x[p] @ q))[:10]] for p, q in zip(pool, queries)])
+    assert recall_at_k(reranked, exact) >= 0.95
+    index.save(tmp_path / "c.faiss")
+    loaded = VectorIndex.load(tmp_path / "c.faiss", "IVF32,PQ8", mmap=False)
+    rebuilt = VectorIndex.build(x[:6000], None, "IVF32,PQ8", trained=loaded)
+    assert rebuilt.reused_training and len(rebuilt) == 6000
+    assert int(rebuilt.search(x[6000:6001], 1)[1][0, 0]) < 6000
+    # An index with an id map is not reused for row-number ids, nor the other way round.
+    with_ids = VectorIndex.build(x, np.arange(len(x)), "IVF32,PQ8")
+    assert not VectorIndex.build(x, None, "IVF32,PQ8", trained=with_ids).reused_training
 
 
 def test_training_is_reused_only_while_it_fits():
