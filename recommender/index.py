@@ -93,7 +93,7 @@ class VectorIndex:
     ) -> VectorIndex:
         """Index ``vectors`` under ``ids``; with ``ids=None`` a vector's id is
         its row number and the index keeps no id map (which costs 8 bytes per
-        vector on disk and about 50 more in memory), so ids cannot be removed.
+        vector on disk and about 45 more in memory), so ids cannot be removed.
         ``trained`` is an earlier index whose trained state (an inverted file's
         centroids) is reused when it fits, see :func:`can_reuse_training`: a
         new version then costs an ``add``, not a k-means run (the bulk of an

@@ -77,7 +77,8 @@ def test_row_number_ids_need_no_id_map(tmp_path):
     loaded = VectorIndex.load(tmp_path / "c.faiss", "IVF32,PQ8", mmap=False)
     rebuilt = VectorIndex.build(x[:6000], None, "IVF32,PQ8", trained=loaded)
     assert rebuilt.reused_training and len(rebuilt) == 6000
-    assert int(rebuilt.search(x[6000:6001], 1)[1][0, 0]) < 6000
+    _, found = rebuilt.search(x[:100], 300)
+    assert found.max() < 6000 and np.mean([i in f for i, f in enumerate(found)]) >= 0.95  # ids are rows
     # An index with an id map is not reused for row-number ids, nor the other way round.
     with_ids = VectorIndex.build(x, np.arange(len(x)), "IVF32,PQ8")
     assert not VectorIndex.build(x, None, "IVF32,PQ8", trained=with_ids).reused_training
