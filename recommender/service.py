@@ -245,7 +245,7 @@ class Engine:
                 self._related_cache[key] = hits
                 while len(self._related_cache) > self.settings.related_cache_size:
                     self._related_cache.popitem(last=False)
-        return self._drop_deleted(hits)[:k]
+        return hits[:k]  # deleted articles were dropped above; pins are read from the store
 
     def _compute_related(self, version: IndexVersion, stored, k: int, filters: Filters, policy: Policy) -> list[Hit]:
         allowed = self._allowed_rows(version, filters)
@@ -271,7 +271,7 @@ class Engine:
             return hits[:k]
         found = {s.article.id: s for s in (self.store.get(p.target) for p in pins) if s is not None}
         allowed = set(self.store.filter_doc_ids([s.doc_id for s in found.values()], filters).tolist())
-        manual: list[tuple[int, Hit]] = []
+        manual: list[tuple[int, int, Hit]] = []
         for pin in pins:
             stored = found.get(pin.target)
             if stored is None or stored.doc_id in hidden or stored.doc_id not in allowed or stored.doc_id == exclude:
