@@ -11,10 +11,24 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 KNOWN_FIELDS = ("id", "title", "body", "url", "published", "section", "tags", "lang")
 MAX_ID_LENGTH = 512
 MAX_BODY_CHARS = 2_000_000
+MAX_DRAFT_CHARS = 100_000
+"""A draft sent to the public ``POST /v1/related`` (and an article ranked
+before it is indexed) is read up to this length."""
+MAX_TITLE_CHARS = 2_000
+MAX_URL_CHARS = 2_000
+MAX_SECTION_CHARS = 200
+MAX_LANG_CHARS = 20
+MAX_DATE_CHARS = 40
+MAX_TAGS = 100
+MAX_TAG_CHARS = 200
+MAX_METADATA_BYTES = 65_536
+"""Extra fields, kept as metadata, as JSON (UTF-8)."""
+MAX_METADATA_DEPTH = 16
 
 
 @dataclass(frozen=True)
@@ -61,7 +75,9 @@ def _sha256(text: str) -> str:
 
 
 def parse_article(record: Any) -> Article:
-    """Validate one input record; raise ``ValueError`` saying what is wrong."""
+    """Validate one input record; raise ``ValueError`` saying what is wrong.
+    The one validation of every write path: ``ingest``, ``PUT`` and the batch
+    ``POST`` (each field's limit is a constant above)."""
     if not isinstance(record, dict):
         raise ValueError(f"expected an object with id, title and body, got {type(record).__name__}")
     missing = [name for name in ("id", "title", "body") if record.get(name) is None]
@@ -80,16 +96,14 @@ def parse_article(record: Any) -> Article:
         raise ValueError("'title' must be a string")
     if not isinstance(body, str):
         raise ValueError("'body' must be a string")
-    title, body = _clean(title), _clean(body)
-    for name, text in (("id", article_id), ("title", title), ("body", body)):
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"{name!r} is not valid Unicode text (it holds a lone surrogate such as \\ud800)") from None
-    if not body.strip():
-        raise ValueError("'body' is empty")
+    _check_length("title", title, MAX_TITLE_CHARS)
     if len(body) > MAX_BODY_CHARS:
         raise ValueError(f"'body' is longer than {MAX_BODY_CHARS} characters")
+    title, body = _clean(title), _clean(body)
+    for name, text in (("id", article_id), ("title", title), ("body", body)):
+        _check_unicode(name, text)
+    if not body.strip():
+        raise ValueError("'body' is empty")
 
     section = record.get("section")
     if section is None:
@@ -97,17 +111,82 @@ def parse_article(record: Any) -> Article:
     metadata = {
         k: v for k, v in record.items() if k not in KNOWN_FIELDS and not (k == "category" and section == v)
     }
+    _check_metadata(metadata)
     return Article(
         id=article_id,
         title=title.strip(),
         body=body.strip(),
-        url=_optional_str(record, "url"),
+        url=parse_url(record.get("url")),
         published=parse_date(record.get("published")),
-        section=_optional_str({"section": section}, "section"),
+        section=_optional_str({"section": section}, "section", MAX_SECTION_CHARS),
         tags=_parse_tags(record.get("tags")),
-        lang=(_optional_str(record, "lang") or detect_language(title + ". " + body) or None),
+        lang=(_optional_str(record, "lang", MAX_LANG_CHARS) or detect_language(title + ". " + body) or None),
         metadata=metadata,
     )
+
+
+def _check_length(name: str, text: str, limit: int) -> None:
+    if len(text) > limit:
+        raise ValueError(f"{name!r} is longer than {limit} characters")
+
+
+def _check_unicode(name: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name!r} is not valid Unicode text (it holds a lone surrogate such as \\ud800)") from None
+
+
+def _check_metadata(metadata: dict[str, Any]) -> None:
+    """Extra fields: at most MAX_METADATA_DEPTH levels of nesting (checked
+    without recursion, so no depth can overflow the stack) and at most
+    MAX_METADATA_BYTES of JSON."""
+    stack: list[tuple[Any, int]] = [(metadata, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_METADATA_DEPTH:
+                raise ValueError(f"extra fields (metadata) are nested more than {MAX_METADATA_DEPTH} levels deep")
+            if isinstance(value, dict):
+                for key in value:
+                    _check_unicode("metadata", str(key))
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(value, str):
+            _check_unicode("metadata", value)
+    try:
+        size = len(json.dumps(metadata, ensure_ascii=False, default=str).encode("utf-8"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"extra fields (metadata) are not JSON: {exc}") from None
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"extra fields (metadata) take {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
+
+
+def parse_url(value: Any) -> str | None:
+    """An absolute http(s) URL, or None; raise ``ValueError`` for anything else
+    (``javascript:``, ``data:``, relative paths, spaces, control characters)."""
+    text = _optional_str({"url": value}, "url", MAX_URL_CHARS)
+    if text is None:
+        return None
+    if any(c.isspace() or ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in text):
+        raise ValueError("'url' holds spaces or control characters; percent-encode them")
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:
+        raise ValueError(f"'url' does not parse: {exc}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"'url' must be an absolute http or https URL such as https://news.example/story, got {text[:80]!r}")
+    return text
+
+
+def http_url(url: str | None) -> str | None:
+    """The URL if it is an absolute http(s) one, else None: what a page may
+    link to. Ingest accepts no other URL; this also covers stores written by
+    releases that accepted any."""
+    try:
+        return parse_url(url)
+    except ValueError:
+        return None
 
 
 LANGUAGE_CONFIDENCE = 0.9
@@ -141,12 +220,14 @@ def _clean(text: str) -> str:
     return _CONTROL.sub(" ", text)
 
 
-def _optional_str(record: dict[str, Any], name: str) -> str | None:
+def _optional_str(record: dict[str, Any], name: str, limit: int) -> str | None:
     value = record.get(name)
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise ValueError(f"{name!r} must be a string")
+    _check_length(name, value, limit)
+    _check_unicode(name, value)
     return value.strip() or None
 
 
@@ -165,6 +246,12 @@ def _parse_tags(value: Any) -> tuple[str, ...]:
             value = text.split(separator)
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise ValueError("'tags' must be a list of strings (or a comma-separated string)")
+    if len(value) > MAX_TAGS:
+        raise ValueError(f"'tags' holds {len(value)} tags; the limit is {MAX_TAGS}")
+    for tag in value:
+        if len(tag) > MAX_TAG_CHARS:
+            raise ValueError(f"a tag is longer than {MAX_TAG_CHARS} characters")
+        _check_unicode("tags", tag)
     return tuple(dict.fromkeys(t.strip() for t in value if t.strip()))
 
 
@@ -174,6 +261,8 @@ def parse_date(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise ValueError("'published' must be an ISO date string such as 2024-05-31")
+    if len(value) > MAX_DATE_CHARS:
+        raise ValueError(f"'published' is longer than {MAX_DATE_CHARS} characters")
     text = value.strip()
     try:
         if len(text) == 10:
@@ -218,6 +307,9 @@ def _read_jsonl(handle, source: str) -> Iterator[Article | Rejected]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             yield Rejected(source, line_no, f"invalid JSON: {exc.msg} (column {exc.colno})")
+            continue
+        except RecursionError:
+            yield Rejected(source, line_no, "invalid JSON: nested too deeply")
             continue
         try:
             yield parse_article(record)

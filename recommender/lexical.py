@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from recommender.text import tokenize
+from recommender.text import keyword_text, tokenize
 
 
 class TfidfModel:
@@ -176,7 +176,7 @@ def build_keyword_models(titles: Sequence[str], bodies: Sequence[str]) -> tuple[
     tfidf_counts, bm25_counts = [], []
     for title, body in zip(titles, bodies):
         title_counts = Counter(tokenize(title))
-        body_counts = Counter(tokenize(body))
+        body_counts = Counter(tokenize(keyword_text(body)))
         tfidf_counts.append(title_counts + body_counts)
         bm25_counts.append(title_counts + title_counts + body_counts)
     return TfidfModel.from_counts(tfidf_counts), Bm25Model.from_counts(bm25_counts)

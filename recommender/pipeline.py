@@ -296,24 +296,35 @@ def _previous_training(settings: Settings, key: str, file: str, factory_field: s
 
 
 def _build_and_publish(settings: Settings, store: Store, key: str, *, retrain: bool = False) -> str:
+    # One snapshot for the vectors, the articles and the watermark: a write
+    # that lands meanwhile is in none of them, so the version's corpus_hash
+    # (derived from the content hashes the vectors were made from) tells the
+    # next run to pick it up, and an article deleted meanwhile is still read.
     doc_ids: list[int] = []
+    content_hashes: dict[int, str] = {}
     chunk_blocks: list[np.ndarray] = []
-    for doc_id, vectors in store.iter_embeddings(key):
-        doc_ids.append(doc_id)
-        chunk_blocks.append(vectors)
-    if not doc_ids:
-        raise EmbeddingError("no article has vectors (none could be embedded, or the store is empty); nothing was published")
+    with store.snapshot():
+        for doc_id, content_hash, vectors in store.iter_current_embeddings(key):
+            doc_ids.append(doc_id)
+            content_hashes[doc_id] = content_hash
+            chunk_blocks.append(vectors)
+        if not doc_ids:
+            raise EmbeddingError(
+                "no article has vectors (none could be embedded, or the store is empty); nothing was published"
+            )
+        stored = store.get_many(doc_ids)
+        mark = store.watermark()
     ids = np.asarray(doc_ids, dtype=np.int64)
     lengths = np.array([len(b) for b in chunk_blocks], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     chunk_vectors = np.ascontiguousarray(np.vstack(chunk_blocks), dtype=np.float32)
+    del chunk_blocks
     doc_vectors = article_vectors(chunk_vectors, offsets)
     dimension = int(doc_vectors.shape[1])
 
-    stored = store.get_many(doc_ids)
     # Over what is in this version: articles that failed to embed make the next
     # run publish again once they succeed.
-    corpus_hash = _corpus_hash({d: stored[d].content_hash for d in doc_ids})
+    corpus_hash = _corpus_hash(content_hashes)
     titles = [stored[d].article.title for d in doc_ids]
     urls = [stored[d].article.metadata.get("canonical_url") or stored[d].article.url for d in doc_ids]
     published = [stored[d].article.published for d in doc_ids]
@@ -362,6 +373,7 @@ def _build_and_publish(settings: Settings, store: Store, key: str, *, retrain: b
         "stories": len(np.unique(story_ids)),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "corpus_hash": corpus_hash,
+        "snapshot": {**asdict(mark), "left_out": mark.articles - len(ids)},
         "chunk_words": settings.chunk_words,
         "max_chunks": settings.max_chunks,
     }

@@ -7,7 +7,6 @@ import datetime as dt
 import fcntl
 import logging
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from recommender.articles import Article
+from recommender.articles import MAX_DRAFT_CHARS, Article, http_url
 from recommender.config import Settings
 from recommender.embed import Embedder, model_id_for
 from recommender.errors import ArticleNotFound, IndexMismatch, IndexNotFound, RuleNotFound
@@ -26,7 +25,7 @@ from recommender.lexical import snippet_html
 from recommender.related import Hit, Policy, combine, rank_related, recency_adjust, related_to_row
 from recommender.rules import ListRules, Rule
 from recommender.search import search, validate_query
-from recommender.store import Store, UpsertCounts
+from recommender.store import Store, StoredArticle, UpsertCounts, Watermark, is_embargoed
 from recommender.text import chunk_article, document_text
 from recommender.version import IndexVersion, current_version_name
 
@@ -196,11 +195,26 @@ class Engine:
 
     # -- reads ------------------------------------------------------------
 
-    def article(self, article_id: str) -> dict[str, Any]:
+    def public_article(self, article_id: str) -> StoredArticle:
+        """The article if the public may see it. An embargoed article is
+        answered exactly like an unknown id, so no public read confirms that
+        it exists before its time."""
         stored = self.store.get(article_id)
+        if stored is None or is_embargoed(stored.article.published, _now_iso()):
+            raise ArticleNotFound(article_id)
+        return stored
+
+    def article(self, article_id: str, *, full: bool = False) -> dict[str, Any]:
+        """What a page shows of an article; with ``full`` (an editor with the
+        key), also its metadata, and also while it is embargoed."""
+        stored = self.store.get(article_id) if full else self.public_article(article_id)
         if stored is None:
             raise ArticleNotFound(article_id)
-        return stored.article.to_dict()
+        data = stored.article.to_dict()
+        data["url"] = http_url(data["url"])
+        if not full:
+            del data["metadata"]
+        return data
 
     def related_hits(
         self, article_id: str, k: int, filters: Filters = NO_FILTERS, options: ListOptions | None = None
@@ -212,9 +226,7 @@ class Engine:
         new version."""
         options = options or ListOptions.from_settings(self.settings)
         version = self.live.current
-        stored = self.store.get(article_id)
-        if stored is None:
-            raise ArticleNotFound(article_id)
+        stored = self.public_article(article_id)
         requested = filters
         cacheable = not requested
         filters = self._list_filters(version, stored, filters, options)
@@ -335,6 +347,17 @@ class Engine:
             cached = self._local.languages = (version.name, self.store.languages())
         return cached[1]
 
+    def behind(self) -> int | None:
+        """Articles the served version lacks: added, changed or deleted since
+        its snapshot, plus those left out of it (not embedded). None for a
+        version published before snapshots were recorded."""
+        version = self.live.current
+        snapshot = version.manifest.get("snapshot")
+        if not snapshot:
+            return None
+        mark = Watermark(snapshot["max_doc_id"], snapshot["content_updated_at"], snapshot["articles"])
+        return self.store.behind(mark) + int(snapshot.get("left_out", 0))
+
     def related(
         self, article_id: str, k: int = 10, filters: Filters = NO_FILTERS, options: ListOptions | None = None
     ) -> list[dict[str, Any]]:
@@ -376,8 +399,11 @@ class Engine:
         return items
 
     def _draft(self, version: IndexVersion, title: str, body: str):
+        """Vector and TF-IDF row of a text not in the index (a draft, or an
+        article written since the last publish), read up to MAX_DRAFT_CHARS."""
         from recommender.pipeline import article_vectors
 
+        body = body[:MAX_DRAFT_CHARS]
         chunks = chunk_article(title, body, self.settings.chunk_words, self.settings.max_chunks)
         vectors = self.embedder.embed(chunks)
         vector = article_vectors(vectors, np.array([0, len(vectors)]))[0]
@@ -398,7 +424,7 @@ class Engine:
                 continue
             a = stored.article
             items.append(
-                {"id": a.id, "title": a.title, "url": a.url, "published": a.published,
+                {"id": a.id, "title": a.title, "url": http_url(a.url), "published": a.published,
                  "section": a.section, "score": None if hit.manual else round(hit.score, 4),
                  "source": "manual" if hit.manual else "auto"}
             )
@@ -452,6 +478,11 @@ class Reindexer:
         self.runs = 0
 
     def start(self) -> Reindexer:
+        """Start the thread, which checks the store at once: writes that were
+        acknowledged before a crash or a restart, or that another process
+        (``recommender ingest``) made, are published without waiting for the
+        next write. On an unchanged store that check publishes nothing."""
+        self._wanted.set()
         self._thread.start()
         return self
 
@@ -471,7 +502,7 @@ class Reindexer:
                 self._wanted.wait()
                 if self._stop.is_set():
                     return
-                time.sleep(self.debounce)  # let a burst of writes land first
+                self._stop.wait(self.debounce)  # let a burst of writes land first
                 self._wanted.clear()
                 try:
                     with reindex_lock(self.settings.data_dir):
@@ -480,7 +511,7 @@ class Reindexer:
                     self.runs += 1
                     self.last_error = None
                 except Exception as exc:  # keep serving the last good index
-                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    self.last_error = type(exc).__name__  # the details go to the log, not to clients
                     log.exception("background reindex failed")
                 self.engine.live.refresh()
 

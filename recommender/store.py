@@ -8,6 +8,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +40,7 @@ CREATE TABLE IF NOT EXISTS articles (
     metadata     TEXT NOT NULL DEFAULT '{}',
     content_hash TEXT NOT NULL,
     record_hash  TEXT NOT NULL,
-    updated_at   REAL NOT NULL
+    updated_at   REAL NOT NULL  -- when the title or body last changed (see Store.behind)
 );
 CREATE VIRTUAL TABLE IF NOT EXISTS articles_fts USING fts5(
     title, body, content='articles', content_rowid='doc_id',
@@ -80,6 +81,7 @@ CREATE TABLE IF NOT EXISTS rules (
 CREATE INDEX IF NOT EXISTS rules_by_article ON rules (article);
 CREATE INDEX IF NOT EXISTS articles_by_published ON articles (published);
 CREATE INDEX IF NOT EXISTS articles_by_section ON articles (section);
+CREATE INDEX IF NOT EXISTS articles_by_updated ON articles (updated_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -138,8 +140,8 @@ class Store:
         """Insert or update by ``id`` in one transaction; the doc_id of an existing
         article is kept, so its vector row stays valid."""
         counts = UpsertCounts()
-        now = time.time()
         with self._transaction() as db:
+            now = time.time()  # stamped under the write lock: later commits get later stamps
             for article in articles:
                 record_hash = article.record_hash
                 row = db.execute("SELECT record_hash FROM articles WHERE id = ?", (article.id,)).fetchone()
@@ -159,7 +161,8 @@ class Store:
                          published=excluded.published, section=excluded.section, tags=excluded.tags,
                          lang=excluded.lang, metadata=excluded.metadata,
                          content_hash=excluded.content_hash, record_hash=excluded.record_hash,
-                         updated_at=excluded.updated_at""",
+                         updated_at=CASE WHEN articles.content_hash = excluded.content_hash
+                                         THEN articles.updated_at ELSE excluded.updated_at END""",
                     (
                         article.id, article.title, article.body, article.url, article.published,
                         article.section, json.dumps(list(article.tags), ensure_ascii=False), article.lang,
@@ -293,23 +296,13 @@ class Store:
         return np.fromiter((r[0] for r in self.connection.execute(sql + " ORDER BY doc_id", (target,))), dtype=np.int64)
 
     def embargoed_doc_ids(self, now_iso: str) -> list[int]:
-        """Articles whose publication time is still to come: never shown yet.
-        A bare date counts from the start of its day (UTC); a time without an
-        offset is taken as UTC. Only dates from the day before on are read
+        """Articles whose publication time is still to come: never shown yet
+        (see :func:`is_embargoed`). Only dates from the day before on are read
         (the widest time-zone offset is 14 hours)."""
-        now = dt.datetime.fromisoformat(now_iso).replace(tzinfo=dt.timezone.utc)
+        now = _utc(now_iso)
         since = (now - dt.timedelta(days=1)).date().isoformat()
-        hidden = []
-        for doc_id, published in self.connection.execute(EMBARGO_SQL, (since,)):
-            try:
-                when = dt.datetime.fromisoformat(published)
-            except ValueError:
-                continue
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=dt.timezone.utc)
-            if when > now:
-                hidden.append(doc_id)
-        return sorted(hidden)
+        return sorted(doc_id for doc_id, published in self.connection.execute(EMBARGO_SQL, (since,))
+                      if is_embargoed(published, now))
 
     def filter_doc_ids(self, doc_ids: Sequence[int], filters: Filters) -> np.ndarray:
         """The given doc_ids that match ``filters``."""
@@ -388,14 +381,20 @@ class Store:
 
     def iter_embeddings(self, model_key: str) -> Iterator[tuple[int, np.ndarray]]:
         """(doc_id, chunk vectors) for every article whose embedding is current."""
+        for doc_id, _, vectors in self.iter_current_embeddings(model_key):
+            yield doc_id, vectors
+
+    def iter_current_embeddings(self, model_key: str) -> Iterator[tuple[int, str, np.ndarray]]:
+        """(doc_id, content hash, chunk vectors) for every article whose
+        embedding is current: the hash is the one the vectors were made from."""
         rows = self.connection.execute(
-            """SELECT e.doc_id, e.n_chunks, e.dim, e.vectors FROM embeddings e
+            """SELECT e.doc_id, e.content_hash, e.n_chunks, e.dim, e.vectors FROM embeddings e
                JOIN articles a ON a.doc_id = e.doc_id AND a.content_hash = e.content_hash
                WHERE e.model_key = ? ORDER BY e.doc_id""",
             (model_key,),
         )
-        for doc_id, n_chunks, dim, blob in rows:
-            yield doc_id, np.frombuffer(blob, dtype=np.float32).reshape(n_chunks, dim)
+        for doc_id, content_hash, n_chunks, dim, blob in rows:
+            yield doc_id, content_hash, np.frombuffer(blob, dtype=np.float32).reshape(n_chunks, dim)
 
     def prune_embeddings(self, model_key: str) -> int:
         """Drop cached vectors of other models and of deleted articles."""
@@ -406,10 +405,53 @@ class Store:
             )
             return cur.rowcount
 
+    # -- snapshots and freshness -----------------------------------------
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction: every read inside sees the store as it was at
+        the first one, whatever other connections commit meanwhile (WAL)."""
+        self.connection.execute("BEGIN DEFERRED")
+        try:
+            yield
+        finally:
+            self.connection.execute("COMMIT")
+
+    def watermark(self) -> Watermark:
+        """Where the store stands, to count later writes against (see :meth:`behind`)."""
+        doc_id, updated, count = self.connection.execute(
+            "SELECT max(doc_id), max(updated_at), count(*) FROM articles"
+        ).fetchone()
+        return Watermark(max_doc_id=int(doc_id or 0), content_updated_at=float(updated or 0.0), articles=int(count))
+
+    def behind(self, mark: Watermark) -> int:
+        """Articles added, changed (title or body) or deleted since ``mark``:
+        a range read of the primary key and of ``articles_by_updated``, and a
+        count."""
+        db = self.connection
+        added = db.execute("SELECT count(*) FROM articles WHERE doc_id > ?", (mark.max_doc_id,)).fetchone()[0]
+        changed = db.execute(
+            "SELECT count(*) FROM articles WHERE updated_at > ? AND doc_id <= ?",
+            (mark.content_updated_at, mark.max_doc_id),
+        ).fetchone()[0]
+        deleted = max(0, mark.articles - (self.count() - added))
+        return int(added + changed + deleted)
+
     # -- helpers ---------------------------------------------------------
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self.connection)
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """The highest doc_id, the latest content change and the article count of
+    a snapshot (doc_ids only grow, and content changes are stamped inside the
+    write transaction, so later writes lie above both marks)."""
+
+    max_doc_id: int
+    content_updated_at: float
+    articles: int
 
 
 class _Transaction:
@@ -422,6 +464,24 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.connection.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _utc(iso: str) -> dt.datetime:
+    when = dt.datetime.fromisoformat(iso)
+    return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when
+
+
+def is_embargoed(published: str | None, now: dt.datetime | str) -> bool:
+    """Whether an article dated ``published`` is still to come at ``now``. A
+    bare date counts from the start of its day (UTC); a time without an offset
+    is taken as UTC."""
+    if not published:
+        return False
+    try:
+        when = _utc(published)
+    except ValueError:
+        return False
+    return when > (_utc(now) if isinstance(now, str) else now)
 
 
 def _stored(row: tuple) -> StoredArticle:

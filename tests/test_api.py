@@ -17,9 +17,14 @@ KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-def build_index(settings, rows):
+def build_index(settings, rows, *, legacy_urls: dict[str, str] | None = None):
+    """Ingest and publish ``rows``. ``legacy_urls`` are written straight into
+    the store afterwards: URLs that releases before the http(s) check accepted
+    (``javascript:``), which every output must still drop."""
     with Store.open(settings.store_path) as store:
         store.upsert([parse_article(r) for r in rows])
+        for article_id, url in (legacy_urls or {}).items():
+            store.connection.execute("UPDATE articles SET url = ? WHERE id = ?", (url, article_id))
         reindex(settings, store, lambda: SentenceTransformerEmbedder.load(settings.model), progress=False)
 
 
@@ -33,9 +38,9 @@ def api_settings(settings):
 def client(api_settings, corpus):
     rows = list(corpus) + [{
         "id": "xss", "title": "<script>alert(1)</script> harbour <img src=x onerror=alert(1)>",
-        "body": "bridge harbour <b>construction</b> cost <script>alert(2)</script> council", "url": "javascript:alert(1)", "section": "local",
+        "body": "bridge harbour <b>construction</b> cost <script>alert(2)</script> council", "section": "local",
     }]
-    build_index(api_settings, rows)
+    build_index(api_settings, rows, legacy_urls={"xss": "javascript:alert(1)"})
     with TestClient(create_app(api_settings)) as client:
         yield client
 

@@ -167,7 +167,8 @@ def test_batch_with_every_kind_of_bad_record_keeps_the_good_ones(client):
     assert sorted(x["index"] for x in result["rejected"]) == [1, 2, 3, 4, 5]
     assert client.get("/v1/articles/good-1").status_code == 200
     assert client.get("/v1/articles/dup").json()["title"] == "second"  # the last one wins
-    assert client.get("/v1/articles/future").status_code == 200  # stored, but embargoed in lists
+    assert client.get("/v1/articles/future", headers=AUTH).status_code == 200  # stored (the key reads it)
+    assert client.get("/v1/articles/future").status_code == 404  # embargoed: not public yet
 
 
 def test_empty_batch(client):

@@ -69,10 +69,8 @@ OptionsDep = Annotated[ListOptions, Depends(get_options)]
 K = Annotated[int, Query(ge=1, le=100, description="how many items (1-100)")]
 
 
-def require_api_key(
-    settings: SettingsDep,
-    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
-) -> None:
+def check_api_key(settings: Settings, authorization: str | None) -> None:
+    """Raise 403 when no key is configured, 401 for a missing or wrong one."""
     if not settings.api_key:
         raise HTTPException(403, "writes are disabled: no API key is configured (set RECOMMENDER_API_KEY)")
     scheme, _, token = (authorization or "").partition(" ")
@@ -81,4 +79,23 @@ def require_api_key(
         raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
 
 
+def require_api_key(
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
+) -> None:
+    check_api_key(settings, authorization)
+
+
+def key_given(
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header(description="Bearer <API key>: the full read")] = None,
+) -> bool:
+    """Public reads take an optional key: absent, the public answer; present, it must be right."""
+    if authorization is None:
+        return False
+    check_api_key(settings, authorization)
+    return True
+
+
 WriteAccess = Annotated[None, Depends(require_api_key)]
+KeyGiven = Annotated[bool, Depends(key_given)]

@@ -9,8 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
-from recommender.api.deps import EngineDep, FiltersDep, K, OptionsDep, ReindexerDep, SettingsDep, WriteAccess
+from recommender.api.deps import EngineDep, FiltersDep, K, KeyGiven, OptionsDep, ReindexerDep, SettingsDep, WriteAccess
 from recommender.api.schemas import (
+    ArticleFull,
     ArticleIn,
     ArticleOut,
     DraftRelatedRequest,
@@ -71,9 +72,14 @@ def related_to_draft(draft: DraftRelatedRequest, engine: EngineDep):
     return {"items": engine.related_to_draft(draft.title, draft.body, draft.k, filters)}
 
 
-@router.get("/v1/articles/{article_id}", response_model=ArticleOut, tags=["read"])
-def get_article(article_id: ArticleId, engine: EngineDep):
-    return engine.article(article_id)
+@router.get("/v1/articles/{article_id}", response_model=ArticleFull | ArticleOut, tags=["read"])
+def get_article(article_id: ArticleId, engine: EngineDep, response: Response, full: KeyGiven):
+    """An article as a page shows it. With the API key: also its metadata (the
+    extra ingest fields), and also while it is embargoed; without it an
+    embargoed article is answered like an unknown id."""
+    if full:
+        response.headers["Cache-Control"] = "private, no-store"
+    return engine.article(article_id, full=full)
 
 
 @router.put("/v1/articles/{article_id}", response_model=WriteResult, tags=["write"])
@@ -147,9 +153,12 @@ def healthz():
 
 @router.get("/readyz", tags=["ops"])
 def readyz(engine: EngineDep, reindexer: ReindexerDep):
+    """200 while an index serves. ``behind``: articles written or deleted that
+    the served index does not reflect yet (0 when it is current)."""
     version = engine.live.current  # 503 until an index is loaded
     return {"status": "ready", "index": version.name, "articles": len(version),
-            "built_at": version.manifest["built_at"], "last_reindex_error": reindexer.last_error}
+            "built_at": version.manifest["built_at"], "behind": engine.behind(),
+            "last_reindex_error": reindexer.last_error}
 
 
 @router.get("/metrics", response_class=PlainTextResponse, tags=["ops"])

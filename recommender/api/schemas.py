@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from recommender.articles import MAX_BODY_CHARS
+from recommender.articles import (
+    MAX_BODY_CHARS,
+    MAX_DATE_CHARS,
+    MAX_DRAFT_CHARS,
+    MAX_LANG_CHARS,
+    MAX_SECTION_CHARS,
+    MAX_TAG_CHARS,
+    MAX_TAGS,
+    MAX_TITLE_CHARS,
+    MAX_URL_CHARS,
+)
 
 
 class Item(BaseModel):
@@ -34,13 +44,14 @@ class SearchResponse(BaseModel):
 
 
 class DraftRelatedRequest(BaseModel):
-    title: str = Field("", max_length=2000)
-    body: str = Field(..., min_length=1, max_length=MAX_BODY_CHARS)
+    title: str = Field("", max_length=MAX_TITLE_CHARS)
+    body: str = Field(..., min_length=1, max_length=MAX_DRAFT_CHARS,
+                      description=f"the draft's text (public endpoint: at most {MAX_DRAFT_CHARS:,} characters)")
     k: int = Field(10, ge=1, le=100)
-    section: str | None = Field(None, max_length=200)
-    since: str | None = Field(None, max_length=40)
-    until: str | None = Field(None, max_length=40)
-    lang: str | None = Field(None, max_length=20)
+    section: str | None = Field(None, max_length=MAX_SECTION_CHARS)
+    since: str | None = Field(None, max_length=MAX_DATE_CHARS)
+    until: str | None = Field(None, max_length=MAX_DATE_CHARS)
+    lang: str | None = Field(None, max_length=MAX_LANG_CHARS)
 
 
 class DraftRelatedResponse(BaseModel):
@@ -48,17 +59,19 @@ class DraftRelatedResponse(BaseModel):
 
 
 class ArticleIn(BaseModel):
-    """An article to create or replace. Fields beyond these are kept as metadata."""
+    """An article to create or replace. Fields beyond these are kept as
+    metadata (at most 64 KiB of JSON, 16 levels deep). The same limits apply
+    to each record of a batch and to `recommender ingest`."""
 
     model_config = ConfigDict(extra="allow")
-    title: str = Field(..., max_length=2000)
+    title: str = Field(..., max_length=MAX_TITLE_CHARS)
     body: str = Field(..., max_length=MAX_BODY_CHARS)
-    url: str | None = Field(None, max_length=2000)
-    published: str | None = Field(None, max_length=40)
-    section: str | None = Field(None, max_length=200)
-    category: str | None = Field(None, max_length=200)
-    tags: list[str] | None = None
-    lang: str | None = Field(None, max_length=20)
+    url: str | None = Field(None, max_length=MAX_URL_CHARS, description="an absolute http(s) URL")
+    published: str | None = Field(None, max_length=MAX_DATE_CHARS)
+    section: str | None = Field(None, max_length=MAX_SECTION_CHARS)
+    category: str | None = Field(None, max_length=MAX_SECTION_CHARS)
+    tags: list[Annotated[str, Field(max_length=MAX_TAG_CHARS)]] | None = Field(None, max_length=MAX_TAGS)
+    lang: str | None = Field(None, max_length=MAX_LANG_CHARS)
 
 
 class ArticleWithId(ArticleIn):
@@ -66,6 +79,8 @@ class ArticleWithId(ArticleIn):
 
 
 class ArticleOut(BaseModel):
+    """What a page shows of an article: the public read."""
+
     id: str
     title: str
     body: str
@@ -74,7 +89,12 @@ class ArticleOut(BaseModel):
     section: str | None = None
     tags: list[str] = []
     lang: str | None = None
-    metadata: dict[str, Any] = {}
+
+
+class ArticleFull(ArticleOut):
+    """The read with the key: also the extra ingest fields."""
+
+    metadata: dict[str, Any]
 
 
 class WriteResult(BaseModel):

@@ -6,13 +6,13 @@ import html
 from functools import cache
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
 from recommender.api.deps import EngineDep, FiltersDep, K, SettingsDep
 from recommender.api.routes import ArticleId, cached_response
+from recommender.articles import http_url
 
 router = APIRouter(include_in_schema=True)
 
@@ -56,22 +56,11 @@ def widget_fragment(request: Request, article_id: ArticleId, engine: EngineDep, 
     return cached_response(request, body, "text/html; charset=utf-8", settings.cache_seconds)
 
 
-def safe_href(url: str | None) -> str | None:
-    """Only http(s) links; anything else (javascript:, data:) is dropped."""
-    if not url:
-        return None
-    try:
-        scheme = urlsplit(url.strip()).scheme.lower()
-    except ValueError:
-        return None
-    return url.strip() if scheme in ("http", "https") else None
-
-
 def render_fragment(article_id: str, items: list[dict[str, Any]]) -> str:
     rows = []
     for item in items:
         title = html.escape(item["title"] or item["id"])
-        href = safe_href(item.get("url"))
+        href = http_url(item.get("url"))  # only http(s) links: javascript:, data: are dropped
         link = f'<a href="{html.escape(href, quote=True)}">{title}</a>' if href else f"<span>{title}</span>"
         date = html.escape(item.get("published") or "")
         time_tag = f' <time datetime="{date}">{date[:10]}</time>' if date else ""
