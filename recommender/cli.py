@@ -489,7 +489,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        # httptools with a header size limit and read deadlines (recommender/api/server.py)
+        http="recommender.api.server:GuardedHttpToolsProtocol",
+        timeout_keep_alive=settings.keep_alive_seconds,
+        limit_concurrency=settings.limit_concurrency,
         log_level="info" if args.verbose else "warning",
         access_log=bool(args.verbose),
     )

@@ -79,6 +79,27 @@ class Settings:
     cors_origins: str = ""
     """Comma-separated origins allowed to call the API from a browser (the widget's host pages)."""
     max_body_bytes: int = 8_000_000
+    """Request bodies above this get 413, declared or streamed (chunked)."""
+    max_header_bytes: int = 16_384
+    """Request line and headers above this get 431 and the connection closes
+    (the size Node.js and h11 allow)."""
+    header_timeout_seconds: float = 10.0
+    """A request's headers must arrive within this, from its first byte (or a
+    new connection): slow or half-open clients get 408 and are disconnected."""
+    body_timeout_seconds: float = 30.0
+    """A request's body must arrive within this, from the end of its headers."""
+    keep_alive_seconds: float = 5.0
+    """An idle kept-alive connection is closed after this."""
+    limit_concurrency: int = 1000
+    """Connections plus running requests per worker process; past it, new
+    requests get 503 at once."""
+    api_docs: bool = False
+    """Serve Swagger UI at /docs and ReDoc at /redoc. Both load their scripts
+    from a CDN (jsDelivr) into this origin, which the editors' page shares:
+    turn on for internal hosts only. /openapi.json is always served."""
+    ops_key_required: bool = False
+    """Put /metrics, /openapi.json and /docs behind the API key (Bearer), as
+    the writes are. Off: they are public."""
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1

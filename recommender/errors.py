@@ -6,11 +6,15 @@ from __future__ import annotations
 class RecommenderError(Exception):
     status_code = 500
     code = "internal_error"
+    public_message: str | None = None
+    """What the HTTP API says instead of the message (which may name paths or
+    settings); None: the message is safe to show. The message is logged."""
 
 
 class ConfigError(RecommenderError):
     status_code = 500
     code = "config_error"
+    public_message = "the server is misconfigured; see its log"
 
 
 class InvalidInput(RecommenderError):
@@ -42,6 +46,7 @@ class RuleNotFound(RecommenderError):
 class IndexNotFound(RecommenderError):
     status_code = 503
     code = "index_not_ready"
+    public_message = "no index has been published yet"
 
 
 class IndexMismatch(RecommenderError):
@@ -49,3 +54,4 @@ class IndexMismatch(RecommenderError):
 
     status_code = 503
     code = "index_mismatch"
+    public_message = "the published index does not match the server's model or settings; see its log"

@@ -80,19 +80,25 @@ def search(
     return rank_candidates(n, k, settings, allowed_rows, candidates, rank)
 
 
+PASSAGE_BLOCK_ARTICLES = 512
+"""Articles whose passages are gathered and scored at a time: at most
+512 x 16 passages (12 MiB at 384 dimensions), whatever a filter allows."""
+
+
 def passage_scores(version: IndexVersion, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
-    """Best passage plus mean passage similarity of each article to the query."""
-    if len(rows) == 0:
-        return np.zeros(0, dtype=np.float32)
-    starts = version.chunk_offsets[rows]
-    ends = version.chunk_offsets[rows + 1]
-    lengths = ends - starts
-    bounds = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    positions = np.arange(int(lengths.sum())) + np.repeat(starts - bounds, lengths)  # each article's passages
-    sims = np.asarray(version.chunk_vectors[positions] @ vector, dtype=np.float32)
-    best = np.maximum.reduceat(sims, bounds)
-    mean = np.add.reduceat(sims, bounds) / (ends - starts)
-    return best + mean
+    """Best passage plus mean passage similarity of each article to the query,
+    scored in blocks of PASSAGE_BLOCK_ARTICLES articles."""
+    out = np.empty(len(rows), dtype=np.float32)
+    for start in range(0, len(rows), PASSAGE_BLOCK_ARTICLES):
+        block = rows[start : start + PASSAGE_BLOCK_ARTICLES]
+        starts = version.chunk_offsets[block]
+        ends = version.chunk_offsets[block + 1]
+        lengths = ends - starts
+        bounds = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        positions = np.arange(int(lengths.sum())) + np.repeat(starts - bounds, lengths)  # each article's passages
+        sims = np.asarray(version.chunk_vectors[positions] @ vector, dtype=np.float32)
+        out[start : start + len(block)] = np.maximum.reduceat(sims, bounds) + np.add.reduceat(sims, bounds) / lengths
+    return out
 
 
 def _z(values: np.ndarray) -> np.ndarray:

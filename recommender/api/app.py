@@ -52,6 +52,9 @@ def create_app(settings: Settings, *, load_embedder: Callable | None = None) -> 
         description="Related articles and search for a news archive.",
         lifespan=lifespan,
         responses={422: {"model": _error_model()}},
+        docs_url=None,  # served below: behind the key when ops_key_required, /docs only when api_docs
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
@@ -61,7 +64,13 @@ def create_app(settings: Settings, *, load_embedder: Callable | None = None) -> 
 
     app.include_router(router)
     app.include_router(widget_router)
+    _install_docs(app, settings)
     _install_error_handlers(app)
+    # Outermost last: metrics see every answer, security headers go on every
+    # answer (CORS's too), the key is checked before a write's body is read,
+    # and the body limit reads the body before the app parses it.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(WriteKeyGuard, settings=settings)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.allowed_origins,
@@ -70,9 +79,31 @@ def create_app(settings: Settings, *, load_embedder: Callable | None = None) -> 
         expose_headers=["ETag"],
         max_age=600,
     )
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders, settings=settings)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     return app
+
+
+def _install_docs(app: FastAPI, settings: Settings) -> None:
+    from fastapi import Depends
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    from recommender.api.deps import ops_access
+
+    guard = [Depends(ops_access)]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=guard)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    if settings.api_docs:
+        @app.get("/docs", include_in_schema=False, dependencies=guard)
+        def swagger_ui():
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="recommender API")
+
+        @app.get("/redoc", include_in_schema=False, dependencies=guard)
+        def redoc():
+            return get_redoc_html(openapi_url="/openapi.json", title="recommender API")
 
 
 def _limit_torch_threads(settings: Settings) -> None:
@@ -86,8 +117,17 @@ def _limit_torch_threads(settings: Settings) -> None:
 
 
 def app_from_environment() -> FastAPI:
-    """Factory for uvicorn workers: settings from RECOMMENDER_* variables."""
-    return create_app(Settings.load())
+    """Factory for uvicorn workers: settings from RECOMMENDER_* variables,
+    which also set the HTTP protocol's limits in this process."""
+    from recommender.api.server import GuardedHttpToolsProtocol
+
+    settings = Settings.load()
+    GuardedHttpToolsProtocol.configure(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
+    )
+    return create_app(settings)
 
 
 def _error_model():
@@ -106,7 +146,11 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RecommenderError)
     async def domain_error(request: Request, exc: RecommenderError):
-        return error_response(exc.status_code, exc.code, str(exc), getattr(exc, "field", None))
+        message = str(exc)
+        if exc.status_code >= 500:  # may name paths or settings: logged, not shown
+            log.error("%s on %s %s: %s", exc.code, request.method, request.url.path, message)
+            message = exc.public_message or "internal error; it has been logged"
+        return error_response(exc.status_code, exc.code, message, getattr(exc, "field", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -130,12 +174,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal_error", "internal error; it has been logged")
 
 
-class _TooLarge(Exception):
-    pass
+def _json_error(status: int, code: str, message: str) -> tuple[dict, dict]:
+    body = json.dumps({"error": {"status": status, "code": code, "message": message}}).encode()
+    start = {"type": "http.response.start", "status": status,
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    return start, {"type": "http.response.body", "body": body}
 
 
 class BodyLimit:
-    """Answer 413 to a body over the limit, declared or streamed."""
+    """Read a request's body before the app does, and answer 413 to one over
+    the limit, whether declared (Content-Length) or streamed (chunked). The
+    app then reads the body from memory."""
 
     def __init__(self, app, max_bytes: int):
         self.app = app
@@ -144,39 +193,124 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        headers = dict(scope.get("headers") or ())
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._reject(send)
-        received = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal received
+        if declared is None and b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
+            return await self.app(scope, receive, send)  # no body
+        chunks, size = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge()
-            return message
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return await self._reject(send)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        async def buffered_receive():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: the disconnect, when it comes
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(send)
+        await self.app(scope, buffered_receive, send)
 
     async def _reject(self, send):
-        body = json.dumps({"error": {"status": 413, "code": "body_too_large",
-                                     "message": f"request body is larger than {self.max_bytes} bytes"}}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        for message in _json_error(413, "body_too_large", f"request body is larger than {self.max_bytes} bytes"):
+            await send(message)
+
+
+WRITE_PREFIXES = ("/v1/articles", "/v1/rules")
+
+
+class WriteKeyGuard:
+    """The API key of a write is checked before its body is read: a client
+    without it gets 401 (403 with writes disabled) and costs no parsing. The
+    routes check the key again (their ``WriteAccess`` dependency)."""
+
+    def __init__(self, app, settings: Settings):
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and _is_write(scope["method"], scope["path"]):
+            from fastapi import HTTPException
+
+            from recommender.api.deps import check_api_key
+
+            authorization = dict(scope.get("headers") or ()).get(b"authorization")
+            try:
+                check_api_key(self.settings, authorization.decode("latin-1") if authorization else None)
+            except HTTPException as exc:
+                code = HTTP_CODES.get(exc.status_code, "http_error")
+                response = error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def _is_write(method: str, path: str) -> bool:
+    """The key-protected routes: every method on /v1/rules, and PUT, POST and
+    DELETE on /v1/articles (reads of articles and POST /v1/related are public)."""
+    if path == "/v1/rules" or path.startswith("/v1/rules/"):
+        return method != "OPTIONS"
+    if path == "/v1/articles" or path.startswith("/v1/articles/"):
+        return method in ("PUT", "POST", "DELETE")
+    return False
+
+
+EDITOR_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+              "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+            "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; font-src https://fonts.gstatic.com; "
+            "worker-src blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+
+class SecurityHeaders:
+    """``nosniff`` and a referrer policy on every answer; a Content-Security-
+    Policy on HTML: the editors' page may only load its own files and may not
+    be framed; the widget fragment may load nothing, and be framed only by the
+    configured CORS origins. ``Vary`` values are sent once each."""
+
+    def __init__(self, app, settings: Settings):
+        self.app = app
+        origins = " ".join(settings.allowed_origins) or "'none'"
+        self.fragment_csp = f"default-src 'none'; frame-ancestors {origins}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+
+        async def secured_send(message):
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"vary"]
+                vary = [v for k, v in message.get("headers", []) if k.lower() == b"vary"]
+                if vary:
+                    values = dict.fromkeys(t.strip() for v in vary for t in v.split(b",") if t.strip())
+                    headers.append((b"vary", b", ".join(values)))
+                headers += [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin")]
+                kind = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+                if kind.startswith(b"text/html"):
+                    headers += self._html_headers(path)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, secured_send)
+
+    def _html_headers(self, path: str) -> list[tuple[bytes, bytes]]:
+        if path.startswith("/widget/"):  # a fragment that sites include, and may frame
+            return [(b"content-security-policy", self.fragment_csp)]
+        csp = DOCS_CSP if path in ("/docs", "/redoc") else EDITOR_CSP
+        return [(b"content-security-policy", csp.encode()), (b"x-frame-options", b"DENY")]
 
 
 class RequestMetrics:

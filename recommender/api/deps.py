@@ -46,12 +46,12 @@ FiltersDep = Annotated[Filters, Depends(get_filters)]
 def get_options(
     settings: SettingsDep,
     half_life: Annotated[float | None, Query(ge=0, le=36500, description=(
-        "recency: days after which an article has lost half of the recency weight; 0 turns it off "
-        "(default: the server's half_life_days)"))] = None,
+        "recency: days after which an article has lost half of the recency weight, to 2 significant "
+        "digits; 0 turns it off (default: the server's half_life_days)"))] = None,
     max_age: Annotated[int | None, Query(ge=0, le=36500, description=(
         "only articles published in the last N days; 0: no limit (default: the server's max_age_days)"))] = None,
     mmr: Annotated[float | None, Query(ge=0, le=1, description=(
-        "diversity: 1 ranks by relevance alone, lower values avoid near-identical angles"))] = None,
+        "diversity, to 2 decimals: 1 ranks by relevance alone, lower values avoid near-identical angles"))] = None,
     cross_language: Annotated[bool, Query(description=(
         "also list articles in other languages than the source's (needs a multilingual model)"))] = False,
 ) -> ListOptions:
@@ -60,9 +60,17 @@ def get_options(
             "cross-language lists need a multilingual model: set `model` to one and `multilingual = true`",
             field="cross_language",
         )
+    # Rounded before they reach the list cache's key: 1.000001 and 1.000002
+    # are one list, not two cache entries.
     return ListOptions.from_settings(
-        settings, half_life_days=half_life, max_age_days=max_age, mmr_lambda=mmr, cross_language=cross_language
+        settings, half_life_days=None if half_life is None else significant(half_life, 2), max_age_days=max_age,
+        mmr_lambda=None if mmr is None else round(mmr, 2), cross_language=cross_language,
     )
+
+
+def significant(value: float, digits: int) -> float:
+    """``value`` rounded to ``digits`` significant digits (0 stays 0)."""
+    return float(f"{value:.{digits}g}")
 
 
 OptionsDep = Annotated[ListOptions, Depends(get_options)]
@@ -97,5 +105,15 @@ def key_given(
     return True
 
 
+def ops_access(
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header(description="Bearer <API key>, with ops_key_required")] = None,
+) -> None:
+    """/metrics, /openapi.json and /docs: public unless ``ops_key_required``."""
+    if settings.ops_key_required:
+        check_api_key(settings, authorization)
+
+
 WriteAccess = Annotated[None, Depends(require_api_key)]
+OpsAccess = Annotated[None, Depends(ops_access)]
 KeyGiven = Annotated[bool, Depends(key_given)]

@@ -123,7 +123,7 @@ class RuleIn(BaseModel):
     anywhere when ``article`` is omitted. ``boost``/``bury``: move an article,
     a section or a tag (``target_type``) up or down by ``weight``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no "1" for 1, no true for 1
     kind: str = Field(..., max_length=10, description="pin, block, boost or bury")
     target: str = Field(..., min_length=1, max_length=512)
     article: str | None = Field(None, max_length=512, description="the list's article; omit for every list")
