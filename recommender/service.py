@@ -478,11 +478,14 @@ class Reindexer:
         self.runs = 0
 
     def start(self) -> Reindexer:
-        """Start the thread, which checks the store at once: writes that were
-        acknowledged before a crash or a restart, or that another process
-        (``recommender ingest``) made, are published without waiting for the
-        next write. On an unchanged store that check publishes nothing."""
-        self._wanted.set()
+        """Start the thread. Where writes are enabled (an API key is set), it
+        checks the store at once: writes acknowledged before a crash or a
+        restart, or made by another process (``recommender ingest``), are
+        published without waiting for the next write; on an unchanged store
+        the check publishes nothing. A read-only replica (no key) never
+        publishes: its versions come from the indexing machine."""
+        if self.settings.api_key:
+            self._wanted.set()
         self._thread.start()
         return self
 

@@ -281,7 +281,7 @@ def test_articles_acknowledged_before_a_crash_are_published_at_start_up(settings
                                      "body": "irena kalvos ceasefire envoy mediators treaty border talks"})
                       for i in range(5)])
     before = (settings.index_root / "CURRENT").read_text()
-    server = Server(settings.data_dir, settings.model)
+    server = Server(settings.data_dir, settings.model, env={"RECOMMENDER_API_KEY": KEY})
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -300,7 +300,7 @@ def test_articles_acknowledged_before_a_crash_are_published_at_start_up(settings
 def test_a_start_on_an_unchanged_store_publishes_nothing(settings, corpus):
     build_index(settings, corpus)
     versions = sorted(p.name for p in (settings.index_root / "versions").iterdir())
-    server = Server(settings.data_dir, settings.model)
+    server = Server(settings.data_dir, settings.model, env={"RECOMMENDER_API_KEY": KEY})
     try:
         deadline = time.monotonic() + 20
         while "recommender_reindex_runs_total 1" not in server.request("GET", "/metrics")[1]:
@@ -310,6 +310,23 @@ def test_a_start_on_an_unchanged_store_publishes_nothing(settings, corpus):
     finally:
         server.stop()
     assert sorted(p.name for p in (settings.index_root / "versions").iterdir()) == versions
+
+
+def test_a_read_only_replica_never_publishes_at_start_up(settings, corpus):
+    """No key, no writes: its versions come from the indexing machine, even
+    while its copy of the store is ahead of them (guide.md, replicas)."""
+    build_index(settings, corpus)
+    with Store.open(settings.store_path) as store:
+        store.upsert([parse_article({"id": "copied-early", "title": "t", "body": "irena kalvos envoy"})])
+    before = (settings.index_root / "CURRENT").read_text()
+    server = Server(settings.data_dir, settings.model)
+    try:
+        time.sleep(2)  # the start-up check runs within 0.2 s where writes are enabled
+        assert server.request("GET", "/readyz")[1]["behind"] == 1
+        assert "recommender_reindex_runs_total 0" in server.request("GET", "/metrics")[1]
+    finally:
+        server.stop()
+    assert (settings.index_root / "CURRENT").read_text() == before
 
 
 def test_behind_counts_added_changed_and_deleted_articles(settings, corpus):
