@@ -115,6 +115,8 @@ def test_public_article_read_has_no_metadata_and_the_key_reads_it_all(app_client
     embargoed = app_client.get("/v1/articles/secret", headers=AUTH)
     assert embargoed.status_code == 200 and embargoed.json()["metadata"]["internal_note"] == "source: a leak"
     assert app_client.get("/v1/articles/secret", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    basic = app_client.get("/v1/articles/talks-1", headers={"Authorization": "Basic dXNlcjpwYXNz"})  # a site's own auth
+    assert basic.status_code == 200 and "metadata" not in basic.json()
 
 
 # -- 2. quadratic passage splitting ----------------------------------------------

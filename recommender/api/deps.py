@@ -98,8 +98,11 @@ def key_given(
     settings: SettingsDep,
     authorization: Annotated[str | None, Header(description="Bearer <API key>: the full read")] = None,
 ) -> bool:
-    """Public reads take an optional key: absent, the public answer; present, it must be right."""
-    if authorization is None:
+    """Public reads take an optional key: a Bearer key must be right (401
+    otherwise) and gives the full read; without one (or with another scheme,
+    such as a site's Basic auth the browser forwards) the public answer."""
+    scheme = (authorization or "").partition(" ")[0].lower()
+    if scheme != "bearer" or not settings.api_key:
         return False
     check_api_key(settings, authorization)
     return True

@@ -9,7 +9,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
-from recommender.api.deps import EngineDep, FiltersDep, K, KeyGiven, OpsAccess, OptionsDep, ReindexerDep, SettingsDep, WriteAccess
+from recommender.api.deps import (
+    EngineDep,
+    FiltersDep,
+    K,
+    KeyGiven,
+    OpsAccess,
+    OptionsDep,
+    ReindexerDep,
+    SettingsDep,
+    WriteAccess,
+)
 from recommender.api.schemas import (
     ArticleFull,
     ArticleIn,
@@ -37,7 +47,7 @@ MAX_BATCH = 1000
 def cached_response(request: Request, body: bytes, media_type: str, max_age: int) -> Response:
     """A public, cacheable response with a strong ETag; 304 when it matches."""
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-    headers = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}", "Vary": "Origin"}  # once: see SecurityHeaders
+    headers = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}", "Vary": "Origin"}
     if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
         return Response(status_code=304, headers=headers)
     return Response(body, media_type=media_type, headers=headers)
