@@ -261,8 +261,7 @@ def parse_date(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise ValueError("'published' must be an ISO date string such as 2024-05-31")
-    if len(value) > MAX_DATE_CHARS:
-        raise ValueError(f"'published' is longer than {MAX_DATE_CHARS} characters")
+    _check_length("published", value, MAX_DATE_CHARS)
     text = value.strip()
     try:
         if len(text) == 10:

@@ -174,13 +174,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal_error", "internal error; it has been logged")
 
 
-def _json_error(status: int, code: str, message: str) -> tuple[dict, dict]:
-    body = json.dumps({"error": {"status": status, "code": code, "message": message}}).encode()
-    start = {"type": "http.response.start", "status": status,
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
-    return start, {"type": "http.response.body", "body": body}
-
-
 class BodyLimit:
     """Read a request's body before the app does, and answer 413 to one over
     the limit, whether declared (Content-Length) or streamed (chunked). The
@@ -196,7 +189,7 @@ class BodyLimit:
         headers = dict(scope.get("headers") or ())
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(send)
+            return await self._reject(scope, receive, send)
         if declared is None and b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
             return await self.app(scope, receive, send)  # no body
         chunks, size = [], 0
@@ -207,7 +200,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                return await self._reject(send)
+                return await self._reject(scope, receive, send)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -223,12 +216,9 @@ class BodyLimit:
 
         await self.app(scope, buffered_receive, send)
 
-    async def _reject(self, send):
-        for message in _json_error(413, "body_too_large", f"request body is larger than {self.max_bytes} bytes"):
-            await send(message)
-
-
-WRITE_PREFIXES = ("/v1/articles", "/v1/rules")
+    async def _reject(self, scope, receive, send):
+        response = error_response(413, "body_too_large", f"request body is larger than {self.max_bytes} bytes")
+        await response(scope, receive, send)
 
 
 class WriteKeyGuard:
