@@ -168,7 +168,7 @@ def parse_url(value: Any) -> str | None:
     text = _optional_str({"url": value}, "url", MAX_URL_CHARS)
     if text is None:
         return None
-    if any(c.isspace() or ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in text):
+    if _NOT_IN_URL.search(text):
         raise ValueError("'url' holds spaces or control characters; percent-encode them")
     try:
         parts = urlsplit(text)
@@ -213,6 +213,8 @@ def detect_language(text: str) -> str | None:
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NOT_IN_URL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+"""Spaces (Unicode ones too) and C0/C1 control characters: percent-encoded in a real URL."""
 
 
 def _clean(text: str) -> str:
