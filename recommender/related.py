@@ -1,17 +1,16 @@
 """Article -> related articles.
 
-The score blends two views of each candidate, each z-scored against the
-query's own distribution (estimated on a fixed sample of the archive):
-
-* cosine of the article vectors (paraphrase, topic), and
-* cosine of the TF-IDF vectors (names, places, numbers: event identity).
-
 Candidates are the union of the nearest article vectors (FAISS) and the
-articles sharing the query's most distinctive terms; each is then scored
-exactly. The article itself, its near duplicates and second copies of one
-story are never returned. With a filter, the list still holds k articles
-whenever k matching ones exist: a selective filter is scored exactly over the
-articles it allows, a broad one widens the candidate pool until k are found.
+articles sharing the query's most distinctive terms. Each is then scored
+exactly by the version's ranker (``recommender.rank``): a logistic
+regression over event signals (names and numbers shared, days apart,
+headline and opening, distinctive words) and topical ones (the article
+vectors), with a calibrated confidence. Items below the policy's confidence
+floor are not shown. The article itself and copies of one text (see
+``recommender.copies``) are never shown twice. With a filter, the list still
+holds k articles whenever k matching ones pass the floor: a selective filter
+is scored exactly over the articles it allows, a broad one widens the
+candidate pool until k are found.
 """
 
 from __future__ import annotations
@@ -23,24 +22,33 @@ import numpy as np
 import scipy.sparse as sp
 
 from recommender.config import Settings
+from recommender.rank import Query, Ranker, features, query_for_row
+from recommender.rank.signals import Raw
 from recommender.version import IndexVersion
 
 QUERY_TERMS = 32
 """Distinctive terms of the query article used to gather lexical candidates."""
 EXACT_FILTER_LIMIT = 20_000
+"""A filter allowing at most this many articles is scored exhaustively."""
 MMR_WINDOW = 50
 """Diversity chooses among this many of the best candidates."""
-"""A filter allowing at most this many articles is scored exhaustively."""
 
 
 @dataclass(frozen=True)
 class Hit:
     doc_id: int
     score: float
-    semantic: float
-    lexical: float
-    manual: bool = False
-    """Placed by an editor's pin rather than ranked."""
+    semantic: float = 0.0
+    lexical: float = 0.0
+    source: str = "auto"
+    """"auto" (ranked), "manual" (an editor's pin) or "fallback" (filler the
+    request asked for when fewer than k items pass the floor)."""
+    confidence: float | None = None
+    """The calibrated chance that a reader calls the item related (ranked items)."""
+
+    @property
+    def manual(self) -> bool:
+        return self.source == "manual"
 
 
 @dataclass(frozen=True)
@@ -54,10 +62,11 @@ class Policy:
     mmr_lambda: float = 1.0
     """Maximal marginal relevance: 1 ranks by relevance alone; lower values
     trade relevance for lists that do not repeat one angle."""
-    prefer_original: bool = True
-    """Show the earliest published copy of a story (see ``story_ids``)."""
     dedup: bool = True
-    """One item per story; off, only the article itself is left out."""
+    """One item per story, never a copy of the article itself (the earliest
+    published copy of a story is shown); off, only the article itself is left out."""
+    min_confidence: float = 0.0
+    """Ranked items below this confidence are not shown."""
 
 
 NO_POLICY = Policy()
@@ -65,50 +74,40 @@ NO_POLICY = Policy()
 
 def related_to_row(
     version: IndexVersion, row: int, k: int, settings: Settings, *, allowed_rows: np.ndarray | None = None,
-    policy: Policy = NO_POLICY,
+    policy: Policy = NO_POLICY, ranker: Ranker | None = None,
 ) -> list[Hit]:
     """The k articles most related to the indexed article at ``row``."""
-    return rank_related(
-        version,
-        np.asarray(version.doc_vectors[row], dtype=np.float32),
-        version.tfidf.matrix[row],
-        k,
-        settings,
-        exclude_row=row,
-        allowed_rows=allowed_rows,
-        policy=policy,
-    )
+    return rank_related(version, query_for_row(version, row), k, settings, exclude_row=row,
+                        allowed_rows=allowed_rows, policy=policy, ranker=ranker)
 
 
 def rank_related(
     version: IndexVersion,
-    vector: np.ndarray,
-    terms: sp.csr_matrix,
+    query: Query,
     k: int,
     settings: Settings,
     *,
     exclude_row: int | None = None,
     allowed_rows: np.ndarray | None = None,
     policy: Policy = NO_POLICY,
+    ranker: Ranker | None = None,
 ) -> list[Hit]:
-    """Rank the archive against an article given by its vector and TF-IDF row
-    (an indexed article, or a draft that is not in the index)."""
+    """Rank the archive against an article (an indexed one, or a draft that is
+    not in the index) with the version's ranker, or ``ranker``."""
     n = len(version)
     if n == 0 or k <= 0 or (allowed_rows is not None and len(allowed_rows) == 0):
         return []
-    semantic_stats = _stats(version.sample_vectors @ vector)
-    lexical_stats = _stats(version.tfidf.pair_scores(terms, matrix=version.sample_tfidf))
+    ranker = ranker or version.ranker
 
-    def rank(rows: np.ndarray) -> list[Hit]:
-        semantic = np.asarray(version.doc_vectors[rows] @ vector, dtype=np.float32)
-        lexical = version.tfidf.pair_scores(terms, rows)
-        w = settings.related_semantic_weight
-        score = w * _z(semantic, semantic_stats) + (1 - w) * _z(lexical, lexical_stats)
+    def rank(rows: np.ndarray) -> tuple[list[Hit], bool]:
+        values, raw = features(version, query, rows, list(ranker.names))
+        score = ranker.score(values)
+        confidence = ranker.confidence(score)
         if policy.adjust is not None:
             score = score + policy.adjust(rows)
-        return _select(version, rows, score, semantic, lexical, k, settings, exclude_row, policy)
+        return _select(version, rows, score, confidence, raw, k, exclude_row, policy)
 
-    return rank_candidates(n, k, settings, allowed_rows, lambda pool: _candidates(version, vector, terms, pool), rank)
+    return rank_candidates(n, k, settings, allowed_rows, lambda pool: _candidates(version, query, pool), rank)
 
 
 def rank_candidates(
@@ -117,32 +116,34 @@ def rank_candidates(
     settings: Settings,
     allowed_rows: np.ndarray | None,
     candidates: Callable[[int], np.ndarray],
-    rank: Callable[[np.ndarray], list[Hit]],
+    rank: Callable[[np.ndarray], tuple[list[Hit], bool]],
 ) -> list[Hit]:
     """Rank the rows a selective filter allows exactly; otherwise rank a pool
-    of candidates, widened 4x at a time until k hits survive filters and dedup."""
+    of candidates, widened 4x at a time until k hits survive filters and
+    dedup. ``rank`` also says when widening cannot help: the confidence floor
+    already turned candidates away, and those further out are less alike."""
     if allowed_rows is not None and len(allowed_rows) <= EXACT_FILTER_LIMIT:
         # Rows that exist in this version and are allowed, all scored: a rare
         # section still fills the list.
-        return rank(np.asarray(allowed_rows, dtype=np.int64))
+        return rank(np.asarray(allowed_rows, dtype=np.int64))[0]
     pool = min(n, max(settings.candidates, 4 * k))
     while True:
         rows = candidates(pool)
         if allowed_rows is not None:
             rows = rows[np.isin(rows, allowed_rows, assume_unique=True)]
-        hits = rank(rows)
-        if len(hits) >= k or pool >= n:
+        hits, floored = rank(rows)
+        if len(hits) >= k or floored or pool >= n:
             return hits
         pool = min(n, pool * 4)
 
 
-def _candidates(version: IndexVersion, vector: np.ndarray, terms: sp.csr_matrix, pool: int) -> np.ndarray:
+def _candidates(version: IndexVersion, query: Query, pool: int) -> np.ndarray:
     n = len(version)
     if pool >= n:
         return np.arange(n)
-    _, ids = version.docs.search(vector.reshape(1, -1), pool + 1)
+    _, ids = version.docs.search(query.vector.reshape(1, -1), pool + 1)
     dense_rows = version.rows_of(ids[0][ids[0] >= 0])
-    lexical = version.tfidf.scores(_strongest_terms(terms, QUERY_TERMS))
+    lexical = version.tfidf.scores(_strongest_terms(query.terms, QUERY_TERMS))
     lexical_rows = np.argpartition(-lexical, pool - 1)[:pool]
     return np.union1d(dense_rows, lexical_rows[lexical[lexical_rows] > 0])
 
@@ -158,30 +159,34 @@ def _select(
     version: IndexVersion,
     rows: np.ndarray,
     score: np.ndarray,
-    semantic: np.ndarray,
-    lexical: np.ndarray,
+    confidence: np.ndarray,
+    raw: Raw,
     k: int,
-    settings: Settings,
     exclude_row: int | None,
     policy: Policy = NO_POLICY,
-) -> list[Hit]:
-    """Best first, one article per story, never the article itself or a copy of it."""
+) -> tuple[list[Hit], bool]:
+    """Best first, one article per story, never the article itself or a copy
+    of it, nothing below the confidence floor. Also says whether the floor
+    turned a candidate away."""
+    keep = np.ones(len(rows), dtype=bool)
     if policy.excluded_rows is not None and len(policy.excluded_rows):
-        keep = ~np.isin(rows, policy.excluded_rows)
-        rows, score, semantic, lexical = rows[keep], score[keep], semantic[keep], lexical[keep]
+        keep &= ~np.isin(rows, policy.excluded_rows)
+    floored = False
+    if policy.min_confidence > 0:
+        passing = confidence >= policy.min_confidence
+        floored = bool((keep & ~passing).any())
+        keep &= passing
     excluded_story = int(version.story_ids[exclude_row]) if exclude_row is not None else None
     seen: set[int] = set()
     picked: list[int] = []
-    for i in np.argsort(-score, kind="stable"):
+    for i in np.flatnonzero(keep)[np.argsort(-score[keep], kind="stable")]:
         row = int(rows[i])
         story = int(version.story_ids[row])
         if row == exclude_row:
             continue
         if policy.dedup:
             if story == excluded_story or story in seen:
-                continue
-            if is_near_duplicate(semantic[i], lexical[i], settings):
-                continue  # a copy of the article asked about
+                continue  # a copy of the article asked about, or of an item already listed
             seen.add(story)
         picked.append(int(i))
         if len(picked) == (k if policy.mmr_lambda >= 1.0 else max(k, MMR_WINDOW)):
@@ -190,17 +195,18 @@ def _select(
         # Diversity re-orders the head of the list (the part readers see).
         head = mmr(version, rows, score, picked[:MMR_WINDOW], min(k, MMR_WINDOW), policy.mmr_lambda)
         picked = head + [i for i in picked if i not in set(head)]
-    shown = set(rows.tolist()) if policy.prefer_original and policy.dedup else set()
+    shown = set(rows[keep].tolist()) if policy.dedup else set()
     hits = []
     for i in picked[:k]:
         row = int(rows[i])
         # A story is shown by its original (its earliest published copy, see
-        # near_duplicate_clusters) when that copy is among the rows allowed here.
+        # copies.story_labels) when that copy is among the rows allowed here.
         original = int(version.story_ids[row])
         if original != row and original in shown and original != exclude_row:
             row = original
-        hits.append(Hit(int(version.doc_ids[row]), float(score[i]), float(semantic[i]), float(lexical[i])))
-    return hits
+        hits.append(Hit(int(version.doc_ids[row]), float(score[i]), float(raw.semantic[i]), float(raw.lexical[i]),
+                        confidence=round(float(confidence[i]), 4)))
+    return hits, floored
 
 
 def recency_adjust(
@@ -248,19 +254,3 @@ def mmr(version: IndexVersion, rows: np.ndarray, score: np.ndarray, order: list[
         available[j] = False
         closest = np.maximum(closest, similarity[j])
     return [int(idx[j]) for j in taken]
-
-
-def is_near_duplicate(semantic: float, lexical: float, settings: Settings) -> bool:
-    """One story told twice: syndicated, re-published or lightly updated."""
-    return semantic >= settings.duplicate_threshold or (
-        lexical >= settings.lexical_duplicate_threshold and semantic >= settings.duplicate_floor
-    )
-
-
-def _stats(values: np.ndarray) -> tuple[float, float]:
-    std = float(np.std(values))
-    return float(np.mean(values)), (std if std > 1e-9 else 1.0)
-
-
-def _z(values: np.ndarray, stats: tuple[float, float]) -> np.ndarray:
-    return (values - stats[0]) / stats[1]

@@ -49,7 +49,7 @@ def search(
         return []
     keyword = version.bm25.scores(query)
 
-    def rank(rows: np.ndarray) -> list[Hit]:
+    def rank(rows: np.ndarray) -> tuple[list[Hit], bool]:
         if policy.excluded_rows is not None and len(policy.excluded_rows):
             rows = rows[~np.isin(rows, policy.excluded_rows)]
         doc_ids = version.doc_ids[rows]
@@ -69,7 +69,7 @@ def search(
             hits.append(Hit(int(doc_ids[i]), float(score[i]), float(semantic[i]), float(lexical[i])))
             if len(hits) == k:
                 break
-        return hits
+        return hits, False
 
     def candidates(pool: int) -> np.ndarray:
         _, chunk_ids = version.chunks.search(vector.reshape(1, -1), min(len(version.chunks), 3 * pool))

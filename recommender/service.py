@@ -22,6 +22,9 @@ from recommender.embed import Embedder, model_id_for
 from recommender.errors import ArticleNotFound, IndexMismatch, IndexNotFound, RuleNotFound
 from recommender.filters import NO_FILTERS, Filters
 from recommender.lexical import snippet_html
+from recommender.copies import copies_among
+from recommender.lexical import entity_terms
+from recommender.rank import Query, query_for_row
 from recommender.related import Hit, Policy, combine, rank_related, recency_adjust, related_to_row
 from recommender.rules import ListRules, Rule
 from recommender.search import search, validate_query
@@ -103,6 +106,8 @@ class ListOptions:
     mmr_lambda: float = 1.0
     cross_language: bool = False
     dedup: bool = True
+    min_confidence: float = 0.0
+    fallback: str = "none"
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ListOptions:
@@ -112,6 +117,8 @@ class ListOptions:
             "mmr_lambda": settings.mmr_lambda,
             "cross_language": False,
             "dedup": settings.dedup,
+            "min_confidence": settings.min_confidence,
+            "fallback": settings.fallback,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -252,6 +259,8 @@ class Engine:
         hits = self._place_pins(
             self._drop_deleted(hits), list(rules.pins), k + DELETED_MARGIN, pin_filters, hidden, exclude=stored.doc_id
         )
+        if options.fallback != "none" and len(hits) < k + DELETED_MARGIN:
+            hits += self._fallback(version, stored, k + DELETED_MARGIN - len(hits), hits, requested, policy, options)
         if key is not None:
             with self._cache_lock:
                 self._related_cache[key] = hits
@@ -263,10 +272,44 @@ class Engine:
         allowed = self._allowed_rows(version, filters)
         row = version.row_of(stored.doc_id)
         if row is None:  # written since the index was published: rank it as a draft
-            vector, terms = self._draft(version, stored.article.title, stored.article.body)
-            hits = rank_related(version, vector, terms, k + 1, self.settings, allowed_rows=allowed, policy=policy)
-            return [h for h in hits if h.doc_id != stored.doc_id][:k]
+            query = self._draft(version, stored.article.title, stored.article.body, stored.article.published)
+            hits = rank_related(version, query, k + 1 + DELETED_MARGIN, self.settings, allowed_rows=allowed,
+                                policy=policy)
+            hits = [h for h in hits if h.doc_id != stored.doc_id]
+            return self._drop_copies_of(stored.article.body, hits, policy)[:k]
         return related_to_row(version, row, k, self.settings, allowed_rows=allowed, policy=policy)
+
+    def _fallback(
+        self, version: IndexVersion, stored, n: int, hits: list[Hit], filters: Filters, policy: Policy,
+        options: ListOptions,
+    ) -> list[Hit]:
+        """The newest articles of the source's section ("section") or of the
+        archive ("latest"), to fill a list the floor left short; never the
+        article itself, a copy of it, an item already listed, a blocked,
+        embargoed or future-dated article. Marked ``source: "fallback"``."""
+        section = stored.article.section if options.fallback == "section" else None
+        if options.fallback == "section" and not section:
+            return []
+        taken = {h.doc_id for h in hits} | {stored.doc_id}
+        row = version.row_of(stored.doc_id)
+        if row is not None:  # copies of the article (its story) are not filler either
+            story = version.story_ids[row]
+            taken.update(int(d) for d in version.doc_ids[version.story_ids == story])
+        excluded = policy.excluded_rows
+        if excluded is not None and len(excluded):
+            taken.update(int(d) for d in version.doc_ids[excluded])
+        found = self.store.latest_doc_ids(section, n + len(taken), until=_now_iso())
+        allowed = set(self.store.filter_doc_ids(found, _within_age(filters, options)).tolist())
+        return [Hit(d, 0.0, source="fallback") for d in found if d in allowed and d not in taken][:n]
+
+    def _drop_copies_of(self, body: str, hits: list[Hit], policy: Policy) -> list[Hit]:
+        """A text not in the index yet has no story label: its copies among
+        the items are found by their words."""
+        if not policy.dedup or not hits:
+            return hits
+        found = self.store.get_many([h.doc_id for h in hits])
+        texts = [found[h.doc_id].article.body if h.doc_id in found else "" for h in hits]
+        return [h for h, copy in zip(hits, copies_among(body, texts)) if not copy]
 
     def _drop_deleted(self, hits: list[Hit]) -> list[Hit]:
         """Articles deleted since the index was published never appear."""
@@ -288,7 +331,7 @@ class Engine:
             stored = found.get(pin.target)
             if stored is None or stored.doc_id in hidden or stored.doc_id not in allowed or stored.doc_id == exclude:
                 continue
-            manual.append((pin.position, -(pin.id or 0), Hit(stored.doc_id, 0.0, 0.0, 0.0, manual=True)))
+            manual.append((pin.position, -(pin.id or 0), Hit(stored.doc_id, 0.0, source="manual")))
         pinned_ids = {h.doc_id for _, _, h in manual}
         result = [h for h in hits if h.doc_id not in pinned_ids]
         # Two pins at one position: the earlier rule keeps it, the later one comes next.
@@ -317,6 +360,7 @@ class Engine:
             adjust=combine(boosts if len(boost_rows) else None, recency),
             mmr_lambda=options.mmr_lambda,
             dedup=options.dedup,
+            min_confidence=options.min_confidence,
         )
 
     def _boosts(self, version: IndexVersion, rules: ListRules) -> tuple[np.ndarray, np.ndarray]:
@@ -361,18 +405,22 @@ class Engine:
     def related(
         self, article_id: str, k: int = 10, filters: Filters = NO_FILTERS, options: ListOptions | None = None
     ) -> list[dict[str, Any]]:
-        return self._items(self.related_hits(article_id, k, filters, options))
+        hits = self.related_hits(article_id, k, filters, options)
+        version = self.live.current
+        row = version.row_of(self.public_article(article_id).doc_id)
+        return self._items(hits, version=version, query=query_for_row(version, row) if row is not None else None)
 
     def related_to_draft(self, title: str, body: str, k: int = 10, filters: Filters = NO_FILTERS) -> list[dict[str, Any]]:
         version = self.live.current
         self.store  # noqa: B018 - sets up this thread (FAISS threads) before the search
-        vector, terms = self._draft(version, title, body)
+        query = self._draft(version, title, body)
         options = ListOptions.from_settings(self.settings)
         rules = ListRules.of(self.store.global_rules(), for_search=True)
         policy = self._policy(version, rules, tuple(self.store.embargoed_doc_ids(_now_iso())), options)
-        hits = rank_related(version, vector, terms, k + DELETED_MARGIN, self.settings,
+        hits = rank_related(version, query, k + DELETED_MARGIN, self.settings,
                             allowed_rows=self._allowed_rows(version, filters), policy=policy)
-        return self._items(self._drop_deleted(hits)[:k])
+        hits = self._drop_copies_of(body, self._drop_deleted(hits), policy)
+        return self._items(hits[:k], version=version, query=query)
 
     def search_hits(self, query: str, k: int, filters: Filters = NO_FILTERS, options: ListOptions | None = None) -> list[Hit]:
         query = validate_query(query)
@@ -398,23 +446,35 @@ class Engine:
             item["snippet"] = snippet_html(bodies[item["id"]], query)
         return items
 
-    def _draft(self, version: IndexVersion, title: str, body: str):
-        """Vector and TF-IDF row of a text not in the index (a draft, or an
+    def _draft(self, version: IndexVersion, title: str, body: str, published: str | None = None) -> Query:
+        """What the ranker needs of a text not in the index (a draft, or an
         article written since the last publish), read up to MAX_DRAFT_CHARS."""
-        from recommender.pipeline import article_vectors
+        from recommender.pipeline import article_vectors, published_days
 
         body = body[:MAX_DRAFT_CHARS]
         chunks = chunk_article(title, body, self.settings.chunk_words, self.settings.max_chunks)
         vectors = self.embedder.embed(chunks)
         vector = article_vectors(vectors, np.array([0, len(vectors)]))[0]
-        return vector, version.tfidf.transform([document_text(title, body)])
+        lead = np.asarray(vectors[0], dtype=np.float32)
+        return Query(
+            vector=vector,
+            lead=lead / max(float(np.linalg.norm(lead)), 1e-12),
+            terms=version.tfidf.transform([document_text(title, body)]),
+            entities=version.entities.transform_counts([entity_terms(body)]),
+            day=float(published_days([published])[0]),
+        )
 
     def _allowed_rows(self, version: IndexVersion, filters: Filters) -> np.ndarray | None:
         if not filters:
             return None
         return np.sort(version.rows_of(self.store.doc_ids_matching(filters)))
 
-    def _items(self, hits: list[Hit], found: dict | None = None) -> list[dict[str, Any]]:
+    def _items(
+        self, hits: list[Hit], found: dict | None = None, *, version: IndexVersion | None = None,
+        query: Query | None = None,
+    ) -> list[dict[str, Any]]:
+        """Response items; with the list's version and query, ranked items
+        also carry their reasons (shared names, days apart)."""
         if found is None:
             found = self.store.get_many([h.doc_id for h in hits])
         items = []
@@ -423,11 +483,14 @@ class Engine:
             if stored is None:  # deleted since the index was published
                 continue
             a = stored.article
-            items.append(
-                {"id": a.id, "title": a.title, "url": http_url(a.url), "published": a.published,
-                 "section": a.section, "score": None if hit.manual else round(hit.score, 4),
-                 "source": "manual" if hit.manual else "auto"}
-            )
+            item = {"id": a.id, "title": a.title, "url": http_url(a.url), "published": a.published,
+                    "section": a.section, "score": round(hit.score, 4) if hit.source == "auto" else None,
+                    "source": hit.source}
+            if hit.confidence is not None:
+                item["confidence"] = hit.confidence
+            if hit.source == "auto" and version is not None and query is not None:
+                item["reasons"] = reasons(version, query, version.row_of(hit.doc_id))
+            items.append(item)
         return items
 
     # -- writes -----------------------------------------------------------
@@ -451,6 +514,26 @@ class Engine:
     def delete(self, article_id: str) -> None:
         if not self.store.delete([article_id]):
             raise ArticleNotFound(article_id)
+
+
+REASON_TERMS = 5
+
+
+def reasons(version: IndexVersion, query: Query, row: int | None) -> dict[str, Any]:
+    """Why an item is in a list, for editors: the names, places and numbers
+    it shares with the article (the rarest first) and the days between them."""
+    if row is None:
+        return {}
+    mine = query.entities
+    theirs = version.entities.matrix[row]
+    shared = np.intersect1d(mine.indices, theirs.indices, assume_unique=True)
+    terms = version.entities.terms
+    best = shared[np.argsort(-version.entities.idf[shared], kind="stable")[:REASON_TERMS]]
+    out: dict[str, Any] = {"shared": [terms[i] for i in best.tolist()]}
+    days = abs(float(version.published_days[row]) - query.day)
+    if not np.isnan(days):
+        out["days_apart"] = int(days)
+    return out
 
 
 def default_embedder_loader(settings: Settings) -> Callable[[], Embedder]:

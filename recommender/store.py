@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS rules (
 CREATE INDEX IF NOT EXISTS rules_by_article ON rules (article);
 CREATE INDEX IF NOT EXISTS articles_by_published ON articles (published);
 CREATE INDEX IF NOT EXISTS articles_by_section ON articles (section);
+CREATE INDEX IF NOT EXISTS articles_by_section_published ON articles (section, published);
 CREATE INDEX IF NOT EXISTS articles_by_updated ON articles (updated_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -314,6 +315,17 @@ class Store:
             f"SELECT doc_id FROM articles WHERE doc_id IN ({marks}) AND {where}", [*map(int, doc_ids), *params]
         )
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def latest_doc_ids(self, section: str | None, limit: int, *, until: str) -> list[int]:
+        """The newest ``limit`` articles published by ``until`` (not embargoed),
+        of one section or of all; by index, newest first."""
+        where, params = ("section = ? AND ", [section]) if section else ("", [])
+        rows = self.connection.execute(
+            f"SELECT doc_id, published FROM articles WHERE {where}published IS NOT NULL AND published <= ? "
+            "ORDER BY published DESC LIMIT ?",
+            [*params, until + "~", int(limit)],
+        )
+        return [doc_id for doc_id, published in rows if not is_embargoed(published, until)]
 
     def languages(self) -> set[str]:
         return {r[0] for r in self.connection.execute("SELECT DISTINCT lang FROM articles WHERE lang IS NOT NULL")}

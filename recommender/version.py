@@ -9,8 +9,10 @@
         doc_vectors.npy, story_ids.npy   article vectors; stories (the row of each one's original)
         published_days.npy               publication day of each article (recency)
         chunk_vectors.npy, chunk_offsets.npy
-        tfidf.npz, idf.npy, vocabulary.json     TF-IDF (related)
+        tfidf.npz, tfidf_idf.npy, tfidf_vocabulary.json            TF-IDF (related)
+        entities.npz, entities_idf.npy, entities_vocabulary.json   names, places, numbers (related)
         bm25.npz, bm25_vocabulary.json          stemmed BM25 (search)
+        ranker.json                             the related ranking model and its calibration
 
 A reader resolves CURRENT once and keeps that folder; a writer builds a new
 folder, then swaps CURRENT with os.replace, so readers see the old version or
@@ -33,8 +35,10 @@ import numpy as np
 from recommender.errors import IndexMismatch, IndexNotFound
 from recommender.index import VectorIndex
 from recommender.lexical import Bm25Model, TfidfModel
+from recommender.rank.model import FILE_NAME as RANKER_FILE
+from recommender.rank.model import Ranker
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 STATS_SAMPLE = 2048
 CURRENT = "CURRENT"
 
@@ -54,6 +58,8 @@ class IndexVersion:
     chunk_offsets: np.ndarray
     tfidf: TfidfModel
     bm25: Bm25Model
+    entities: TfidfModel
+    ranker: Ranker
 
     def __len__(self) -> int:
         return len(self.doc_ids)
@@ -134,6 +140,8 @@ class IndexVersion:
             chunk_offsets=np.load(path / "chunk_offsets.npy"),
             tfidf=TfidfModel.load(path),
             bm25=Bm25Model.load(path),
+            entities=TfidfModel.load(path, "entities"),
+            ranker=Ranker.load(path / RANKER_FILE),
         )
 
 

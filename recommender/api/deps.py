@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Header, HTTPException, Query, Request
 
@@ -54,6 +54,12 @@ def get_options(
         "diversity, to 2 decimals: 1 ranks by relevance alone, lower values avoid near-identical angles"))] = None,
     cross_language: Annotated[bool, Query(description=(
         "also list articles in other languages than the source's (needs a multilingual model)"))] = False,
+    min_confidence: Annotated[float | None, Query(ge=0, le=1, description=(
+        "related lists: leave out items whose confidence is below this, to 2 decimals; 0 shows every "
+        "ranked item (default: the server's min_confidence)"))] = None,
+    fallback: Annotated[Literal["none", "section", "latest"] | None, Query(description=(
+        "related lists: fill a list the floor left short with the newest articles of the article's "
+        "section, or of the archive, marked source: fallback (default: the server's fallback)"))] = None,
 ) -> ListOptions:
     if cross_language and not settings.multilingual:
         raise InvalidInput(
@@ -65,6 +71,7 @@ def get_options(
     return ListOptions.from_settings(
         settings, half_life_days=None if half_life is None else significant(half_life, 2), max_age_days=max_age,
         mmr_lambda=None if mmr is None else round(mmr, 2), cross_language=cross_language,
+        min_confidence=None if min_confidence is None else round(min_confidence, 2), fallback=fallback,
     )
 
 

@@ -25,8 +25,14 @@ class Item(BaseModel):
     url: str | None = None
     published: str | None = None
     section: str | None = None
-    score: float | None = Field(description="the ranking score; null for items an editor pinned")
-    source: str = Field("auto", description="'manual' for an editor's pin, 'auto' for a ranked item")
+    score: float | None = Field(description="the ranking score; null for pinned and fallback items")
+    source: str = Field("auto", description=(
+        "'auto' for a ranked item, 'manual' for an editor's pin, 'fallback' for filler the request asked "
+        "for (`fallback=section|latest`) when fewer than k items pass the confidence floor"))
+    confidence: float | None = Field(None, description=(
+        "related lists: the calibrated chance that a reader calls this item related (ranked items only)"))
+    reasons: dict[str, Any] | None = Field(None, description=(
+        "related lists: `shared` names, places and numbers (rarest first) and `days_apart`"))
 
 
 class SearchItem(Item):
