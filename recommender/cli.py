@@ -230,11 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
         recommender eval related --dataset ../shared/data/newswcl50.jsonl --ablation
 
         related: every article with a `group` is a query; articles sharing its group
-                 are relevant. Metrics: MAP, nDCG@10, P@5, R-precision.
-        search:  each line of --queries has `query` and `relevant_ids`.
+                 are relevant. Lists are the served ones (the engine's related
+                 list with k = 100, confidence floor included). Copies are
+                 found from the text alone (word 5-grams, see docs/evaluation.md):
+                 story map counts each copy cluster once, dup@10 is the share
+                 of lists showing one text twice. Also MAP, nDCG@10, P@5.
+        search:  each line of --queries has `query` and `relevant_ids` (and
+                 optionally `source_id`, left out of the ranking).
                  Metrics: MAP, nDCG@10, MRR, recall@100.
-        --ablation adds rows with dedup, recency, diversity (MMR) and hybrid
-        scoring each switched against the configured engine.
+        --ablation adds rows with dedup, the floor, recency, diversity (MMR)
+        and hybrid scoring each switched against the configured engine.
         The dataset is indexed into its own folder (default indexes/eval/<name>),
         never into your data folder; reruns reuse its cached vectors.
         """,
@@ -242,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("task", choices=("related", "search"))
     evaluate.add_argument("--dataset", type=Path, required=True, help="JSONL articles (with `group` for related)")
     evaluate.add_argument("--queries", type=Path, help="JSONL queries (search only)")
-    evaluate.add_argument("--depth", type=int, default=None, help="rank depth for MAP (default: the whole archive)")
+    evaluate.add_argument("--depth", type=int, default=None, help="rank depth (default 100, the most a widget may ask)")
+    evaluate.add_argument("--lists", type=Path, help="related: also write the engine's lists here (JSONL: id, items)")
     evaluate.add_argument("--json", action="store_true", help="print only the JSON report")
     evaluate.add_argument(
         "--ablation", action="store_true",
@@ -452,7 +458,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     settings = _settings(args, data_dir=data_dir)
     if args.task == "related":
         report = evaluate.evaluate_related(
-            settings, args.dataset, depth=args.depth, progress=not args.json, ablation=args.ablation
+            settings, args.dataset, depth=args.depth, progress=not args.json, ablation=args.ablation,
+            lists_out=args.lists,
         )
     else:
         report = evaluate.evaluate_search(

@@ -308,7 +308,8 @@ def related_queries(articles: list[Article], groups: dict[str, str | None]):
 
 
 def evaluate_related(
-    settings: Settings, dataset: Path, *, depth: int | None = None, progress: bool = True, ablation: bool = False
+    settings: Settings, dataset: Path, *, depth: int | None = None, progress: bool = True, ablation: bool = False,
+    lists_out: Path | None = None,
 ) -> dict:
     from tqdm.auto import tqdm
 
@@ -330,8 +331,16 @@ def evaluate_related(
         result["shorter than 10"] = round(float(np.mean([n < min(10, depth) for n in lengths])), 4)
         return result
 
+    lists: dict[str, list[str]] = {}
+
     def served(variant) -> Callable[[], dict[str, float]]:
-        return lambda: score(lambda q: [engine_id(h) for h in variant.related_hits(q, depth)], "related")
+        def ranking(query: str) -> list[str]:
+            ids = [engine_id(h) for h in variant.related_hits(query, depth)]
+            if variant is engine:
+                lists[query] = ids
+            return ids
+
+        return lambda: score(ranking, "related")
 
     id_of: dict[int, str] = {}
 
@@ -356,6 +365,9 @@ def evaluate_related(
         systems, seconds = _timed(runs)
     finally:
         engine.close()
+    if lists_out is not None:
+        lists_out.write_text("".join(json.dumps({"id": q, "items": items}) + "\n" for q, items in lists.items()),
+                             encoding="utf-8")
     return _report(dataset, "related", settings, len(articles), len(queries), depth, systems, seconds)
 
 

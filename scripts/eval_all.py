@@ -19,7 +19,9 @@ RUNS = [
     ("related", "bbc_news.jsonl", None),
     ("related", "newswcl50.jsonl", None),
     ("related", "wikiref220.jsonl", None),
+    ("related", "gva_dev.jsonl", None),
     ("search", "time_docs.jsonl", "time_queries.jsonl"),
+    ("search", "gva_dev.jsonl", "gva_dev_queries.jsonl"),
 ]
 
 
@@ -28,7 +30,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder with the JSONL sets")
     parser.add_argument("--out", type=Path, help="also write all reports to this JSON file")
     parser.add_argument("--ablation", action="store_true",
-                        help="also print the ablation table (dedup, recency, MMR, hybrid each switched)")
+                        help="also print the ablation table (dedup, floor, recency, MMR, hybrid each switched)")
     args = parser.parse_args()
     reports = []
     for task, dataset, queries in RUNS:
@@ -40,36 +42,60 @@ def main() -> int:
         print("$", " ".join(command[2:]).replace("recommender.cli", "recommender"), file=sys.stderr, flush=True)
         result = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
         reports.append(json.loads(result.stdout))
-    print("| set | task | metric | recommender | tfidf | bm25 | best baseline | margin |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
-    for report in reports:
-        systems = report["systems"]
-        for metric in systems["tfidf"]:
-            baselines = {name: m[metric] for name, m in systems.items() if not name.startswith("recommender")}
-            best = max(baselines.values())
-            ours = systems["recommender"][metric]
-            print(
-                f"| {report['dataset']} | {report['task']} | {metric} | **{ours:.4f}** | "
-                f"{systems['tfidf'][metric]:.4f} | {systems['bm25'][metric]:.4f} | {best:.4f} | {ours - best:+.4f} |"
-            )
+    print(related_table([r for r in reports if r["task"] == "related"]))
+    print()
+    print(search_table([r for r in reports if r["task"] == "search"]))
     if args.ablation:
-        print("\n| set | variant | MAP | change | nDCG@10 | change | MAP, one per story | change |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|")
-        story = "map, one per story"
-        for report in reports:
-            systems = report["systems"]
-            base = systems["recommender"]
-            base_story = f"{base[story]:.4f}" if story in base else "–"
-            print(f"| {report['dataset']} | **defaults** | {base['map']:.4f} | | {base['ndcg@10']:.4f} | | {base_story} | |")
-            for name, m in systems.items():
-                if name.startswith("recommender, "):
-                    by_story = (f"{m[story]:.4f} | {m[story] - base[story]:+.4f}" if story in m else "– | –")
-                    print(f"| {report['dataset']} | {name.removeprefix('recommender, ')} | {m['map']:.4f} | "
-                          f"{m['map'] - base['map']:+.4f} | {m['ndcg@10']:.4f} | {m['ndcg@10'] - base['ndcg@10']:+.4f} | "
-                          f"{by_story} |")
+        print()
+        print(ablation_table(reports))
     if args.out:
         args.out.write_text(json.dumps(reports, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def related_table(reports: list[dict]) -> str:
+    lines = ["| set | system | story MAP | raw MAP | dup@10 | lists shorter than 10 |", "|---|---|---:|---:|---:|---:|"]
+    averages: dict[str, list[dict]] = {}
+    for report in reports:
+        systems = {n: m for n, m in report["systems"].items() if not n.startswith("recommender, ")}
+        best = max(m["story map"] for n, m in systems.items() if n != "recommender")
+        for name, m in systems.items():
+            averages.setdefault(name, []).append(m)
+            mark = f" (**{m['story map'] - best:+.4f}** on the best baseline)" if name == "recommender" else ""
+            lines.append(f"| {report['dataset']} | {name} | {m['story map']:.4f}{mark} | {m['map']:.4f} | "
+                         f"{m['dup@10']:.4f} | {m['shorter than 10']:.4f} |")
+    for name, rows in averages.items():
+        mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("story map", "map", "dup@10", "shorter than 10")}
+        lines.append(f"| **average** | {name} | {mean['story map']:.4f} | {mean['map']:.4f} | {mean['dup@10']:.4f} | "
+                     f"{mean['shorter than 10']:.4f} |")
+    return "\n".join(lines)
+
+
+def search_table(reports: list[dict]) -> str:
+    lines = ["| set | system | MAP | nDCG@10 | MRR | recall@100 |", "|---|---|---:|---:|---:|---:|"]
+    for report in reports:
+        systems = {n: m for n, m in report["systems"].items() if not n.startswith("recommender, ")}
+        best = max(m["map"] for n, m in systems.items() if n != "recommender")
+        for name, m in systems.items():
+            mark = f" (**{m['map'] - best:+.4f}** on the best baseline)" if name == "recommender" else ""
+            lines.append(f"| {report['dataset']} | {name} | {m['map']:.4f}{mark} | {m['ndcg@10']:.4f} | "
+                         f"{m['mrr']:.4f} | {m['recall@100']:.4f} |")
+    return "\n".join(lines)
+
+
+def ablation_table(reports: list[dict]) -> str:
+    lines = ["| set | task | variant | headline metric | change | dup@10 |", "|---|---|---|---:|---:|---:|"]
+    for report in reports:
+        metric = "story map" if report["task"] == "related" else "map"
+        base = report["systems"]["recommender"]
+        dup = f"{base['dup@10']:.4f}" if "dup@10" in base else "–"
+        lines.append(f"| {report['dataset']} | {report['task']} | **defaults** | {base[metric]:.4f} | | {dup} |")
+        for name, m in report["systems"].items():
+            if name.startswith("recommender, "):
+                dup = f"{m['dup@10']:.4f}" if "dup@10" in m else "–"
+                lines.append(f"| {report['dataset']} | {report['task']} | {name.removeprefix('recommender, ')} | "
+                             f"{m[metric]:.4f} | {m[metric] - base[metric]:+.4f} | {dup} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

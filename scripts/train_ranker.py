@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,24 +39,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recommender.config import Settings  # noqa: E402
-from recommender.evaluate import load_dataset, related_queries, story_average_precision  # noqa: E402
+from recommender.evaluate import load_dataset, related_queries  # noqa: E402
 from recommender.rank import SIGNALS, Ranker, features, query_for_row  # noqa: E402
+from recommender.rank.train import DEPTH, SetData, fit, story_map  # noqa: E402
 
 SETS = ["gva_dev.jsonl", "newswcl50.jsonl", "wikiref220.jsonl", "bbc_news.jsonl", "agnews_test.jsonl"]
-DEPTH = 100
-LIST = 10
 PRECISION_TARGET = 0.90
-
-
-@dataclass
-class SetData:
-    name: str
-    x: np.ndarray  # all candidate rows of all queries
-    y: np.ndarray
-    query: np.ndarray  # query number of each row
-    story: np.ndarray  # the candidate's engine story (one item per story in a list)
-    cluster: np.ndarray  # the candidate's copy cluster (evaluation's, for story MAP)
-    relevant_clusters: list[set[int]]
 
 
 def gather(settings: Settings, path: Path, limit: int | None) -> SetData:
@@ -95,68 +83,6 @@ def gather(settings: Settings, path: Path, limit: int | None) -> SetData:
                    np.concatenate(clusters), relevant)
 
 
-def fit(sets: list[SetData], names: list[str], c: float) -> Ranker:
-    from sklearn.linear_model import LogisticRegression
-
-    columns = [list(SIGNALS).index(n) for n in names]
-    x = np.vstack([s.x[:, columns] for s in sets]).astype(np.float64)
-    y = np.concatenate([s.y for s in sets])
-    weight = np.concatenate([np.full(len(s.y), 1.0 / len(s.y)) for s in sets]) * len(y) / len(sets)
-    mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale[scale < 1e-9] = 1.0
-    model = LogisticRegression(C=c, max_iter=2000)
-    model.fit((x - mean) / scale, y, sample_weight=weight)
-    ranker = Ranker(tuple(names), mean, scale, model.coef_[0], float(model.intercept_[0]),
-                    np.array([-50.0, 50.0]), np.array([0.0, 1.0]))
-    return calibrate(ranker, sets)
-
-
-def ranked(ranker: Ranker, data: SetData, q: int, depth: int):
-    """One list: the pool by score, one item per story (as the served path)."""
-    at = np.flatnonzero(data.query == q)
-    columns = [list(SIGNALS).index(n) for n in ranker.names]
-    score = ranker.score(data.x[at][:, columns].astype(np.float64))
-    order = at[np.argsort(-score, kind="stable")]
-    _, first = np.unique(data.story[order], return_index=True)
-    keep = order[np.sort(first)][:depth]
-    return keep, ranker.score(data.x[keep][:, columns].astype(np.float64))
-
-
-def calibrate(ranker: Ranker, sets: list[SetData]) -> Ranker:
-    """Isotonic map from the score to "related" on the items of k = 10 lists."""
-    from sklearn.isotonic import IsotonicRegression
-
-    scores, labels, weights = [], [], []
-    for data in sets:
-        n_queries = int(data.query.max()) + 1
-        for q in range(n_queries):
-            rows, score = ranked(ranker, data, q, LIST)
-            scores.append(score)
-            labels.append(data.y[rows])
-            weights.append(np.full(len(rows), 1.0 / (n_queries * LIST)))
-    iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
-    iso.fit(np.concatenate(scores), np.concatenate(labels).astype(float), sample_weight=np.concatenate(weights))
-    x, y = iso.X_thresholds_, iso.y_thresholds_
-    return Ranker(ranker.names, ranker.mean, ranker.scale, ranker.weights, ranker.bias, x, y)
-
-
-def story_map(ranker: Ranker, data: SetData, min_confidence: float = 0.0) -> dict[str, float]:
-    aps, shown, related, short = [], 0, 0, 0
-    for q, relevant in enumerate(data.relevant_clusters):
-        rows, score = ranked(ranker, data, q, DEPTH)
-        keep = ranker.confidence(score) >= min_confidence
-        rows = rows[keep]
-        aps.append(story_average_precision(list(range(len(rows))), relevant,
-                                           dict(enumerate(data.cluster[rows].tolist())), DEPTH))
-        top = rows[:LIST]
-        shown += len(top)
-        related += int(data.y[top].sum())
-        short += len(top) < LIST
-    n = len(data.relevant_clusters)
-    return {"story map": round(float(np.mean(aps)), 4), "precision@shown": round(related / max(shown, 1), 4),
-            "shorter than 10": round(short / n, 4), "items per list": round(shown / n, 2)}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -166,6 +92,7 @@ def main() -> int:
     parser.add_argument("--ablation", action="store_true", help="also refit with each signal left out")
     parser.add_argument("--model", type=Path, default=Path("recommender/rank/related.json"))
     parser.add_argument("--out", type=Path, default=Path("docs/ranker-training.json"))
+    parser.add_argument("--cache", type=Path, help="keep the gathered candidates here (pickles) for reruns")
     args = parser.parse_args()
 
     started = time.time()
@@ -173,7 +100,14 @@ def main() -> int:
     sets = []
     for name in args.sets:
         data_dir = Path("indexes/eval") / Path(name).stem
-        sets.append(gather(settings.replace(data_dir=data_dir), args.data / name, args.limit))
+        cached = args.cache / f"{Path(name).stem}.pickle" if args.cache else None
+        if cached and cached.exists():
+            sets.append(pickle.loads(cached.read_bytes()))
+        else:
+            sets.append(gather(settings.replace(data_dir=data_dir), args.data / name, args.limit))
+            if cached:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                cached.write_bytes(pickle.dumps(sets[-1]))
         print(f"{name}: {len(sets[-1].relevant_clusters)} queries, {len(sets[-1].y)} candidates, "
               f"{sets[-1].y.mean():.3f} related", file=sys.stderr)
     names = list(SIGNALS)

@@ -67,7 +67,8 @@ def test_related_shape_and_caching(client):
     assert r.status_code == 200
     body = r.json()
     assert body["article_id"] == "talks-1" and len(body["items"]) == 4
-    assert set(body["items"][0]) == {"id", "title", "url", "published", "section", "score", "source"}
+    assert set(body["items"][0]) == {"id", "title", "url", "published", "section", "score", "source", "confidence",
+                                     "reasons"}
     assert "max-age" in r.headers["cache-control"] and r.headers["etag"]
     again = client.get("/v1/articles/talks-1/related", params={"k": 4}, headers={"If-None-Match": r.headers["etag"]})
     assert again.status_code == 304 and again.headers["etag"] == r.headers["etag"]

@@ -38,7 +38,8 @@ def site(tmp_path_factory, tiny_model_dir):
     from tests.conftest import make_corpus
 
     root = tmp_path_factory.mktemp("browser")
-    settings = Settings.load({"data_dir": root / "data", "model": str(tiny_model_dir)}, environ={})
+    settings = Settings.load({"data_dir": root / "data", "model": str(tiny_model_dir), "min_confidence": 0.0},
+                             environ={})
     rows = make_corpus()
     rows.append({"id": "xss", "title": XSS_TITLE, "body": "ceasefire envoy talks mediators treaty border ministers",
                  "section": "world", "published": "2025-06-01"})

@@ -70,7 +70,7 @@ def client(tmp_path_factory, tiny_model_dir, rows):
 
     settings = Settings.load(
         {"data_dir": tmp_path_factory.mktemp("editorial"), "model": str(tiny_model_dir), "api_key": KEY,
-         "index_poll_seconds": 0.1},
+         "index_poll_seconds": 0.1, "min_confidence": 0.0},
         environ={},
     )
     with Store.open(settings.store_path) as store:

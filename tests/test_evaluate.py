@@ -29,13 +29,12 @@ def test_bm25_prefers_rare_matching_terms():
 def test_eval_related_and_search_report_shape(tmp_path, corpus, settings):
     dataset = write_jsonl(tmp_path / "set.jsonl", corpus)
     report = evaluate.evaluate_related(settings, dataset, progress=False)
-    assert report["dataset"] == "set.jsonl" and report["queries"] == 30
+    assert report["dataset"] == "set.jsonl" and report["queries"] == 30 and report["depth"] == 29
     assert set(report["systems"]) == {"recommender", "tfidf", "bm25"}
-    for name, metrics in report["systems"].items():
-        extra = {"map, one per story"} if name == "recommender" else set()
-        assert set(metrics) == {"map", "ndcg@10", "p@5", "r-precision"} | extra
+    for metrics in report["systems"].values():
+        assert set(metrics) == {"story map", "map", "dup@10", "ndcg@10", "p@5", "shorter than 10"}
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
-    assert report["systems"]["recommender"]["map"] > 0.5  # five clear topics
+    assert report["systems"]["recommender"]["story map"] > 0.5  # five clear topics
     assert "recommender" in evaluate.format_table(report)
 
     queries = write_jsonl(tmp_path / "q.jsonl", [
@@ -47,12 +46,30 @@ def test_eval_related_and_search_report_shape(tmp_path, corpus, settings):
     assert report["systems"]["recommender"]["mrr"] == 1.0
 
 
-def test_story_map_counts_stories_not_copies():
-    from recommender.evaluate import story_map
+def test_story_map_counts_the_first_copy_and_charges_the_rest():
+    from recommender.evaluate import shows_copies, story_average_precision
 
-    story_of = {"q": 0, "q-copy": 0, "a": 1, "a-copy": 1, "b": 2, "c": 3}
-    relevant = {"q-copy", "a", "a-copy", "b"}
-    # Dedup on: one copy per story; dedup off: the second copy is skipped, not charged.
-    assert story_map(["a", "b", "c"], relevant, story_of, 0) == 1.0
-    assert story_map(["q-copy", "a", "a-copy", "b", "c"], relevant, story_of, 0) == 1.0
-    assert story_map(["c", "a", "b"], relevant, story_of, 0) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    cluster_of = {"q": 0, "q-copy": 0, "a": 1, "a-copy": 1, "b": 2, "c": 3}
+    relevant = {1, 2}  # the query's group holds a, a-copy, b and the query's own copy
+    assert story_average_precision(["a", "b", "c"], relevant, cluster_of) == 1.0
+    # A second copy, or a copy of the query, takes a slot: it is a miss.
+    assert story_average_precision(["a", "a-copy", "b"], relevant, cluster_of) == pytest.approx((1 + 2 / 3) / 2)
+    assert story_average_precision(["q-copy", "a", "b"], relevant, cluster_of) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert story_average_precision(["c", "a"], relevant, cluster_of) == pytest.approx((1 / 2) / 2)
+    assert not shows_copies(["a", "b", "c"], "q", cluster_of)
+    assert shows_copies(["a", "b", "a-copy"], "q", cluster_of)
+    assert shows_copies(["q-copy", "b"], "q", cluster_of)
+    assert not shows_copies(["b"] + ["c"] * 0 + ["a"] + ["x"] * 0, "q", cluster_of)
+
+
+def test_copy_clusters_follow_the_text_not_the_subject():
+    from recommender.evaluate import copy_clusters
+
+    report = ("Fire crews were called to the Harbour Road warehouse shortly after midnight on Sunday and "
+              "found the building well alight with flames through the roof and smoke across the bay")
+    update = ("The site manager said on Monday that nobody had been inside the Harbour Road warehouse when "
+              "it caught fire and that the stock had been moved out the week before")
+    arson = ("Police are treating the Harbour Road warehouse fire as arson after two men were seen running "
+             "from the yard, and they have asked witnesses to come forward")
+    clusters = copy_clusters([report, update, arson, report + " Copyright the Ledger.", report[: len(report) // 2]])
+    assert clusters == [0, 1, 2, 0, 0]  # follow-ups stay apart; a copy and a truncation join the report

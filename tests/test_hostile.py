@@ -55,7 +55,8 @@ def server(tmp_path_factory, tiny_model_dir):
     from recommender.config import Settings
 
     root = tmp_path_factory.mktemp("hostile")
-    settings = Settings.load({"data_dir": root / "data", "model": str(tiny_model_dir)}, environ={})
+    settings = Settings.load({"data_dir": root / "data", "model": str(tiny_model_dir), "min_confidence": 0.0},
+                             environ={})
     build_index(settings, make_corpus())
     server = Server(settings.data_dir, settings.model, env={
         "RECOMMENDER_API_KEY": KEY, "RECOMMENDER_HEADER_TIMEOUT_SECONDS": "1", "RECOMMENDER_BODY_TIMEOUT_SECONDS": "1",

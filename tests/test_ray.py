@@ -53,7 +53,8 @@ def test_ray_engine_publishes_the_same_index_as_the_local_one(tmp_path, tiny_mod
     # 30 articles in jobs of 8: 4 jobs, in windows of 3 (two datasets), on 2
     # one-thread workers, so results can come back out of order.
     monkeypatch.setattr(pipeline, "EMBED_BATCH_DOCS", 8)
-    local = Settings.load({"data_dir": tmp_path / "local", "model": str(tiny_model_dir)}, environ={})
+    local = Settings.load({"data_dir": tmp_path / "local", "model": str(tiny_model_dir), "min_confidence": 0.0},
+                             environ={})
     remote = local.replace(data_dir=tmp_path / "ray")
     rows = corpus + [dict(corpus[0], id="copy-of-talks-0")]  # a syndicated copy: one story, passages reused
 
@@ -86,7 +87,8 @@ def test_ray_client_path_runs_each_window_in_a_cluster_task(tmp_path, tiny_model
     """With ray:// (Ray Client) Ray Data cannot stream to the driver; the engine
     then collects each window in a task on the cluster. Taken here on the local Ray."""
     monkeypatch.setattr(ray.util.client.ray, "is_connected", lambda: True)
-    local = Settings.load({"data_dir": tmp_path / "local", "model": str(tiny_model_dir)}, environ={})
+    local = Settings.load({"data_dir": tmp_path / "local", "model": str(tiny_model_dir), "min_confidence": 0.0},
+                             environ={})
     remote = local.replace(data_dir=tmp_path / "ray")
     with _ingested(local, corpus[:10]) as store:
         reindex(local, store, lambda: SentenceTransformerEmbedder.from_settings(local), progress=False)

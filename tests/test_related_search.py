@@ -7,7 +7,7 @@ from recommender.articles import parse_article
 from recommender.embed import SentenceTransformerEmbedder
 from recommender.errors import ArticleNotFound, InvalidInput
 from recommender.pipeline import reindex
-from recommender.related import is_near_duplicate
+from recommender.rank import features, query_for_row
 from recommender.search import fts_query
 from recommender.service import Engine
 from recommender.store import Store
@@ -47,19 +47,18 @@ def test_related_never_lists_two_copies_of_one_story(engine):
     assert len(ids) == 30  # 33 articles less itself and two copies
 
 
-def test_related_ranking_matches_brute_force_blend(engine, settings):
-    """The candidate-pool ranking equals exact scoring of every article."""
+def test_related_ranking_matches_brute_force_scoring(engine, settings):
+    """The served list equals exact scoring of every article by the version's
+    ranker, one item per story, shown by the story's original."""
     version = engine.live.current
     row = version.row_of(engine.store.get("drought-2").doc_id)
-    q = np.asarray(version.doc_vectors[row])
-    sem = np.asarray(version.doc_vectors) @ q
-    lex = version.tfidf.scores(version.tfidf.matrix[row])
-    w = settings.related_semantic_weight
-    score = w * (sem - sem.mean()) / sem.std() + (1 - w) * (lex - lex.mean()) / lex.std()
+    ranker = version.ranker
+    values, _ = features(version, query_for_row(version, row), np.arange(len(version)), list(ranker.names))
+    score = ranker.score(values)
     story = version.story_ids
     expected, seen = [], {story[row]}
     for r in np.argsort(-score, kind="stable"):
-        if story[r] in seen or is_near_duplicate(sem[r], lex[r], settings):
+        if story[r] in seen:
             continue
         seen.add(story[r])
         expected.append(int(version.doc_ids[story[r]]))  # a story is shown by its original

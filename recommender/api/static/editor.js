@@ -67,6 +67,15 @@
                                         position: parseInt($("pin-position").value, 10) });
   });
 
+  function reasonText(reasons) {
+    /* the machine-readable reasons, in words: shared names and the days between */
+    if (!reasons) return "";
+    var parts = [];
+    if (reasons.shared && reasons.shared.length) parts.push("shares " + reasons.shared.join(", "));
+    if (reasons.days_apart !== undefined) parts.push(reasons.days_apart + " days apart");
+    return parts.join(" · ");
+  }
+
   function showRelated(item) {
     var panel = $("related-panel"), list = $("related");
     current = item;
@@ -78,12 +87,13 @@
       if (!r.ok) return fail(list, r);
       return r.json().then(function (data) {
         list.replaceChildren();
-        if (!data.items.length) list.appendChild(el("li", "meta", "No related articles."));
+        if (!data.items.length) list.appendChild(el("li", "meta", "Nothing in the archive passes the confidence floor."));
         data.items.forEach(function (rel) {
-          var li = el("li", rel.source === "manual" ? "manual" : "auto");
+          var li = el("li", rel.source === "manual" || rel.source === "fallback" ? rel.source : "auto");
           li.appendChild(el("span", "related-title", rel.title || rel.id));
           if (rel.source === "manual") li.appendChild(el("span", "badge manual", "pinned"));
-          else li.appendChild(el("span", "score", rel.score.toFixed(2)));
+          else if (rel.source === "fallback") li.appendChild(el("span", "badge fallback", "fallback"));
+          else li.appendChild(el("span", "score", "confidence " + Math.round(100 * rel.confidence) + "%"));
           var block = el("button", "small", "Block here");
           block.type = "button";
           block.title = "Never show this article under " + (item.title || item.id);
@@ -92,6 +102,8 @@
           });
           li.appendChild(block);
           li.appendChild(el("div", "meta", meta(rel)));
+          var why = reasonText(rel.reasons);
+          if (why) li.appendChild(el("div", "meta reasons", why));
           list.appendChild(li);
         });
         showRules(item);

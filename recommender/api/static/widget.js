@@ -32,17 +32,32 @@
     }
   }
 
+  function fallbackHeading(items) {
+    // "More from Politics" when every filler item is of one section, else "Latest".
+    var first = items[0].section;
+    var one = first && items.every(function (i) { return i.section === first; });
+    return one ? "More from " + first : "Latest";
+  }
+
   function render(el, data) {
     var nav = document.createElement("nav");
     nav.className = "rec-related";
     nav.setAttribute("aria-label", "Related articles");
+    var related = data.items.filter(function (i) { return i.source !== "fallback"; });
+    var filler = data.items.filter(function (i) { return i.source === "fallback"; });
+    if (related.length) section(nav, el.getAttribute("data-title") || "Related articles", related);
+    if (filler.length) section(nav, fallbackHeading(filler), filler);
+    el.replaceChildren(nav);
+  }
+
+  function section(nav, title, items) {
     var h = document.createElement("h2");
-    h.textContent = el.getAttribute("data-title") || "Related articles";
+    h.textContent = title;
     nav.appendChild(h);
     var ul = document.createElement("ul");
-    data.items.forEach(function (item) {
+    items.forEach(function (item) {
       var li = document.createElement("li");
-      li.setAttribute("data-source", item.source === "manual" ? "manual" : "auto");
+      li.setAttribute("data-source", item.source === "manual" || item.source === "fallback" ? item.source : "auto");
       var href = safeHref(item.url);
       var a = document.createElement(href ? "a" : "span");
       if (href) a.href = href;
@@ -57,7 +72,6 @@
       ul.appendChild(li);
     });
     nav.appendChild(ul);
-    el.replaceChildren(nav);
   }
 
   function load(el) {
@@ -66,7 +80,7 @@
     el.setAttribute("data-rec-loaded", "1");
     var k = parseInt(el.getAttribute("data-k") || "5", 10) || 5;
     var url = api + "/v1/articles/" + encodeURIComponent(id) + "/related?k=" + Math.min(Math.max(k, 1), 100);
-    ["section", "lang", "since", "until"].forEach(function (f) {
+    ["section", "lang", "since", "until", "fallback", "min_confidence"].forEach(function (f) {
       var v = el.getAttribute("data-" + f);
       if (v) url += "&" + f + "=" + encodeURIComponent(v);
     });
