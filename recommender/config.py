@@ -44,7 +44,12 @@ class Settings:
     max_chunks: int = 16
     """Passages embedded per article; the rest of a very long body is read only
     by the keyword index."""
-    search_semantic_weight: float = 0.6
+    search_semantic_weight: float = 0.4
+    search_feedback_docs: int = 3
+    """Search: the best first-stage hits read as feedback (pseudo-relevance
+    feedback): articles like them move up. 0 turns it off."""
+    search_feedback_weight: float = 0.5
+    """Search: the weight of that feedback, in standard deviations of the score."""
     """Weight of the vector score in the search blend; the rest is BM25 (FTS5)."""
     candidates: int = 200
     """Candidates gathered from each retriever before the blend re-ranks them."""
@@ -52,7 +57,7 @@ class Settings:
     """The related-list ranking model (a JSON file written by
     scripts/train_ranker.py); none: the packaged one. Copied into each index
     version when it is built."""
-    min_confidence: float = 0.5
+    min_confidence: float = 0.2
     """Related items whose confidence (the calibrated chance that a reader
     calls them related) is below this are not shown: a list comes out
     shorter rather than padded with filler. Requests can set their own

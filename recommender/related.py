@@ -102,7 +102,7 @@ def rank_related(
     def rank(rows: np.ndarray) -> tuple[list[Hit], bool]:
         values, raw = features(version, query, rows, list(ranker.names))
         score = ranker.score(values)
-        confidence = ranker.confidence(score)
+        confidence = ranker.confidence(score, values)
         if policy.adjust is not None:
             score = score + policy.adjust(rows)
         return _select(version, rows, score, confidence, raw, k, exclude_row, policy)

@@ -5,10 +5,11 @@ vector side; each score is z-scored over the union of both candidate lists."""
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from recommender.config import Settings
 from recommender.errors import InvalidInput
-from recommender.related import NO_POLICY, Hit, Policy, rank_candidates
+from recommender.related import NO_POLICY, QUERY_TERMS, Hit, Policy, _strongest_terms, rank_candidates
 from recommender.text import tokenize
 from recommender.version import IndexVersion
 
@@ -48,15 +49,44 @@ def search(
     if n == 0 or k <= 0 or (allowed_rows is not None and len(allowed_rows) == 0):
         return []
     keyword = version.bm25.scores(query)
+    w = settings.search_semantic_weight
 
-    def rank(rows: np.ndarray) -> tuple[list[Hit], bool]:
+    def usable(rows: np.ndarray) -> np.ndarray:
         if policy.excluded_rows is not None and len(policy.excluded_rows):
             rows = rows[~np.isin(rows, policy.excluded_rows)]
-        doc_ids = version.doc_ids[rows]
+        if allowed_rows is not None:
+            rows = rows[np.isin(rows, allowed_rows)]
+        return rows
+
+    def first_stage(rows: np.ndarray):
         lexical = keyword[rows]
         semantic = passage_scores(version, rows, vector)
-        w = settings.search_semantic_weight
-        score = w * _z(semantic) + (1 - w) * _z(lexical)
+        return w * _z(semantic) + (1 - w) * _z(lexical), semantic, lexical
+
+    def rank(rows: np.ndarray) -> tuple[list[Hit], bool]:
+        rows = usable(rows)
+        score, semantic, lexical = first_stage(rows)
+        m, weight = settings.search_feedback_docs, settings.search_feedback_weight
+        if m and weight and len(rows) > m:
+            # Pseudo-relevance feedback: the best first-stage hits name the
+            # story the query is about (its people, places); articles like
+            # them, by words and by vectors, move up, and a few more that
+            # share their distinctive terms join the candidates.
+            top = rows[np.argsort(-score, kind="stable")[:m]]
+            centroid = sp.csr_matrix(version.tfidf.matrix[top].sum(axis=0))
+            centroid = centroid / max(float(np.sqrt(centroid.multiply(centroid).sum())), 1e-12)
+            found = version.tfidf.scores(_strongest_terms(sp.csr_matrix(centroid), QUERY_TERMS))
+            pool = min(len(found), settings.candidates)
+            extra = usable(np.argpartition(-found, pool - 1)[:pool]) if pool < len(found) else usable(np.arange(n))
+            extra = np.setdiff1d(extra[found[extra] > 0], rows)
+            if len(extra):
+                rows = np.union1d(rows, extra)  # sorted, as pair_scores wants
+                score, semantic, lexical = first_stage(rows)
+            like = np.asarray(version.doc_vectors[top], dtype=np.float32).mean(axis=0)
+            feedback = _z(version.tfidf.pair_scores(sp.csr_matrix(centroid), rows))
+            feedback = feedback + _z(np.asarray(version.doc_vectors[rows] @ like, dtype=np.float32))
+            score = score + weight * feedback / 2
+        doc_ids = version.doc_ids[rows]
         if policy.adjust is not None:
             score = score + policy.adjust(rows)
         seen: set[int] = set()

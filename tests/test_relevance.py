@@ -96,10 +96,13 @@ def test_fallback_fills_a_short_list_and_is_marked(settings, corpus):
 
 def test_packaged_ranker_is_calibrated_and_explains_itself():
     ranker = Ranker.load(DEFAULT_MODEL)
-    scores = np.linspace(-20, 20, 401)
-    confidence = ranker.confidence(scores)
-    assert np.all(np.diff(confidence) >= 0) and confidence.min() >= 0 and confidence.max() <= 1
-    assert confidence[0] < 0.2 and confidence[-1] > 0.8
+    rng = np.random.default_rng(1)
+    values = np.abs(rng.standard_normal((400, len(ranker.names))))
+    scores = np.sort(ranker.score(values))
+    confidence = ranker.confidence(scores, np.repeat(values.mean(axis=0, keepdims=True), 400, axis=0))
+    # With the other inputs fixed, a higher score never lowers the confidence.
+    assert np.all(np.diff(confidence) >= -1e-12) and confidence.min() >= 0 and confidence.max() <= 1
+    assert ranker.calibration_names and ranker.calibration_names[0] == "score"
     assert ranker.info.get("floor") is not None and Settings().min_confidence == ranker.info["floor"]
     assert set(ranker.info["leave one set out story map"]) >= {"gva_dev", "newswcl50", "wikiref220", "bbc_news"}
 
@@ -120,13 +123,13 @@ def test_calibration_recovers_known_probabilities():
         y = rng.random(len(p)) < p
         query = np.repeat(np.arange(n_queries), per)
         sets.append(SetData(f"s{s}", x, y, query, np.arange(len(y)), np.arange(len(y)), [set()] * n_queries))
-    model = fit(sets, names, 1.0)
+    model = fit(sets, names)
     assert model.weights[0] > 0 and model.weights[4] < 0
     shown_conf, shown_y = [], []
     for data in sets:
         for q in range(400):
-            rows, score = ranked(model, data, q, 10)
-            shown_conf.append(model.confidence(score))
+            rows, _, confidence = ranked(model, data, q, 10)
+            shown_conf.append(confidence)
             shown_y.append(data.y[rows])
     conf, y = np.concatenate(shown_conf), np.concatenate(shown_y)
     for low, high in ((0.0, 0.3), (0.3, 0.6), (0.6, 1.01)):

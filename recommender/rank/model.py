@@ -7,7 +7,7 @@ with. ``scripts/train_ranker.py`` fits them on the development sets."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +25,8 @@ class Ranker:
     weights: np.ndarray
     bias: float
     calibration_x: np.ndarray
-    """Scores at which the isotonic confidence map is given (increasing) ..."""
+    """Unused by a logistic calibration; kept in the file for older models."""
     calibration_y: np.ndarray
-    """... and the share of such items that were related (non-decreasing)."""
     info: dict = field(default_factory=dict)
     """How it was trained: sets, rows, date."""
 
@@ -39,9 +38,23 @@ class Ranker:
         """Each signal's part of the score (rows x signals): what a reason shows."""
         return ((features - self.mean) / self.scale) * self.weights
 
-    def confidence(self, score: np.ndarray) -> np.ndarray:
+    calibration_names: tuple[str, ...] = ()
+    """Inputs of the confidence: "score" and signals of ``names`` (Platt
+    scaling over the score and the absolute similarities: a list's rank says
+    which candidate is best, these say whether the best is any good)."""
+    calibration_weights: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    calibration_bias: float = 0.0
+
+    def confidence(self, score: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         """The calibrated chance that a reader calls the item related, in [0, 1]."""
-        return np.clip(np.interp(score, self.calibration_x, self.calibration_y), 0.0, 1.0)
+        score = np.asarray(score, dtype=np.float64)
+        if not self.calibration_names:
+            return np.clip(np.interp(score, self.calibration_x, self.calibration_y), 0.0, 1.0)
+        z = np.full(score.shape, self.calibration_bias, dtype=np.float64)
+        for name, weight in zip(self.calibration_names, self.calibration_weights):
+            column = score if name == "score" else features[:, self.names.index(name)]
+            z = z + weight * column
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
     def to_dict(self) -> dict:
         return {
@@ -51,7 +64,9 @@ class Ranker:
             "scale": self.scale.tolist(),
             "weights": self.weights.tolist(),
             "bias": self.bias,
-            "calibration": {"x": self.calibration_x.tolist(), "y": self.calibration_y.tolist()},
+            "calibration": {"x": self.calibration_x.tolist(), "y": self.calibration_y.tolist(),
+                            "names": list(self.calibration_names), "weights": self.calibration_weights.tolist(),
+                            "bias": self.calibration_bias},
             "info": self.info,
         }
 
@@ -61,10 +76,16 @@ class Ranker:
             return np.asarray(values, dtype=np.float64)
 
         names = tuple(data["names"])
+        calibration = data["calibration"]
         ranker = cls(
             names, array(data["mean"]), array(data["scale"]), array(data["weights"]), float(data["bias"]),
-            array(data["calibration"]["x"]), array(data["calibration"]["y"]), dict(data.get("info", {})),
+            array(calibration["x"]), array(calibration["y"]), dict(data.get("info", {})),
+            tuple(calibration.get("names", ())), array(calibration.get("weights", [])),
+            float(calibration.get("bias", 0.0)),
         )
+        if any(n != "score" and n not in names for n in ranker.calibration_names) or len(
+            ranker.calibration_names) != len(ranker.calibration_weights):
+            raise ValueError("ranker model's calibration names unknown signals")
         from recommender.rank.signals import SIGNALS
 
         unknown = [n for n in names if n not in SIGNALS]
@@ -85,5 +106,4 @@ class Ranker:
         """This model with one signal's weight set to 0 (an ablation)."""
         weights = self.weights.copy()
         weights[self.names.index(name)] = 0.0
-        return Ranker(self.names, self.mean, self.scale, weights, self.bias, self.calibration_x,
-                      self.calibration_y, {**self.info, "without": name})
+        return replace(self, weights=weights, info={**self.info, "without": name})

@@ -5,7 +5,7 @@ is needed here only, never on the request path."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -34,57 +34,145 @@ class SetData:
         return np.arange(self._bounds[q], self._bounds[q + 1])
 
 
-def fit(sets: list[SetData], names: list[str], c: float) -> Ranker:
-    from sklearn.linear_model import LogisticRegression
+def fit(sets: list[SetData], names: list[str], *, calibration_sets: list[SetData] | None = None,
+        queries_per_set: int = 300, seed: int = 0, calibrate_to: bool = True) -> Ranker:
+    """A linear score over the signals (in their own units: z-scores,
+    cosines, log days), fitted to what is judged: the story MAP of the lists
+    it makes. A pairwise logistic regression (within each list, a related
+    candidate above an unrelated one) gives the start; Powell's method then
+    maximizes the mean story MAP over the sets (every set weighs the same,
+    ``queries_per_set`` lists of each), with each weight kept to its sign
+    (``SIGN``). Then the isotonic confidence, on ``calibration_sets``
+    (default: the same sets)."""
+    from scipy.optimize import minimize
 
     columns = [list(SIGNALS).index(n) for n in names]
-    x = np.vstack([s.x[:, columns] for s in sets]).astype(np.float64)
-    y = np.concatenate([s.y for s in sets])
-    weight = np.concatenate([np.full(len(s.y), 1.0 / len(s.y)) for s in sets]) * len(y) / len(sets)
-    mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale[scale < 1e-9] = 1.0
-    model = LogisticRegression(C=c, max_iter=2000)
-    model.fit((x - mean) / scale, y, sample_weight=weight)
-    ranker = Ranker(tuple(names), mean, scale, model.coef_[0], float(model.intercept_[0]),
+    signs = np.array([SIGN.get(n, 0) for n in names])
+    rng = np.random.default_rng(seed)
+    start = _pairwise_start(sets, columns, signs, rng)
+    samples = [rng.choice(len(d.relevant_clusters), min(queries_per_set, len(d.relevant_clusters)), replace=False)
+               for d in sets]
+
+    def signed(w: np.ndarray) -> np.ndarray:
+        return np.where(signs > 0, np.abs(w), np.where(signs < 0, -np.abs(w), w))
+
+    def objective(w: np.ndarray) -> float:
+        return -float(np.mean([_story_map(d, columns, signed(w), q) for d, q in zip(sets, samples)]))
+
+    result = minimize(objective, start, method="Powell", options={"maxfev": 400, "xtol": 1e-2, "ftol": 1e-4})
+    ranker = Ranker(tuple(names), np.zeros(len(names)), np.ones(len(names)), signed(result.x), 0.0,
                     np.array([-50.0, 50.0]), np.array([0.0, 1.0]))
-    return calibrate(ranker, sets)
+    return calibrate(ranker, calibration_sets or sets) if calibrate_to else ranker
+
+
+def _story_map(data: SetData, columns: list[int], weights: np.ndarray, queries) -> float:
+    aps = []
+    for q in queries:
+        at = data.rows_of(q)
+        order = at[np.argsort(-(data.x[at][:, columns] @ weights), kind="stable")]
+        _, first = np.unique(data.story[order], return_index=True)
+        keep = order[np.sort(first)][:DEPTH]
+        aps.append(story_average_precision(list(range(len(keep))), data.relevant_clusters[q],
+                                           dict(enumerate(data.cluster[keep].tolist())), DEPTH))
+    return float(np.mean(aps)) if aps else 0.0
+
+
+def _pairwise_start(sets: list[SetData], columns: list[int], signs: np.ndarray, rng) -> np.ndarray:
+    """Weights of a pairwise logistic regression (a linear RankNet), every set
+    and every list within a set weighing the same."""
+    diffs, weights = [], []
+    for data in sets:
+        x = data.x[:, columns].astype(np.float64)
+        set_diffs = []
+        for q in range(int(data.query.max()) + 1):
+            rows = data.rows_of(q)
+            pos, neg = rows[data.y[rows]], rows[~data.y[rows]]
+            if len(pos) == 0 or len(neg) == 0:
+                continue
+            pos = rng.choice(pos, min(len(pos), 10), replace=False)
+            neg = rng.choice(neg, min(len(neg), 30), replace=False)
+            d = (x[pos][:, None, :] - x[neg][None, :, :]).reshape(-1, len(columns))
+            set_diffs.append((d, np.full(len(d), 1.0 / len(d))))
+        w = np.concatenate([sw for _, sw in set_diffs])
+        diffs.append(np.vstack([d for d, _ in set_diffs]))
+        weights.append(w / w.sum())
+    d, w = np.vstack(diffs), np.concatenate(weights)
+    return _pairwise_logistic(d, w / w.sum(), list(signs), l2=1e-4)
+
+
+SIGN = {"semantic": 1, "semantic_z": 1, "lexical": 1, "lexical_z": 1, "entities": 1, "lead": 1, "days_apart": -1}
+"""The direction each signal may push: more alike is never less related, and
+further apart in time never more. Without these bounds, correlated signals
+(a raw cosine and its z-score) take weights of opposite sign that fit one
+set and fail on the next."""
+
+
+def _pairwise_logistic(d: np.ndarray, w: np.ndarray, signs: list[int], l2: float) -> np.ndarray:
+    """Minimize sum_i w_i log(1 + exp(-d_i . beta)) + l2 / 2 |beta|^2, with
+    beta_j >= 0 where signs[j] = 1 and <= 0 where it is -1 (L-BFGS-B)."""
+    from scipy.optimize import minimize
+    from scipy.special import expit
+
+    def loss(beta: np.ndarray):
+        margin = d @ beta
+        value = float(w @ np.logaddexp(0.0, -margin)) + 0.5 * l2 * float(beta @ beta)
+        grad = -(d.T @ (w * expit(-margin))) + l2 * beta
+        return value, grad
+
+    bounds = [(0, None) if s > 0 else (None, 0) if s < 0 else (None, None) for s in signs]
+    start = np.array([0.1 * s for s in signs], dtype=np.float64)
+    result = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 500})
+    return result.x
 
 
 def ranked(ranker: Ranker, data: SetData, q: int, depth: int):
-    """One list: the pool by score, one item per story (as the served path)."""
+    """One list: the pool by score, one item per story (as the served path):
+    its rows, scores and confidences."""
     at = data.rows_of(q)
     columns = [list(SIGNALS).index(n) for n in ranker.names]
-    score = ranker.score(data.x[at][:, columns].astype(np.float64))
-    order = at[np.argsort(-score, kind="stable")]
-    _, first = np.unique(data.story[order], return_index=True)
+    values = data.x[at][:, columns].astype(np.float64)
+    score = ranker.score(values)
+    order = np.argsort(-score, kind="stable")
+    _, first = np.unique(data.story[at[order]], return_index=True)
     keep = order[np.sort(first)][:depth]
-    return keep, ranker.score(data.x[keep][:, columns].astype(np.float64))
+    return at[keep], score[keep], ranker.confidence(score[keep], values[keep])
+
+
+CALIBRATION_INPUTS = ("score", "semantic", "lexical", "entities", "days_apart", "dated")
 
 
 def calibrate(ranker: Ranker, sets: list[SetData]) -> Ranker:
-    """Isotonic map from the score to "related" on the items of k = 10 lists."""
-    from sklearn.isotonic import IsotonicRegression
+    """Platt scaling on the items of k = 10 lists: a logistic regression from
+    the score and the absolute similarities to "related", every set weighing
+    the same."""
+    from sklearn.linear_model import LogisticRegression
 
-    scores, labels, weights = [], [], []
+    inputs = [n for n in CALIBRATION_INPUTS if n == "score" or n in ranker.names]
+    uncalibrated = replace(ranker, calibration_names=(), calibration_weights=np.zeros(0))
+    columns = [list(SIGNALS).index(n) for n in ranker.names]
+    xs, labels, weights = [], [], []
     for data in sets:
         n_queries = int(data.query.max()) + 1
         for q in range(n_queries):
-            rows, score = ranked(ranker, data, q, LIST)
-            scores.append(score)
+            rows, score, _ = ranked(uncalibrated, data, q, LIST)
+            values = data.x[rows][:, columns].astype(np.float64)
+            xs.append(np.column_stack([score if n == "score" else values[:, ranker.names.index(n)] for n in inputs]))
             labels.append(data.y[rows])
             weights.append(np.full(len(rows), 1.0 / (n_queries * LIST)))
-    iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
-    iso.fit(np.concatenate(scores), np.concatenate(labels).astype(float), sample_weight=np.concatenate(weights))
-    x, y = iso.X_thresholds_, iso.y_thresholds_
-    return Ranker(ranker.names, ranker.mean, ranker.scale, ranker.weights, ranker.bias, x, y)
+    x, y, w = np.vstack(xs), np.concatenate(labels), np.concatenate(weights)
+    mean, scale = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-9)
+    model = LogisticRegression(C=1.0, max_iter=2000)
+    model.fit((x - mean) / scale, y, sample_weight=w * len(w) / w.sum())
+    coef = model.coef_[0] / scale
+    return replace(ranker, calibration_names=tuple(inputs), calibration_weights=coef,
+                   calibration_bias=float(model.intercept_[0] - coef @ mean))
 
 
 def story_map(ranker: Ranker, data: SetData, min_confidence: float = 0.0) -> dict[str, float]:
     aps, shown, related, short = [], 0, 0, 0
     for q, relevant in enumerate(data.relevant_clusters):
-        rows, score = ranked(ranker, data, q, DEPTH)
-        keep = ranker.confidence(score) >= min_confidence
-        rows = rows[keep]
+        rows, _, confidence = ranked(ranker, data, q, DEPTH)
+        rows = rows[confidence >= min_confidence]
         aps.append(story_average_precision(list(range(len(rows))), relevant,
                                            dict(enumerate(data.cluster[rows].tolist())), DEPTH))
         top = rows[:LIST]

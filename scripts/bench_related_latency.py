@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""In-process cost of one computed related list (no cache hit), p50 and p99.
+
+    python scripts/bench_related_latency.py --data-dir indexes/bench --lists 400 --out docs/bench-related-latency.json
+
+Opens the data folder as the server does (Engine.open) and asks for the lists
+of random articles, each once, so that every list is computed. Run it on the
+same store with two releases (a git worktree of the older one, its own index
+built by its own `recommender reindex`) to compare: the store and the
+vectors are the same, the ranking differs. Prints the CPU flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                wanted = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "avx2")
+                return " ".join(f for f in line.split(":", 1)[1].split() if f in wanted)
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--lists", type=int, default=400)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    from recommender.config import Settings
+    from recommender.service import Engine
+
+    settings = Settings.load({"data_dir": args.data_dir})
+    with Engine.open(settings) as engine:
+        version = engine.live.current
+        ids = [s.article.id for s in engine.store.get_many(
+            [int(d) for d in random.Random(args.seed).sample(list(version.doc_ids), args.lists + 20)]).values()]
+        for article_id in ids[:20]:  # warm up: threads, caches of the version
+            engine.related_hits(article_id, args.k)
+        times = []
+        for article_id in ids[20:]:
+            start = time.perf_counter()
+            engine.related_hits(article_id, args.k)
+            times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    result = {
+        "articles": len(version), "lists": len(times), "k": args.k,
+        "p50_ms": round(times[len(times) // 2], 2), "p99_ms": round(times[int(len(times) * 0.99)], 2),
+        "mean_ms": round(sum(times) / len(times), 2), "cpu": cpu_flags(),
+        "code": str(Path(__file__).resolve().parents[1]),
+    }
+    print(json.dumps(result))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
