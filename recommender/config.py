@@ -57,7 +57,7 @@ class Settings:
     """The related-list ranking model (a JSON file written by
     scripts/train_ranker.py); none: the packaged one. Copied into each index
     version when it is built."""
-    min_confidence: float = 0.2
+    min_confidence: float = 0.3
     """Related items whose confidence (the calibrated chance that a reader
     calls them related) is below this are not shown: a list comes out
     shorter rather than padded with filler. Requests can set their own

@@ -104,7 +104,9 @@ def rank_related(
         score = ranker.score(values)
         confidence = ranker.confidence(score, values)
         if policy.adjust is not None:
-            score = score + policy.adjust(rows)
+            # Boosts, buries and recency are in standard deviations of the
+            # list's score, whatever the ranker's scale.
+            score = score + policy.adjust(rows) * max(float(np.std(score)), 1e-9)
         return _select(version, rows, score, confidence, raw, k, exclude_row, policy)
 
     return rank_candidates(n, k, settings, allowed_rows, lambda pool: _candidates(version, query, pool), rank)

@@ -65,7 +65,8 @@ def test_end_to_end(tmp_path, corpus, tiny_model_dir):
 
     related = json.loads(run("related", "talks-1", "--k", "3", "--json", *common).stdout)
     assert related["article_id"] == "talks-1" and len(related["items"]) == 3
-    assert set(related["items"][0]) == {"id", "title", "url", "published", "section", "score", "source"}
+    assert set(related["items"][0]) == {"id", "title", "url", "published", "section", "score", "source", "confidence",
+                                        "reasons"}
     hits = json.loads(run("search", "ceasefire envoy", "--json", *common).stdout)["items"]
     assert hits and hits[0]["id"].startswith("talks-")
     assert "1." in run("search", "harbour bridge", *common).stdout

@@ -119,12 +119,12 @@ def test_calibration_recovers_known_probabilities():
     for s in range(2):
         n_queries, per = 400, 40
         x = rng.standard_normal((n_queries * per, len(names))).astype(np.float32)
-        p = 1 / (1 + np.exp(-(1.5 * x[:, 0] - 1.0 * x[:, 4] - 2.0)))
+        p = 1 / (1 + np.exp(-(1.5 * x[:, 0] - 1.0 * x[:, 6] - 2.0)))  # semantic up, days_apart down
         y = rng.random(len(p)) < p
         query = np.repeat(np.arange(n_queries), per)
         sets.append(SetData(f"s{s}", x, y, query, np.arange(len(y)), np.arange(len(y)), [set()] * n_queries))
     model = fit(sets, names)
-    assert model.weights[0] > 0 and model.weights[4] < 0
+    assert model.weights[0] > 0 and model.weights[6] < 0
     shown_conf, shown_y = [], []
     for data in sets:
         for q in range(400):

@@ -39,9 +39,9 @@ class Ranker:
         return ((features - self.mean) / self.scale) * self.weights
 
     calibration_names: tuple[str, ...] = ()
-    """Inputs of the confidence: "score" and signals of ``names`` (Platt
-    scaling over the score and the absolute similarities: a list's rank says
-    which candidate is best, these say whether the best is any good)."""
+    """Inputs of the confidence: signals of ``names`` (or "score"). Platt
+    scaling over the absolute similarities: a list's rank says which
+    candidate is best, these say whether the best is any good."""
     calibration_weights: np.ndarray = field(default_factory=lambda: np.zeros(0))
     calibration_bias: float = 0.0
 

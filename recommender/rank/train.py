@@ -138,15 +138,16 @@ def ranked(ranker: Ranker, data: SetData, q: int, depth: int):
     return at[keep], score[keep], ranker.confidence(score[keep], values[keep])
 
 
-CALIBRATION_INPUTS = ("score", "semantic", "lexical", "entities", "days_apart", "dated")
+CALIBRATION_INPUTS = ("semantic", "lexical", "entities", "lead")
+"""Absolute similarities only: a list's score also weighs the dates, which tell
+one incident from the next in local news (gva_dev) but would mark every
+long-running story (a bridge, a trial) as unrelated months later."""
 
 
 def calibrate(ranker: Ranker, sets: list[SetData]) -> Ranker:
     """Platt scaling on the items of k = 10 lists: a logistic regression from
-    the score and the absolute similarities to "related", every set weighing
-    the same."""
-    from sklearn.linear_model import LogisticRegression
-
+    the absolute similarities (``CALIBRATION_INPUTS``) to "related", every set
+    weighing the same."""
     inputs = [n for n in CALIBRATION_INPUTS if n == "score" or n in ranker.names]
     uncalibrated = replace(ranker, calibration_names=(), calibration_weights=np.zeros(0))
     columns = [list(SIGNALS).index(n) for n in ranker.names]
@@ -160,12 +161,28 @@ def calibrate(ranker: Ranker, sets: list[SetData]) -> Ranker:
             labels.append(data.y[rows])
             weights.append(np.full(len(rows), 1.0 / (n_queries * LIST)))
     x, y, w = np.vstack(xs), np.concatenate(labels), np.concatenate(weights)
-    mean, scale = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-9)
-    model = LogisticRegression(C=1.0, max_iter=2000)
-    model.fit((x - mean) / scale, y, sample_weight=w * len(w) / w.sum())
-    coef = model.coef_[0] / scale
-    return replace(ranker, calibration_names=tuple(inputs), calibration_weights=coef,
-                   calibration_bias=float(model.intercept_[0] - coef @ mean))
+    coef, bias = _monotone_logistic(x, y.astype(np.float64), w / w.sum())
+    return replace(ranker, calibration_names=tuple(inputs), calibration_weights=coef, calibration_bias=bias)
+
+
+def _monotone_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 1e-4) -> tuple[np.ndarray, float]:
+    """Weighted logistic regression whose weights are all >= 0: the more alike
+    two articles are, by any measure, the more confident, never the less
+    (left free, the weight of one cosine turns negative to fit one set)."""
+    from scipy.optimize import minimize
+    from scipy.special import expit
+
+    def loss(theta: np.ndarray):
+        beta, b = theta[:-1], theta[-1]
+        z = x @ beta + b
+        value = float(w @ (np.logaddexp(0.0, z) - y * z)) + 0.5 * l2 * float(beta @ beta)
+        residual = w * (expit(z) - y)
+        return value, np.concatenate([x.T @ residual + l2 * beta, [residual.sum()]])
+
+    bounds = [(0, None)] * x.shape[1] + [(None, None)]
+    result = minimize(loss, np.zeros(x.shape[1] + 1), jac=True, method="L-BFGS-B", bounds=bounds,
+                      options={"maxiter": 1000})
+    return result.x[:-1], float(result.x[-1])
 
 
 def story_map(ranker: Ranker, data: SetData, min_confidence: float = 0.0) -> dict[str, float]:
