@@ -396,10 +396,15 @@ def _print_items(args: argparse.Namespace, payload: dict) -> int:
         print(json.dumps(payload, indent=2, ensure_ascii=False))
         return EXIT_OK
     if not payload["items"]:
-        print("no results")
+        print("no results" if "query" in payload else "nothing passes the confidence floor (min_confidence)")
     for rank, item in enumerate(payload["items"], 1):
         date = item["published"] or ""
-        score = "pinned" if item.get("source") == "manual" else f"{item['score']:6.2f}"
+        if item.get("source") in ("manual", "fallback"):
+            score = "pinned" if item["source"] == "manual" else "filler"
+        elif item.get("confidence") is not None:
+            score = f"{round(100 * item['confidence']):d}%"
+        else:
+            score = f"{item['score']:6.2f}"
         print(f"{rank:>2}. {score:>6}  {item['id']}  {date:10.10}  {item['title'] or '(no title)'}")
     return EXIT_OK
 

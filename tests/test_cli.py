@@ -144,7 +144,11 @@ def test_pinned_items_print_without_a_score(capsys):
     from recommender.cli import _print_items
 
     items = [{"id": "a", "title": "A", "published": None, "score": None, "source": "manual"},
-             {"id": "b", "title": "B", "published": "2025-01-02", "score": 1.5, "source": "auto"}]
+             {"id": "b", "title": "B", "published": "2025-01-02", "score": 1.5, "source": "auto"},
+             {"id": "c", "title": "C", "published": None, "score": 2.0, "source": "auto", "confidence": 0.734},
+             {"id": "d", "title": "D", "published": None, "score": None, "source": "fallback"}]
     assert _print_items(argparse.Namespace(json=False), {"items": items}) == 0
     out = capsys.readouterr().out.splitlines()
-    assert "pinned  a" in out[0] and "1.50  b" in out[1]
+    assert "pinned  a" in out[0] and "1.50  b" in out[1] and "73%  c" in out[2] and "filler  d" in out[3]
+    assert _print_items(argparse.Namespace(json=False), {"article_id": "x", "items": []}) == 0
+    assert "confidence floor" in capsys.readouterr().out
