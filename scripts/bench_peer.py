@@ -452,7 +452,7 @@ def main() -> int:
             "model": model_path,
             "limit": args.limit, "rounds": args.rounds,
             "ours_settings": {k: getattr(settings, k) for k in (
-                "chunk_words", "max_chunks", "search_semantic_weight", "related_semantic_weight", "candidates",
+                "chunk_words", "max_chunks", "search_semantic_weight", "candidates",
                 "batch_size", "precision",
             )},
             "ours_max_tokens": embedder.model.max_seq_length,

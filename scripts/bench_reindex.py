@@ -187,14 +187,13 @@ def main() -> int:
             "passages_embedded": update.passages_embedded, "passages_reused": update.passages_reused,
         }
         # Precomputing every related list in the job: what one list costs.
-        from recommender.evaluate import eval_policy
         from recommender.index import set_query_threads
-        from recommender.related import related_to_row
+        from recommender.related import Policy, related_to_row
         from recommender.version import IndexVersion
 
         set_query_threads(1)
         version = IndexVersion.load(settings.index_root).warm()
-        policy = eval_policy(version, settings)
+        policy = Policy(dedup=settings.dedup, min_confidence=settings.min_confidence)
         start = time.perf_counter()
         for row in range(len(version)):
             related_to_row(version, row, 10, settings, policy=policy)
