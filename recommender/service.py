@@ -21,9 +21,8 @@ from recommender.config import Settings
 from recommender.embed import Embedder, model_id_for
 from recommender.errors import ArticleNotFound, IndexMismatch, IndexNotFound, RuleNotFound
 from recommender.filters import NO_FILTERS, Filters
-from recommender.lexical import snippet_html
 from recommender.copies import copies_among
-from recommender.lexical import entity_terms
+from recommender.lexical import entity_terms, snippet_html
 from recommender.rank import Query, query_for_row
 from recommender.related import Hit, Policy, combine, rank_related, recency_adjust, related_to_row
 from recommender.rules import ListRules, Rule

@@ -41,7 +41,10 @@ def site(tmp_path_factory, tiny_model_dir):
     settings = Settings.load({"data_dir": root / "data", "model": str(tiny_model_dir), "min_confidence": 0.0},
                              environ={})
     rows = make_corpus()
-    rows.append({"id": "xss", "title": XSS_TITLE, "body": "ceasefire envoy talks mediators treaty border ministers",
+    # The hostile title sits on the words of talks-1 in reverse order: the same
+    # words (it ranks first in talks-1's list) but no shared 5-gram (not a copy).
+    talks_1 = next(r for r in rows if r["id"] == "talks-1")
+    rows.append({"id": "xss", "title": XSS_TITLE, "body": " ".join(reversed(talks_1["body"].split())),
                  "section": "world", "published": "2025-06-01"})
     build_index(settings, rows, legacy_urls={"xss": "javascript:alert(2)"})
 
