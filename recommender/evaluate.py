@@ -257,6 +257,19 @@ def _variant(engine, settings: Settings):
     return Engine(settings, engine.live, engine._load_embedder)
 
 
+def _run(engine, baselines: dict, served: Callable, settings: Settings, task: str, ablation: bool):
+    """The engine, then the baselines, then (with ``ablation``) the engine
+    under each variant of its settings, timed; the engine is closed after."""
+    runs = {"recommender": served(engine), **baselines}
+    if ablation:
+        runs.update({f"recommender, {name}": served(_variant(engine, v))
+                     for name, v in ablation_variants(settings, task).items()})
+    try:
+        return _timed(runs)
+    finally:
+        engine.close()
+
+
 def _timed(systems: dict[str, Callable[[], dict[str, float]]]) -> tuple[dict, dict]:
     results, seconds = {}, {}
     for name, run in systems.items():
@@ -320,6 +333,7 @@ def evaluate_related(
     queries, cluster_of = related_queries(articles, groups)
     texts = [document_text(a.title, a.body) for a in articles]
     engine = _prepare_engine(settings, articles, progress)
+    id_of = {s.doc_id: s.article.id for s in engine.store.iter_articles()}
 
     def score(ranking: Callable[[str], list[str]], desc: str) -> dict[str, float]:
         rows, lengths = [], []
@@ -335,19 +349,13 @@ def evaluate_related(
 
     def served(variant) -> Callable[[], dict[str, float]]:
         def ranking(query: str) -> list[str]:
-            ids = [engine_id(h) for h in variant.related_hits(query, depth)]
+            ids = [id_of[h.doc_id] for h in variant.related_hits(query, depth)]
             if variant is engine:
                 lists[query] = ids
             return ids
 
         return lambda: score(ranking, "related")
 
-    id_of: dict[int, str] = {}
-
-    def engine_id(hit) -> str:
-        if hit.doc_id not in id_of:
-            id_of[hit.doc_id] = engine.store.get_many([hit.doc_id])[hit.doc_id].article.id
-        return id_of[hit.doc_id]
 
     def tfidf() -> dict[str, float]:
         model = TfidfModel.build(texts)
@@ -357,14 +365,7 @@ def evaluate_related(
         model = Bm25(texts)
         return score(lambda q: _ranking(model.scores(texts[index_of[q]]), ids, depth, index_of[q]), "bm25")
 
-    runs = {"recommender": served(engine), "tfidf": tfidf, "bm25": bm25}
-    if ablation:
-        runs.update({f"recommender, {name}": served(_variant(engine, v))
-                     for name, v in ablation_variants(settings, "related").items()})
-    try:
-        systems, seconds = _timed(runs)
-    finally:
-        engine.close()
+    systems, seconds = _run(engine, {"tfidf": tfidf, "bm25": bm25}, served, settings, "related", ablation)
     if lists_out is not None:
         lists_out.write_text("".join(json.dumps({"id": q, "items": items}) + "\n" for q, items in lists.items()),
                              encoding="utf-8")
@@ -424,14 +425,8 @@ def evaluate_search(
     def bm25_stemmed() -> dict[str, float]:
         return score(lambda q, n: [id_of[d] for d, _ in engine.store.keyword_search(fts_query(q), n)], "fts5")
 
-    runs = {"recommender": served(engine), "tfidf": tfidf, "bm25": bm25, "bm25_fts5_porter": bm25_stemmed}
-    if ablation:
-        runs.update({f"recommender, {name}": served(_variant(engine, v))
-                     for name, v in ablation_variants(settings, "search").items()})
-    try:
-        systems, seconds = _timed(runs)
-    finally:
-        engine.close()
+    baselines = {"tfidf": tfidf, "bm25": bm25, "bm25_fts5_porter": bm25_stemmed}
+    systems, seconds = _run(engine, baselines, served, settings, "search", ablation)
     return _report(dataset, "search", settings, len(articles), len(queries), depth, systems, seconds)
 
 

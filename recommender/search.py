@@ -51,11 +51,10 @@ def search(
     keyword = version.bm25.scores(query)
     w = settings.search_semantic_weight
 
-    def usable(rows: np.ndarray) -> np.ndarray:
+    def shown(rows: np.ndarray) -> np.ndarray:
+        """Rows less those the policy excludes (blocks, embargo)."""
         if policy.excluded_rows is not None and len(policy.excluded_rows):
             rows = rows[~np.isin(rows, policy.excluded_rows)]
-        if allowed_rows is not None:
-            rows = rows[np.isin(rows, allowed_rows)]
         return rows
 
     def first_stage(rows: np.ndarray):
@@ -64,7 +63,7 @@ def search(
         return w * _z(semantic) + (1 - w) * _z(lexical), semantic, lexical
 
     def rank(rows: np.ndarray) -> tuple[list[Hit], bool]:
-        rows = usable(rows)
+        rows = shown(rows)  # rank_candidates has already applied the filters
         score, semantic, lexical = first_stage(rows)
         m, weight = settings.search_feedback_docs, settings.search_feedback_weight
         if m and weight and len(rows) > m:
@@ -77,8 +76,11 @@ def search(
             centroid = centroid / max(float(np.sqrt(centroid.multiply(centroid).sum())), 1e-12)
             found = version.tfidf.scores(_strongest_terms(sp.csr_matrix(centroid), QUERY_TERMS))
             pool = min(len(found), settings.candidates)
-            extra = usable(np.argpartition(-found, pool - 1)[:pool]) if pool < len(found) else usable(np.arange(n))
-            extra = np.setdiff1d(extra[found[extra] > 0], rows)
+            extra = np.argpartition(-found, pool - 1)[:pool] if pool < len(found) else np.arange(n)
+            extra = shown(extra[found[extra] > 0])
+            if allowed_rows is not None:  # new rows meet the request's filters too
+                extra = extra[np.isin(extra, allowed_rows)]
+            extra = np.setdiff1d(extra, rows)
             if len(extra):
                 rows = np.union1d(rows, extra)  # sorted, as pair_scores wants
                 score, semantic, lexical = first_stage(rows)

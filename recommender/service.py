@@ -230,13 +230,17 @@ class Engine:
         rules generation, embargo state and options; filtered lists are not
         cached, because they read store metadata that can change without a
         new version."""
+        version = self.live.current  # 503 before any index, whatever the id
+        return self._related_hits(version, self.public_article(article_id), k, filters, options)
+
+    def _related_hits(
+        self, version: IndexVersion, stored: StoredArticle, k: int, filters: Filters, options: ListOptions | None
+    ) -> list[Hit]:
         options = options or ListOptions.from_settings(self.settings)
-        version = self.live.current
-        stored = self.public_article(article_id)
         requested = filters
         cacheable = not requested
         filters = self._list_filters(version, stored, filters, options)
-        rules = ListRules.of(self.store.rules(article_id, applying=True))
+        rules = ListRules.of(self.store.rules(stored.article.id, applying=True))
         hidden = tuple(self.store.embargoed_doc_ids(_now_iso()))
         key, hits = None, None
         if cacheable:
@@ -404,9 +408,10 @@ class Engine:
     def related(
         self, article_id: str, k: int = 10, filters: Filters = NO_FILTERS, options: ListOptions | None = None
     ) -> list[dict[str, Any]]:
-        hits = self.related_hits(article_id, k, filters, options)
         version = self.live.current
-        row = version.row_of(self.public_article(article_id).doc_id)
+        stored = self.public_article(article_id)
+        hits = self._related_hits(version, stored, k, filters, options)
+        row = version.row_of(stored.doc_id)
         return self._items(hits, version=version, query=query_for_row(version, row) if row is not None else None)
 
     def related_to_draft(self, title: str, body: str, k: int = 10, filters: Filters = NO_FILTERS) -> list[dict[str, Any]]:

@@ -69,12 +69,23 @@ def _story_map(data: SetData, columns: list[int], weights: np.ndarray, queries) 
     aps = []
     for q in queries:
         at = data.rows_of(q)
-        order = at[np.argsort(-(data.x[at][:, columns] @ weights), kind="stable")]
-        _, first = np.unique(data.story[order], return_index=True)
-        keep = order[np.sort(first)][:DEPTH]
-        aps.append(story_average_precision(list(range(len(keep))), data.relevant_clusters[q],
-                                           dict(enumerate(data.cluster[keep].tolist())), DEPTH))
+        keep = at[_one_per_story(data, at, data.x[at][:, columns] @ weights, DEPTH)]
+        aps.append(_average_precision(data, q, keep))
     return float(np.mean(aps)) if aps else 0.0
+
+
+def _one_per_story(data: SetData, at: np.ndarray, score: np.ndarray, depth: int) -> np.ndarray:
+    """Positions (in ``at``) of a list as the served path makes it: best
+    score first, one item per story, ``depth`` items."""
+    order = np.argsort(-score, kind="stable")
+    _, first = np.unique(data.story[at[order]], return_index=True)
+    return order[np.sort(first)][:depth]
+
+
+def _average_precision(data: SetData, q: int, rows: np.ndarray) -> float:
+    """Story average precision of the list ``rows`` of query ``q``."""
+    return story_average_precision(list(range(len(rows))), data.relevant_clusters[q],
+                                   dict(enumerate(data.cluster[rows].tolist())), DEPTH)
 
 
 def _pairwise_start(sets: list[SetData], columns: list[int], signs: np.ndarray, rng) -> np.ndarray:
@@ -132,9 +143,7 @@ def ranked(ranker: Ranker, data: SetData, q: int, depth: int):
     columns = [list(SIGNALS).index(n) for n in ranker.names]
     values = data.x[at][:, columns].astype(np.float64)
     score = ranker.score(values)
-    order = np.argsort(-score, kind="stable")
-    _, first = np.unique(data.story[at[order]], return_index=True)
-    keep = order[np.sort(first)][:depth]
+    keep = _one_per_story(data, at, score, depth)
     return at[keep], score[keep], ranker.confidence(score[keep], values[keep])
 
 
@@ -187,11 +196,10 @@ def _monotone_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 
 
 def story_map(ranker: Ranker, data: SetData, min_confidence: float = 0.0) -> dict[str, float]:
     aps, shown, related, short = [], 0, 0, 0
-    for q, relevant in enumerate(data.relevant_clusters):
+    for q in range(len(data.relevant_clusters)):
         rows, _, confidence = ranked(ranker, data, q, DEPTH)
         rows = rows[confidence >= min_confidence]
-        aps.append(story_average_precision(list(range(len(rows))), relevant,
-                                           dict(enumerate(data.cluster[rows].tolist())), DEPTH))
+        aps.append(_average_precision(data, q, rows))
         top = rows[:LIST]
         shown += len(top)
         related += int(data.y[top].sum())
