@@ -374,20 +374,22 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def cmd_related(args: argparse.Namespace) -> int:
+    from recommender.api import present
     from recommender.service import Engine
 
     settings = _settings(args)
     with Engine.open(settings) as engine:
-        items = engine.related(args.article_id, args.k)
+        items = present.items(engine.related(args.article_id, args.k))
     return _print_items(args, {"article_id": args.article_id, "items": items})
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from recommender.api import present
     from recommender.service import Engine
 
     settings = _settings(args)
     with Engine.open(settings) as engine:
-        items = engine.search(args.query, args.k)
+        items = present.search_items(engine.search(args.query, args.k), args.query)
     return _print_items(args, {"query": args.query, "items": items})
 
 
@@ -513,9 +515,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _load_embedder(settings: Settings):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from recommender.embed import SentenceTransformerEmbedder
+    from recommender.embed import load_embedder
 
-    return SentenceTransformerEmbedder.from_settings(settings)
+    return load_embedder(settings)
 
 
 if __name__ == "__main__":

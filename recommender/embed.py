@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+import os
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from recommender.config import DEFAULT_MODEL
+from recommender.config import DEFAULT_MODEL, Settings
 from recommender.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,9 @@ def model_id_for(name: str) -> str:
     return "sentence-transformers/all-MiniLM-L6-v2" if name in DEFAULT_ALIASES else name
 
 
+BACKEND = "torch"
+"""The runtime that runs the model (sentence-transformers' ``backend``); part
+of the embedding cache key, since another runtime's vectors differ slightly."""
 PRECISIONS = ("auto", "float32", "bfloat16")
 BF16_MIN_TEXTS = 16
 """bfloat16 is used for calls with at least this many texts (bulk embedding)."""
@@ -80,6 +85,43 @@ def resolve_model_path(name: str) -> str:
     return str(path.resolve()) if path.exists() else name
 
 
+class LazyEmbedder:
+    """An embedder loaded on first use, once, whichever thread asks first:
+    the server starts answering related lists (which need no model) before
+    the model is in memory."""
+
+    def __init__(self, load: Callable[[], Embedder]):
+        self._load = load
+        self._embedder: Embedder | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Embedder:
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = self._load()
+            return self._embedder
+
+    @property
+    def model_id(self) -> str:
+        return self.get().model_id
+
+    @property
+    def dimension(self) -> int:
+        return self.get().dimension
+
+    def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        return self.get().embed(texts, progress=progress)
+
+
+def load_embedder(settings: Settings) -> SentenceTransformerEmbedder:
+    """The embedder the settings describe: the one factory that the CLI, the
+    server, the evaluation and the Ray workers use."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return SentenceTransformerEmbedder.load(
+        settings.model, device=settings.device, batch_size=settings.batch_size, precision=settings.precision
+    )
+
+
 class SentenceTransformerEmbedder:
     """Any sentence-transformers model, by local path or by name (from the local
     Hugging Face cache when offline)."""
@@ -99,12 +141,6 @@ class SentenceTransformerEmbedder:
         self._bulk_model = None
 
     @classmethod
-    def from_settings(cls, settings) -> SentenceTransformerEmbedder:
-        return cls.load(
-            settings.model, device=settings.device, batch_size=settings.batch_size, precision=settings.precision
-        )
-
-    @classmethod
     def load(
         cls, name: str, *, device: str = "cpu", batch_size: int = 32, precision: str = "float32"
     ) -> SentenceTransformerEmbedder:
@@ -114,7 +150,7 @@ class SentenceTransformerEmbedder:
         resolve_precision(precision, device)  # a bad value fails before the model loads
         log.info("loading model %s from %s", name, path)
         try:
-            model = SentenceTransformer(path, device=device)
+            model = SentenceTransformer(path, device=device, backend=BACKEND)
         except (OSError, ValueError) as exc:
             raise ConfigError(
                 f"cannot load sentence-transformers model {name!r}: {exc}. "

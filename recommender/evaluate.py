@@ -19,6 +19,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -227,34 +228,24 @@ def _prepare_engine(settings: Settings, articles: list[Article], progress: bool)
     """Index the dataset into its own data folder (cached vectors are reused)
     and open it as the server does: the lists are scored as a widget gets them."""
     from recommender.pipeline import reindex
-    from recommender.service import Engine, default_embedder_loader
+    from recommender.embed import LazyEmbedder, load_embedder
+    from recommender.service import Engine
     from recommender.store import Store
 
     with Store.open(settings.store_path) as store:
         wanted = {a.id for a in articles}
         store.delete([s.article.id for s in store.iter_articles() if s.article.id not in wanted])
         store.upsert(articles)
-        load = _once(default_embedder_loader(settings))
-        reindex(settings, store, load, progress=progress)
-    return Engine.open(settings, load)
-
-
-def _once(load: Callable):
-    loaded: list = []
-
-    def get():
-        if not loaded:
-            loaded.append(load())
-        return loaded[0]
-
-    return get
+        embedder = LazyEmbedder(partial(load_embedder, settings))
+        reindex(settings, store, lambda: embedder, progress=progress)
+    return Engine.open(settings, embedder.get)
 
 
 def _variant(engine, settings: Settings):
     """The engine's index and model under other settings (an ablation)."""
     from recommender.service import Engine
 
-    return Engine(settings, engine.live, engine._load_embedder)
+    return Engine(settings, engine.live, engine.embedder.get)
 
 
 def _run(engine, baselines: dict, served: Callable, settings: Settings, task: str, ablation: bool):
@@ -333,7 +324,6 @@ def evaluate_related(
     queries, cluster_of = related_queries(articles, groups)
     texts = [document_text(a.title, a.body) for a in articles]
     engine = _prepare_engine(settings, articles, progress)
-    id_of = {s.doc_id: s.article.id for s in engine.store.iter_articles()}
 
     def score(ranking: Callable[[str], list[str]], desc: str) -> dict[str, float]:
         rows, lengths = [], []
@@ -349,7 +339,7 @@ def evaluate_related(
 
     def served(variant) -> Callable[[], dict[str, float]]:
         def ranking(query: str) -> list[str]:
-            ids = [id_of[h.doc_id] for h in variant.related_hits(query, depth)]
+            ids = [item.id for item in variant.related(query, depth)]
             if variant is engine:
                 lists[query] = ids
             return ids
@@ -394,7 +384,7 @@ def evaluate_search(
 ) -> dict:
     from tqdm.auto import tqdm
 
-    from recommender.search import fts_query
+    from recommender.rank.search import fts_query
 
     articles, _ = load_dataset(dataset)
     ids = [a.id for a in articles]
@@ -402,7 +392,7 @@ def evaluate_search(
     depth = min(depth or DEPTH, len(articles))
     texts = [document_text(a.title, a.body) for a in articles]
     engine = _prepare_engine(settings, articles, progress)
-    id_of = {s.doc_id: s.article.id for s in engine.store.iter_articles()}
+    id_of = {s.doc_id: s.article.id for s in engine.stores.get().iter_articles()}
 
     def score(ranking: Callable[[str, int], list[str]], desc: str) -> dict[str, float]:
         rows = []
@@ -412,7 +402,7 @@ def evaluate_search(
         return _mean(rows, SEARCH_METRICS)
 
     def served(variant) -> Callable[[], dict[str, float]]:
-        return lambda: score(lambda q, n: [id_of[h.doc_id] for h in variant.search_hits(q, n)], "search")
+        return lambda: score(lambda q, n: [item.id for item in variant.search(q, n)], "search")
 
     def tfidf() -> dict[str, float]:
         model = TfidfModel.build(texts)
@@ -423,7 +413,7 @@ def evaluate_search(
         return score(lambda q, n: _ranking(model.scores(q), ids, n), "bm25")
 
     def bm25_stemmed() -> dict[str, float]:
-        return score(lambda q, n: [id_of[d] for d, _ in engine.store.keyword_search(fts_query(q), n)], "fts5")
+        return score(lambda q, n: [id_of[d] for d, _ in engine.stores.get().keyword_search(fts_query(q), n)], "fts5")
 
     baselines = {"tfidf": tfidf, "bm25": bm25, "bm25_fts5_porter": bm25_stemmed}
     systems, seconds = _run(engine, baselines, served, settings, "search", ablation)

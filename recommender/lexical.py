@@ -17,6 +17,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -24,6 +25,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from recommender.text import STOPWORDS, keyword_text, tokenize
+
+
+@dataclass(frozen=True)
+class KeywordFiles:
+    """Where one keyword model is saved; the names are the index layout's
+    (``recommender.version.Layout``). BM25 has no idf file."""
+
+    matrix: Path
+    vocabulary: Path
+    idf: Path
 
 
 class TfidfModel:
@@ -99,18 +110,16 @@ class TfidfModel:
             matrix = self.matrix if rows is None or len(rows) == self.matrix.shape[0] else self.matrix[rows]
         return (matrix @ query.T).toarray().ravel().astype(np.float32)
 
-    def save(self, directory: Path, name: str = "tfidf") -> None:
-        """Writes ``<name>.npz``, ``<name>_idf.npy`` and ``<name>_vocabulary.json``."""
-        sp.save_npz(directory / f"{name}.npz", self.matrix, compressed=False)
-        np.save(directory / f"{name}_idf.npy", self.idf)
-        terms = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
-        (directory / f"{name}_vocabulary.json").write_text(json.dumps(terms, ensure_ascii=False), encoding="utf-8")
+    def save(self, files: KeywordFiles) -> None:
+        sp.save_npz(files.matrix, self.matrix, compressed=False)
+        np.save(files.idf, self.idf)
+        files.vocabulary.write_text(json.dumps(self.terms, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
-    def load(cls, directory: Path, name: str = "tfidf") -> TfidfModel:
-        matrix = sp.load_npz(directory / f"{name}.npz").tocsr()
-        idf = np.load(directory / f"{name}_idf.npy")
-        terms = json.loads((directory / f"{name}_vocabulary.json").read_text(encoding="utf-8"))
+    def load(cls, files: KeywordFiles) -> TfidfModel:
+        matrix = sp.load_npz(files.matrix).tocsr()
+        idf = np.load(files.idf)
+        terms = json.loads(files.vocabulary.read_text(encoding="utf-8"))
         return cls({t: i for i, t in enumerate(terms)}, idf, matrix)
 
 
@@ -170,15 +179,15 @@ class Bm25Model:
             return np.zeros(self.matrix.shape[0], dtype=np.float32)
         return np.asarray(self.matrix[:, columns].sum(axis=1), dtype=np.float32).ravel()
 
-    def save(self, directory: Path) -> None:
-        sp.save_npz(directory / "bm25.npz", self.matrix, compressed=False)
+    def save(self, files: KeywordFiles) -> None:
+        sp.save_npz(files.matrix, self.matrix, compressed=False)
         stems = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
-        (directory / "bm25_vocabulary.json").write_text(json.dumps(stems, ensure_ascii=False), encoding="utf-8")
+        files.vocabulary.write_text(json.dumps(stems, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
-    def load(cls, directory: Path) -> Bm25Model:
-        matrix = sp.load_npz(directory / "bm25.npz").tocsc()
-        stems = json.loads((directory / "bm25_vocabulary.json").read_text(encoding="utf-8"))
+    def load(cls, files: KeywordFiles) -> Bm25Model:
+        matrix = sp.load_npz(files.matrix).tocsc()
+        stems = json.loads(files.vocabulary.read_text(encoding="utf-8"))
         return cls({s: i for i, s in enumerate(stems)}, matrix)
 
 

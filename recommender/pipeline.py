@@ -16,17 +16,26 @@ import numpy as np
 
 from recommender import __version__
 from recommender.config import Settings
-from recommender.embed import Embedder, model_id_for
+from recommender.embed import BACKEND, Embedder, model_id_for, resolve_precision
 from recommender.index import VectorIndex
 from recommender.copies import WordHashes, shingles, story_labels
 from recommender.lexical import build_keyword_models
 from recommender.errors import ConfigError, RecommenderError
 from recommender.rank.model import DEFAULT_MODEL as DEFAULT_RANKER
-from recommender.rank.model import FILE_NAME as RANKER_FILE
 from recommender.rank.model import Ranker
 from recommender.store import CHUNK_HASH_BYTES, Store
 from recommender.text import chunk_article
-from recommender.version import FORMAT_VERSION, new_staging_dir, publish, read_current_manifest
+from recommender.version import (
+    FORMAT_VERSION,
+    IndexVersion,
+    Layout,
+    Manifest,
+    Snapshot,
+    current_version_name,
+    new_staging_dir,
+    publish,
+    read_current_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +96,17 @@ def ranker_model(settings: Settings) -> Ranker:
 
 
 def embedding_key(settings: Settings) -> str:
-    """Cached vectors are valid for one model and one way of cutting passages."""
+    """Cached vectors are valid for what made them: the model, the way bodies
+    are cut into passages, and the arithmetic and runtime that ran the model
+    (the precision as resolved on this machine, never "auto")."""
+    precision = resolve_precision(settings.precision, settings.device)
+    return f"{_legacy_embedding_key(settings)}|precision={precision}|backend={BACKEND}"
+
+
+def _legacy_embedding_key(settings: Settings) -> str:
+    """The key of releases before precision and backend were part of it:
+    their vectors were made on this machine with the same settings, so they
+    are kept under the new key rather than embedded again."""
     return f"{model_id_for(settings.model)}|chunks={settings.chunk_words}x{settings.max_chunks}"
 
 
@@ -108,6 +127,8 @@ def reindex(
     key = embedding_key(settings)
     engine = engine or LocalEngine(load_embedder)
     report = ReindexReport(articles=store.count(), dry_run=dry_run, engine=getattr(engine, "name", "local"))
+    if not dry_run:
+        store.rename_embeddings(_legacy_embedding_key(settings), key)
     stale = store.stale_embeddings(key)
     report.to_embed = len(stale)
     report.skipped = report.articles - len(stale)
@@ -117,7 +138,7 @@ def reindex(
     previous = read_current_manifest(settings.index_root)
     if previous is not None:
         report.deleted = _count_deleted(settings, previous, hashes)
-        report.version = previous["version"]
+        report.version = previous.version
     report.reason = _rebuild_reason(previous, corpus_hash, key, settings, force)
 
     if not dry_run:
@@ -132,17 +153,19 @@ def reindex(
     return report
 
 
-def _rebuild_reason(previous: dict | None, corpus_hash: str, key: str, settings: Settings, force: bool) -> str:
+def _rebuild_reason(previous: Manifest | None, corpus_hash: str, key: str, settings: Settings, force: bool) -> str:
     """Why a new version is needed; empty when the published one is current."""
     if previous is None:
+        if current_version_name(settings.index_root) is not None:
+            return f"the published index is of an older format than {FORMAT_VERSION}"
         return "no index published yet"
-    if previous.get("format_version") != FORMAT_VERSION:
-        return f"index format {previous.get('format_version')} is older than {FORMAT_VERSION}"
-    if previous.get("embedding_key") != key:
-        return f"model or passage settings changed ({previous.get('embedding_key')} -> {key}): full rebuild"
-    if previous.get("build_settings") != build_settings(settings):
+    if previous.format_version != FORMAT_VERSION:
+        return f"index format {previous.format_version} is older than {FORMAT_VERSION}"
+    if previous.embedding_key != key:
+        return f"model or passage settings changed ({previous.embedding_key} -> {key}): full rebuild"
+    if previous.build_settings != build_settings(settings):
         return "index settings changed"
-    if previous.get("corpus_hash") != corpus_hash:
+    if previous.corpus_hash != corpus_hash:
         return "articles added, changed or deleted"
     return "forced" if force else ""
 
@@ -287,13 +310,13 @@ def _save_job(store: Store, key: str, job: EmbedJob, results: EmbedResult, state
     report.embedded += len(rows)
 
 
-def _previous_training(settings: Settings, key: str, file: str, factory_field: str) -> VectorIndex | None:
-    """The published version's index, to reuse its inverted-file centroids."""
+def _previous_training(settings: Settings, key: str, which: str) -> VectorIndex | None:
+    """The published version's ``docs`` or ``chunks`` index, to reuse its inverted-file centroids."""
     previous = read_current_manifest(settings.index_root)
-    if not previous or previous.get("embedding_key") != key or previous.get("format_version") != FORMAT_VERSION:
+    if not previous or previous.embedding_key != key or previous.format_version != FORMAT_VERSION:
         return None
-    factory = previous.get(factory_field, "")
-    path = settings.index_root / "versions" / previous["version"] / file
+    factory = previous.faiss_factory if which == "docs" else previous.chunk_faiss_factory
+    path = getattr(Layout.of(settings.index_root, previous.version), which)
     if "IVF" not in factory or not path.exists():
         return None
     return VectorIndex.load(path, factory, mmap=False)
@@ -344,48 +367,39 @@ def _build_and_publish(settings: Settings, store: Store, key: str, *, retrain: b
     reuse = not retrain
     docs = VectorIndex.build(
         doc_vectors, ids, settings.faiss_factory,
-        trained=_previous_training(settings, key, "docs.faiss", "faiss_factory") if reuse else None,
+        trained=_previous_training(settings, key, "docs") if reuse else None,
     )
     chunks = VectorIndex.build(  # ids: row numbers in chunk_vectors
         chunk_vectors, None, settings.faiss_factory, candidates_only=True,
-        trained=_previous_training(settings, key, "chunks.faiss", "chunk_faiss_factory") if reuse else None,
+        trained=_previous_training(settings, key, "chunks") if reuse else None,
     )
 
     name, staging = new_staging_dir(settings.index_root)
-    docs.save(staging / "docs.faiss")
-    chunks.save(staging / "chunks.faiss")
-    np.save(staging / "doc_ids.npy", ids)
-    np.save(staging / "doc_vectors.npy", doc_vectors)
-    np.save(staging / "story_ids.npy", story_ids)
-    np.save(staging / "published_days.npy", published_days(published))
-    np.save(staging / "chunk_vectors.npy", chunk_vectors)
-    np.save(staging / "chunk_offsets.npy", offsets)
-    tfidf.save(staging)
-    entities.save(staging, "entities")
-    bm25.save(staging)
-    ranker_model(settings).save(staging / RANKER_FILE)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "version": name,
-        "recommender_version": __version__,
-        "model_id": model_id_for(settings.model),
-        "embedding_key": key,
-        "dimension": dimension,
-        "faiss_type": docs.type_name,
-        "faiss_factory": docs.factory,
-        "chunk_faiss_factory": chunks.factory,
-        "reused_training": {"docs": docs.reused_training, "chunks": chunks.reused_training},
-        "build_settings": build_settings(settings),
-        "count": len(ids),
-        "chunks": len(chunk_vectors),
-        "stories": len(np.unique(story_ids)),
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "corpus_hash": corpus_hash,
-        "snapshot": {**asdict(mark), "left_out": mark.articles - len(ids)},
-        "chunk_words": settings.chunk_words,
-        "max_chunks": settings.max_chunks,
-    }
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    manifest = Manifest(
+        version=name,
+        recommender_version=__version__,
+        model_id=model_id_for(settings.model),
+        embedding_key=key,
+        dimension=dimension,
+        faiss_type=docs.type_name,
+        faiss_factory=docs.factory,
+        chunk_faiss_factory=chunks.factory,
+        reused_training={"docs": docs.reused_training, "chunks": chunks.reused_training},
+        build_settings=build_settings(settings),
+        count=len(ids),
+        chunks=len(chunk_vectors),
+        stories=len(np.unique(story_ids)),
+        built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        corpus_hash=corpus_hash,
+        snapshot=Snapshot(**asdict(mark), left_out=mark.articles - len(ids)),
+        chunk_words=settings.chunk_words,
+        max_chunks=settings.max_chunks,
+    )
+    IndexVersion(
+        name=name, path=staging, manifest=manifest, docs=docs, chunks=chunks, doc_ids=ids, doc_vectors=doc_vectors,
+        story_ids=story_ids, published_days=published_days(published), chunk_vectors=chunk_vectors,
+        chunk_offsets=offsets, tfidf=tfidf, bm25=bm25, entities=entities, ranker=ranker_model(settings),
+    ).save(staging)
     publish(settings.index_root, name, staging, keep=settings.keep_versions)
     log.info("published index %s: %d articles, %d passages", name, len(ids), len(chunk_vectors))
     return name
@@ -438,8 +452,8 @@ def _corpus_hash(hashes: dict[int, str]) -> str:
     return digest.hexdigest()
 
 
-def _count_deleted(settings: Settings, previous: dict, hashes: dict[int, str]) -> int:
-    path = settings.index_root / "versions" / previous["version"] / "doc_ids.npy"
+def _count_deleted(settings: Settings, previous: Manifest, hashes: dict[int, str]) -> int:
+    path = Layout.of(settings.index_root, previous.version).doc_ids
     try:
         old = np.load(path)
     except FileNotFoundError:

@@ -256,9 +256,9 @@ class EmbedWorker:
             import torch
 
             torch.set_num_threads(threads)
-            from recommender.embed import SentenceTransformerEmbedder
+            from recommender.embed import load_embedder
 
-            self.embedder = SentenceTransformerEmbedder.from_settings(settings)
+            self.embedder = load_embedder(settings)
         except Exception as exc:  # noqa: BLE001 - sent to the driver with each job
             where = socket.gethostname()
             self.error = f"cannot load the model {settings.model!r} on Ray worker {where}: {_describe(exc)}"

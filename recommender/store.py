@@ -408,6 +408,14 @@ class Store:
         for doc_id, content_hash, n_chunks, dim, blob in rows:
             yield doc_id, content_hash, np.frombuffer(blob, dtype=np.float32).reshape(n_chunks, dim)
 
+    def rename_embeddings(self, old_key: str, new_key: str) -> int:
+        """Move cached vectors from ``old_key`` to ``new_key`` (the same vectors
+        under a key that now says more), unless ``new_key`` already has some."""
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM embeddings WHERE model_key = ? LIMIT 1", (new_key,)).fetchone():
+                return 0
+            return db.execute("UPDATE embeddings SET model_key = ? WHERE model_key = ?", (new_key, old_key)).rowcount
+
     def prune_embeddings(self, model_key: str) -> int:
         """Drop cached vectors of other models and of deleted articles."""
         with self._transaction() as db:

@@ -21,33 +21,177 @@ the new one, never a half-written one.
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from recommender.errors import IndexMismatch, IndexNotFound
 from recommender.index import VectorIndex
-from recommender.lexical import Bm25Model, TfidfModel
-from recommender.rank.model import FILE_NAME as RANKER_FILE
+from recommender.lexical import Bm25Model, KeywordFiles, TfidfModel
 from recommender.rank.model import Ranker
+from recommender.store import Watermark
 
 FORMAT_VERSION = 4
 STATS_SAMPLE = 2048
 CURRENT = "CURRENT"
+VERSIONS = "versions"
+STAGING = "staging"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every file of one version folder, named in one place: the writer
+    (``IndexVersion.save``) and the reader (``IndexVersion.load``) both go
+    through it."""
+
+    folder: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.folder / "manifest.json"
+
+    @property
+    def docs(self) -> Path:
+        return self.folder / "docs.faiss"
+
+    @property
+    def chunks(self) -> Path:
+        return self.folder / "chunks.faiss"
+
+    @property
+    def doc_ids(self) -> Path:
+        return self.folder / "doc_ids.npy"
+
+    @property
+    def doc_vectors(self) -> Path:
+        return self.folder / "doc_vectors.npy"
+
+    @property
+    def story_ids(self) -> Path:
+        return self.folder / "story_ids.npy"
+
+    @property
+    def published_days(self) -> Path:
+        return self.folder / "published_days.npy"
+
+    @property
+    def chunk_vectors(self) -> Path:
+        return self.folder / "chunk_vectors.npy"
+
+    @property
+    def chunk_offsets(self) -> Path:
+        return self.folder / "chunk_offsets.npy"
+
+    @property
+    def ranker(self) -> Path:
+        return self.folder / "ranker.json"
+
+    @property
+    def tfidf(self) -> KeywordFiles:
+        return self._keyword("tfidf")
+
+    @property
+    def entities(self) -> KeywordFiles:
+        return self._keyword("entities")
+
+    @property
+    def bm25(self) -> KeywordFiles:
+        return self._keyword("bm25")
+
+    def _keyword(self, name: str) -> KeywordFiles:
+        return KeywordFiles(self.folder / f"{name}.npz", self.folder / f"{name}_vocabulary.json",
+                            self.folder / f"{name}_idf.npy")
+
+    @classmethod
+    def of(cls, index_root: Path, name: str) -> Layout:
+        """The folder of the published version ``name``."""
+        return cls(index_root / VERSIONS / name)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The store's watermark when the version's articles were read, and how
+    many of the store's articles the version left out (not embedded)."""
+
+    max_doc_id: int
+    content_updated_at: float
+    articles: int
+    left_out: int = 0
+
+    @property
+    def watermark(self) -> Watermark:
+        return Watermark(self.max_doc_id, self.content_updated_at, self.articles)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a version was built from and with (``manifest.json``)."""
+
+    version: str
+    model_id: str
+    embedding_key: str
+    dimension: int
+    faiss_type: str
+    faiss_factory: str
+    chunk_faiss_factory: str
+    count: int
+    chunks: int
+    stories: int
+    built_at: str
+    """UTC, ``YYYY-MM-DDTHH:MM:SSZ``."""
+    corpus_hash: str
+    chunk_words: int
+    max_chunks: int
+    recommender_version: str = ""
+    format_version: int = FORMAT_VERSION
+    reused_training: dict[str, bool] = field(default_factory=dict)
+    """Whether the docs and chunks inverted files kept the previous version's centroids."""
+    build_settings: dict[str, Any] = field(default_factory=dict)
+    snapshot: Snapshot | None = None
+    """None for versions published before snapshots were recorded."""
+
+    @property
+    def built_timestamp(self) -> float:
+        return float(calendar.timegm(time.strptime(self.built_at, "%Y-%m-%dT%H:%M:%SZ")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Unknown keys (written by a newer release) are ignored; the format
+        version is checked by ``IndexVersion.load``."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("snapshot") is not None:
+            values["snapshot"] = Snapshot(**values["snapshot"])
+        try:
+            return cls(**values)
+        except TypeError as exc:  # a field this release needs is missing: an older format
+            raise IndexMismatch(f"index manifest of format {data.get('format_version')} lacks fields: {exc}") from None
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
 @dataclass
 class IndexVersion:
     name: str
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     docs: VectorIndex
     chunks: VectorIndex
     doc_ids: np.ndarray
@@ -77,7 +221,7 @@ class IndexVersion:
         return np.ascontiguousarray(self.doc_vectors[self.sample_rows])
 
     @cached_property
-    def sample_tfidf(self):
+    def sample_tfidf(self) -> sp.csr_matrix:
         return self.tfidf.matrix[self.sample_rows]
 
     def warm(self) -> IndexVersion:
@@ -100,6 +244,24 @@ class IndexVersion:
     def chunk_owner(self, chunk_positions: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.chunk_offsets, chunk_positions, side="right") - 1
 
+    def save(self, folder: Path) -> None:
+        """Write every file of the version into ``folder`` (a staging folder;
+        ``publish`` moves it into place)."""
+        files = Layout(folder)
+        self.docs.save(files.docs)
+        self.chunks.save(files.chunks)
+        np.save(files.doc_ids, self.doc_ids)
+        np.save(files.doc_vectors, self.doc_vectors)
+        np.save(files.story_ids, self.story_ids)
+        np.save(files.published_days, self.published_days)
+        np.save(files.chunk_vectors, self.chunk_vectors)
+        np.save(files.chunk_offsets, self.chunk_offsets)
+        self.tfidf.save(files.tfidf)
+        self.entities.save(files.entities)
+        self.bm25.save(files.bm25)
+        self.ranker.save(files.ranker)
+        self.manifest.write(files.manifest)  # last: a folder with a manifest is complete
+
     @classmethod
     def load(
         cls, index_root: Path, *, model_id: str | None = None, name: str | None = None, mmap: bool = False
@@ -109,39 +271,35 @@ class IndexVersion:
         name = name or current_version_name(index_root)
         if name is None:
             raise IndexNotFound(f"no index has been published in {index_root}; run `recommender reindex`")
-        path = index_root / "versions" / name
-        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-        if manifest.get("format_version") != FORMAT_VERSION:
+        files = Layout.of(index_root, name)
+        data = json.loads(files.manifest.read_text(encoding="utf-8"))
+        if data.get("format_version") != FORMAT_VERSION:
             raise IndexMismatch(
-                f"index {name} has format {manifest.get('format_version')}, this version reads "
+                f"index {name} has format {data.get('format_version')}, this version reads "
                 f"{FORMAT_VERSION}; run `recommender reindex` to rebuild it"
             )
-        if model_id is not None and manifest["model_id"] != model_id:
+        manifest = Manifest.from_dict(data)
+        if model_id is not None and manifest.model_id != model_id:
             raise IndexMismatch(
-                f"index {name} was built with model {manifest['model_id']!r}, but the configured model is "
+                f"index {name} was built with model {manifest.model_id!r}, but the configured model is "
                 f"{model_id!r}; run `recommender reindex` to rebuild it with the configured model"
             )
-        factory = manifest["faiss_factory"]
-
-        def array(file: str) -> np.ndarray:
-            return np.load(path / file, mmap_mode="r")
-
         return cls(
             name=name,
-            path=path,
+            path=files.folder,
             manifest=manifest,
-            docs=VectorIndex.load(path / "docs.faiss", factory, mmap=mmap),
-            chunks=VectorIndex.load(path / "chunks.faiss", manifest["chunk_faiss_factory"], mmap=mmap),
-            doc_ids=np.load(path / "doc_ids.npy"),
-            doc_vectors=array("doc_vectors.npy"),
-            story_ids=np.load(path / "story_ids.npy"),
-            published_days=np.load(path / "published_days.npy"),
-            chunk_vectors=array("chunk_vectors.npy"),
-            chunk_offsets=np.load(path / "chunk_offsets.npy"),
-            tfidf=TfidfModel.load(path),
-            bm25=Bm25Model.load(path),
-            entities=TfidfModel.load(path, "entities"),
-            ranker=Ranker.load(path / RANKER_FILE),
+            docs=VectorIndex.load(files.docs, manifest.faiss_factory, mmap=mmap),
+            chunks=VectorIndex.load(files.chunks, manifest.chunk_faiss_factory, mmap=mmap),
+            doc_ids=np.load(files.doc_ids),
+            doc_vectors=np.load(files.doc_vectors, mmap_mode="r"),
+            story_ids=np.load(files.story_ids),
+            published_days=np.load(files.published_days),
+            chunk_vectors=np.load(files.chunk_vectors, mmap_mode="r"),
+            chunk_offsets=np.load(files.chunk_offsets),
+            tfidf=TfidfModel.load(files.tfidf),
+            bm25=Bm25Model.load(files.bm25),
+            entities=TfidfModel.load(files.entities),
+            ranker=Ranker.load(files.ranker),
         )
 
 
@@ -153,13 +311,15 @@ def current_version_name(index_root: Path) -> str | None:
     return name or None
 
 
-def read_current_manifest(index_root: Path) -> dict[str, Any] | None:
+def read_current_manifest(index_root: Path) -> Manifest | None:
+    """The live version's manifest (None before the first publish, or where
+    an older release wrote it without the fields this one reads)."""
     name = current_version_name(index_root)
     if name is None:
         return None
     try:
-        return json.loads((index_root / "versions" / name / "manifest.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        return Manifest.read(Layout.of(index_root, name).manifest)
+    except (FileNotFoundError, IndexMismatch):
         return None
 
 
@@ -167,7 +327,7 @@ def new_staging_dir(index_root: Path) -> tuple[str, Path]:
     now = time.time_ns()
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9))
     name = f"{stamp}.{now % 10**9:09d}-{os.getpid()}"  # sorts by build time
-    staging = index_root / "staging" / name
+    staging = index_root / STAGING / name
     staging.mkdir(parents=True)
     return name, staging
 
@@ -176,7 +336,7 @@ def publish(index_root: Path, name: str, staging: Path, *, keep: int = 3) -> Pat
     """Move a fully written staging folder into place and point CURRENT at it."""
     for file in staging.iterdir():
         _fsync(file)
-    versions = index_root / "versions"
+    versions = index_root / VERSIONS
     versions.mkdir(parents=True, exist_ok=True)
     final = versions / name
     os.replace(staging, final)
@@ -187,7 +347,7 @@ def publish(index_root: Path, name: str, staging: Path, *, keep: int = 3) -> Pat
     os.replace(pointer, index_root / CURRENT)
     _fsync_dir(index_root)
     _prune(versions, keep=max(1, keep), live=name)
-    _remove_abandoned_staging(index_root / "staging")
+    _remove_abandoned_staging(index_root / STAGING)
     return final
 
 

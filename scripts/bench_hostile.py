@@ -185,7 +185,7 @@ def still_open(sockets: list[socket.socket]) -> int:
 
 PASSAGE_MEMORY = """
 import sys, tracemalloc, types, numpy as np
-from recommender.search import passage_scores
+from recommender.rank.search import passage_scores
 rng = np.random.default_rng(0)
 lengths = rng.integers(1, 5, 20_000)  # 2.5 passages an article, as BBC's
 offsets = np.concatenate([[0], np.cumsum(lengths)])

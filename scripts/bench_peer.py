@@ -23,11 +23,11 @@ installed txtai has `hybrid=True`):
            pass, then the queries repeated until there are at least --timings
            calls per system, the systems taking turns query by query (order
            rotated) so that all see the same machine load.
-           Ours is timed twice: Engine.search_hits (embed the query + rank)
-           and Engine.search (what GET /search returns: + stored articles and
-           snippets); txtai's search(query, 10) returns id, text and score.
+           Ours is timed twice: Engine.search (embed the query, rank, read
+           the stored articles) and what GET /search returns (+ response
+           items and snippets); txtai's search(query, 10) returns id, text and score.
   related  (emulated; txtai has no related-articles API) --related-queries
-           bbc articles, evenly spaced: ours = Engine.related_hits; txtai =
+           bbc articles, evenly spaced: ours = Engine.related; txtai =
            a search with the article's title + lead (our first ~180-word
            passage), the article itself dropped. MAP and nDCG@10 against
            "same category", full depth. 0 skips it.
@@ -69,6 +69,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from recommender.api import present  # noqa: E402
 from recommender.articles import Article  # noqa: E402
 from recommender.config import Settings  # noqa: E402
 from recommender.evaluate import average_precision, load_dataset, ndcg_at  # noqa: E402
@@ -115,12 +116,12 @@ class Ours:
             store.upsert(articles)
             report = reindex(settings, store, lambda: self.embedder, progress=False)
         seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
-        manifest = read_current_manifest(settings.index_root) or {}
+        manifest = read_current_manifest(settings.index_root)
         self.settings = settings
         self.engine = Engine.open(settings, load_embedder=lambda: self.embedder)
-        self.id_of = {s.doc_id: s.article.id for s in self.engine.store.iter_articles()}
+        self.id_of = {s.doc_id: s.article.id for s in self.engine.stores.get().iter_articles()}
         return {"seconds": seconds, "cpu_seconds": cpu_seconds, "save_seconds": None,
-                "texts_embedded": int(manifest.get("chunks", 0)), "embedded_articles": report.embedded}
+                "texts_embedded": manifest.chunks if manifest else 0, "embedded_articles": report.embedded}
 
     def texts(self, articles: list[Article]) -> tuple[list[str], int]:
         """What the index embeds, and the token cap the model reads (for the tokens column)."""
@@ -131,15 +132,15 @@ class Ours:
         return passages, int(self.embedder.model.max_seq_length)
 
     def rank(self, query: str, depth: int) -> list[str]:
-        return [self.id_of[h.doc_id] for h in self.engine.search_hits(query, depth)]
+        return [item.id for item in self.engine.search(query, depth)]
 
     def related(self, article: Article, depth: int) -> list[str]:
-        return [self.id_of[h.doc_id] for h in self.engine.related_hits(article.id, depth)]
+        return [item.id for item in self.engine.related(article.id, depth)]
 
     def timed_calls(self) -> dict:
         return {
-            "recommender: Engine.search_hits (ranking)": lambda q: self.engine.search_hits(q, SEARCH_K),
-            "recommender: Engine.search (+ articles, snippets)": lambda q: self.engine.search(q, SEARCH_K),
+            "recommender: Engine.search (ranking + articles)": lambda q: self.engine.search(q, SEARCH_K),
+            "recommender: + response items and snippets": lambda q: present.search_items(self.engine.search(q, SEARCH_K), q),
         }
 
     def close(self) -> None:
@@ -345,7 +346,7 @@ def main() -> int:
         return 2
     import torch
 
-    from recommender.embed import SentenceTransformerEmbedder, resolve_model_path
+    from recommender.embed import load_embedder, resolve_model_path
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -363,7 +364,7 @@ def main() -> int:
     log(f"{args.corpus}: {len(corpus)} articles; {args.docs}: {len(docs)} articles, {len(queries)} queries; "
         f"torch threads {threads}; model {model_path}")
 
-    embedder = SentenceTransformerEmbedder.from_settings(settings)  # as the engine loads it (precision included)
+    embedder = load_embedder(settings)  # as the engine loads it (precision included)
     embedder.embed(["warm-up"])
     tokenizer = embedder.model.tokenizer  # the model's own word pieces, to count what each system reads
     workdir = Path(tempfile.mkdtemp(prefix="bench-peer-"))

@@ -188,7 +188,7 @@ def main() -> int:
         }
         # Precomputing every related list in the job: what one list costs.
         from recommender.index import set_query_threads
-        from recommender.related import Policy, related_to_row
+        from recommender.rank.related import Policy, related_to_row
         from recommender.version import IndexVersion
 
         set_query_threads(1)

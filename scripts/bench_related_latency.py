@@ -52,18 +52,18 @@ def main() -> int:
     settings = Settings.load({"data_dir": args.data_dir})
     with Engine.open(settings) as engine:
         version = engine.live.current
-        ids = [s.article.id for s in engine.store.get_many(
+        ids = [s.article.id for s in engine.stores.get().get_many(
             [int(d) for d in random.Random(args.seed).sample(list(version.doc_ids), args.lists + 20)]).values()]
         if args.ranking_only:
-            from recommender.related import related_to_row
+            from recommender.rank.related import related_to_row
 
-            rows = [version.row_of(engine.store.get(a).doc_id) for a in ids]
+            rows = [version.row_of(engine.stores.get().get(a).doc_id) for a in ids]
 
             def one(i: int) -> None:
                 related_to_row(version, rows[i], args.k + 5, settings)
         else:
             def one(i: int) -> None:
-                engine.related_hits(ids[i], args.k)
+                engine.related(ids[i], args.k)
         for i in range(20):  # warm up: threads, caches of the version
             one(i)
         times = []

@@ -208,11 +208,11 @@ def main() -> int:
 
     from recommender.config import Settings
     from recommender.store import Store
-    from recommender.version import current_version_name
+    from recommender.version import Layout, Manifest, current_version_name
 
     settings = Settings.load({"data_dir": args.data_dir}, environ={})
-    version_dir = settings.index_root / "versions" / current_version_name(settings.index_root)
-    manifest = json.loads((version_dir / "manifest.json").read_text())
+    version_dir = Layout.of(settings.index_root, current_version_name(settings.index_root)).folder
+    manifest = Manifest.read(Layout(version_dir).manifest).to_dict()
     rng = random.Random(0)
     with Store.open(settings.store_path) as store:
         pairs = list(store.connection.execute("SELECT doc_id, id FROM articles"))

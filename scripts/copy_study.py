@@ -82,7 +82,7 @@ def merges(settings: Settings, rows: list[dict]) -> dict:
 
     with Engine.open(settings) as engine:
         version = engine.live.current
-        by_doc = {s.doc_id: s.article.id for s in engine.store.iter_articles()}
+        by_doc = {s.doc_id: s.article.id for s in engine.stores.get().iter_articles()}
         story_of = {by_doc[int(d)]: int(s) for d, s in zip(version.doc_ids, version.story_ids)}
     ids = [r["id"] for r in rows]
     rule = pairs(copy_clusters([r["body"] for r in rows]))

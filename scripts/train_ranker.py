@@ -4,7 +4,7 @@
     python scripts/train_ranker.py --data ../shared/data [--ablation] [--out docs/ranker-training.json]
 
 For every set, each labelled article's candidate pool is gathered exactly as
-the served path gathers it (recommender.related._candidates, 4 x k deep for
+the served path gathers it (recommender.rank.related._candidates, 4 x k deep for
 k = 100), and every signal of recommender.rank.signals is computed for it.
 "Related" is the set's label: the same incident or event (gva_dev,
 NewsWCL50), the same story or topic (WikiRef220), the same topic (BBC, AG
@@ -56,7 +56,7 @@ TOPIC_ARTICLE_SETS = ("bbc_news", "wikiref220")
 
 def gather(settings: Settings, path: Path, limit: int | None) -> SetData:
     from recommender.evaluate import _prepare_engine
-    from recommender.related import _candidates
+    from recommender.rank.related import _candidates
 
     articles, groups = load_dataset(path)
     queries, cluster_of = related_queries(articles, groups)
@@ -64,7 +64,7 @@ def gather(settings: Settings, path: Path, limit: int | None) -> SetData:
         queries = queries[:: max(1, len(queries) // limit)]
     engine = _prepare_engine(settings, articles, progress=True)
     version = engine.live.current
-    by_doc = {s.doc_id: s.article.id for s in engine.store.iter_articles()}
+    by_doc = {s.doc_id: s.article.id for s in engine.stores.get().iter_articles()}
     row_ids = [by_doc[int(d)] for d in version.doc_ids]
     row_of = {a: r for r, a in enumerate(row_ids)}
     group_of_row = np.array([hash(groups.get(a)) if groups.get(a) is not None else -r - 1

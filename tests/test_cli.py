@@ -99,13 +99,13 @@ def test_model_mismatch_is_refused(tmp_path, corpus, tiny_model_dir):
 
 def test_reindex_exit_code_3_when_some_articles_fail(tmp_path, corpus, tiny_model_dir, monkeypatch, capsys):
     from recommender import cli
-    from recommender.embed import SentenceTransformerEmbedder
+    from recommender.embed import load_embedder
     from tests.conftest import PoisonEmbedder
 
     rows = corpus[:5] + [{"id": "bad-1", "title": "POISON", "body": "The model chokes on this one."}]
     common = ["--data-dir", str(tmp_path / "d"), "--model", str(tiny_model_dir)]
     assert cli.main(["ingest", str(write_jsonl(tmp_path / "a.jsonl", rows)), *common]) == 0
-    monkeypatch.setattr(cli, "_load_embedder", lambda s: PoisonEmbedder(SentenceTransformerEmbedder.from_settings(s)))
+    monkeypatch.setattr(cli, "_load_embedder", lambda s: PoisonEmbedder(load_embedder(s)))
     capsys.readouterr()
     assert cli.main(["reindex", "--no-progress", "--json", *common]) == 3
     out = capsys.readouterr()

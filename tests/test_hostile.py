@@ -173,7 +173,7 @@ def test_a_2mb_run_on_body_costs_about_what_a_normal_article_does_on_every_path(
     work = {}
     with Engine.open(settings, lambda: embedder) as engine:
         for name, body in (("normal", normal_body), ("run-on", RUN_ON)):
-            engine.store.delete(["normal"])  # each publish below holds the corpus and this one article
+            engine.stores.get().delete(["normal"])  # each publish below holds the corpus and this one article
             spy.totals()
             # a stored article's related list before it is indexed (ranked as a draft)
             engine.upsert([parse_article({"id": name, "title": "t", "body": body})])
@@ -410,7 +410,7 @@ def test_past_the_concurrency_limit_requests_get_503(settings, corpus):
 # -- 6. expensive public requests -------------------------------------------------
 
 def test_filtered_search_scores_passages_in_bounded_blocks(settings):
-    from recommender.search import passage_scores
+    from recommender.rank.search import passage_scores
 
     settings = settings.replace(chunk_words=6)  # 16 passages an article
     rows = make_corpus(per_topic=300)  # 1,500 articles, 18,000 passages

@@ -34,20 +34,20 @@ def engine(tmp_path_factory):
 
 
 def test_manifest_names_the_packaged_model(engine):
-    assert engine.live.current.manifest["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert engine.live.current.manifest["dimension"] == 384
+    assert engine.live.current.manifest.model_id == "sentence-transformers/all-MiniLM-L6-v2"
+    assert engine.live.current.manifest.dimension == 384
 
 
 def test_related_keeps_to_the_story_and_drops_the_wire_copy(engine):
-    ids = [i["id"] for i in engine.related("hl-0020", 4)]
+    ids = [i.id for i in engine.related("hl-0020", 4)]
     assert "hl-0021" not in ids and "hl-0020" not in ids  # hl-0021 is a syndicated copy
     assert set(ids) <= PEACE_TALKS
 
 
 def test_search_exact_name_and_paraphrase(engine):
-    top = [i["id"] for i in engine.search("Irena Kalvos", 4)]
+    top = [i.id for i in engine.search("Irena Kalvos", 4)]
     assert set(top) <= PEACE_TALKS
-    top = [i["id"] for i in engine.search("who pays for the new crossing over the harbour", 3)]
+    top = [i.id for i in engine.search("who pays for the new crossing over the harbour", 3)]
     assert set(top) <= BRIDGE
 
 

@@ -183,14 +183,14 @@ def test_updates_reuse_the_inverted_file_training(settings, store, embedder, cor
     settings = settings.replace(faiss_factory="IVF4,Flat")
     first = reindex(settings, store, lambda: embedder, progress=False)
     manifest = IndexVersion.load(settings.index_root).manifest
-    assert manifest["reused_training"] == {"docs": False, "chunks": False}
+    assert manifest.reused_training == {"docs": False, "chunks": False}
 
     store.upsert([parse_article(dict(corpus[0], id="new-article", body=corpus[0]["body"] + " More."))])
     store.delete([corpus[5]["id"]])
     second = reindex(settings, store, lambda: embedder, progress=False)
     version = IndexVersion.load(settings.index_root)
     assert second.published and second.version != first.version
-    assert version.manifest["reused_training"] == {"docs": True, "chunks": True}
+    assert version.manifest.reused_training == {"docs": True, "chunks": True}
     ids = set(version.doc_ids.tolist())
     assert store.get("new-article").doc_id in ids and len(ids) == 30
     # Every article finds itself first through the reused inverted file (nprobe = all 4 lists).
@@ -199,7 +199,7 @@ def test_updates_reuse_the_inverted_file_training(settings, store, embedder, cor
 
     forced = reindex(settings, store, lambda: embedder, progress=False, force=True)
     assert forced.published
-    assert IndexVersion.load(settings.index_root).manifest["reused_training"]["docs"] is False
+    assert IndexVersion.load(settings.index_root).manifest.reused_training["docs"] is False
 
 
 def test_rules_survive_reindex_and_a_model_change(settings, store, embedder, tmp_path):

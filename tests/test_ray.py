@@ -16,7 +16,7 @@ from recommender import pipeline
 from tests.conftest import PoisonEmbedder
 from recommender.articles import parse_article
 from recommender.config import Settings
-from recommender.embed import SentenceTransformerEmbedder
+from recommender.embed import load_embedder
 from recommender.pipeline import EmbeddingError, EmbedJob, reindex
 from recommender.ray_engine import EmbedWorker, RayEngine, RemoteEmbeddingError, pack_results, unpack_result
 from recommender.store import Store
@@ -59,7 +59,7 @@ def test_ray_engine_publishes_the_same_index_as_the_local_one(tmp_path, tiny_mod
     rows = corpus + [dict(corpus[0], id="copy-of-talks-0")]  # a syndicated copy: one story, passages reused
 
     with _ingested(local, rows) as store:
-        expected = reindex(local, store, lambda: SentenceTransformerEmbedder.from_settings(local), progress=False)
+        expected = reindex(local, store, lambda: load_embedder(local), progress=False)
     with _ingested(remote, rows) as store:
         engine = RayEngine(remote, concurrency=2, threads_per_worker=1, window_jobs=3)
         report = reindex(remote, store, lambda: pytest.fail("the ray engine must not load a model here"),
@@ -78,7 +78,7 @@ def test_ray_engine_publishes_the_same_index_as_the_local_one(tmp_path, tiny_mod
     np.testing.assert_allclose(b.chunk_vectors, a.chunk_vectors, atol=1e-5)
     np.testing.assert_array_equal(a.story_ids, b.story_ids)
     assert len(np.unique(b.story_ids)) < len(b.doc_ids)  # the copy joined its original's story
-    assert a.manifest["corpus_hash"] == b.manifest["corpus_hash"]
+    assert a.manifest.corpus_hash == b.manifest.corpus_hash
 
 
 @needs_ray
@@ -91,7 +91,7 @@ def test_ray_client_path_runs_each_window_in_a_cluster_task(tmp_path, tiny_model
                              environ={})
     remote = local.replace(data_dir=tmp_path / "ray")
     with _ingested(local, corpus[:10]) as store:
-        reindex(local, store, lambda: SentenceTransformerEmbedder.from_settings(local), progress=False)
+        reindex(local, store, lambda: load_embedder(local), progress=False)
     with _ingested(remote, corpus[:10]) as store:
         report = reindex(remote, store, lambda: None, progress=False,
                          engine=RayEngine(remote, concurrency=2, threads_per_worker=1))

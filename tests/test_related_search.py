@@ -8,7 +8,7 @@ from recommender.embed import SentenceTransformerEmbedder
 from recommender.errors import ArticleNotFound, InvalidInput
 from recommender.pipeline import reindex
 from recommender.rank import features, query_for_row
-from recommender.search import fts_query
+from recommender.rank.search import fts_query
 from recommender.service import Engine
 from recommender.store import Store
 
@@ -28,21 +28,20 @@ def engine(settings, corpus):
 
 
 def test_related_excludes_self_and_its_copies(engine):
-    items = engine.related("talks-0", 10)
-    ids = [i["id"] for i in items]
+    ids = [i.id for i in engine.related("talks-0", 10)]
     assert "talks-0" not in ids and "talks-0-wire" not in ids
     assert len(ids) == 10 == len(set(ids))
     assert all(i.startswith("talks-") for i in ids[:5])  # the 5 other talks articles come first
-    assert "talks-0" not in [i["id"] for i in engine.related("talks-0-wire", 10)]
+    assert "talks-0" not in [i.id for i in engine.related("talks-0-wire", 10)]
 
 
 def test_related_never_lists_two_copies_of_one_story(engine):
-    version, store = engine.live.current, engine.store
+    version, store = engine.live.current, engine.stores.get()
     story = {a: version.story_ids[version.row_of(store.get(a).doc_id)] for a in ("talks-0", "talks-0-wire", "talks-1", "bridge-1", "bridge-1-v2")}
     assert story["talks-0"] == story["talks-0-wire"] != story["talks-1"]
     assert story["bridge-1"] == story["bridge-1-v2"]
     assert len(set(version.story_ids)) == len(version) - 2
-    ids = [i["id"] for i in engine.related("bridge-0", 30)]
+    ids = [i.id for i in engine.related("bridge-0", 30)]
     assert len({"bridge-1", "bridge-1-v2"} & set(ids)) == 1
     assert len(ids) == 30  # 33 articles less itself and two copies
 
@@ -51,7 +50,7 @@ def test_related_ranking_matches_brute_force_scoring(engine, settings):
     """The served list equals exact scoring of every article by the version's
     ranker, one item per story, shown by the story's original."""
     version = engine.live.current
-    row = version.row_of(engine.store.get("drought-2").doc_id)
+    row = version.row_of(engine.stores.get().get("drought-2").doc_id)
     ranker = version.ranker
     values, _ = features(version, query_for_row(version, row), np.arange(len(version)), list(ranker.names))
     score = ranker.score(values)
@@ -62,25 +61,25 @@ def test_related_ranking_matches_brute_force_scoring(engine, settings):
             continue
         seen.add(story[r])
         expected.append(int(version.doc_ids[story[r]]))  # a story is shown by its original
-    hits = engine.related_hits("drought-2", 8)
+    hits = [item.hit for item in engine.related("drought-2", 8)]
     assert [h.doc_id for h in hits] == expected[:8]
 
 
 def test_related_unknown_and_unindexed(engine):
     with pytest.raises(ArticleNotFound):
         engine.related("no-such-article", 5)
-    engine.store.upsert([parse_article({"id": "fresh", "title": "striker", "body": "club goal stadium fans penalty"})])
-    ids = [i["id"] for i in engine.related("fresh", 5)]  # not indexed yet: ranked like a draft
+    engine.stores.get().upsert([parse_article({"id": "fresh", "title": "striker", "body": "club goal stadium fans penalty"})])
+    ids = [i.id for i in engine.related("fresh", 5)]  # not indexed yet: ranked like a draft
     assert "fresh" not in ids and all(i.startswith("football-") for i in ids[:3])
 
 
 def test_search_finds_exact_names_first(engine):
     items = engine.search("Irena Kalvos", 5)
-    assert items[0]["id"] == "names"
+    assert items[0].id == "names"
 
 
 def test_search_by_topic_words(engine):
-    ids = [i["id"] for i in engine.search("reservoir irrigation for the harvest", 5)]
+    ids = [i.id for i in engine.search("reservoir irrigation for the harvest", 5)]
     assert all(i.startswith("drought-") for i in ids)
 
 

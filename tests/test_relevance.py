@@ -11,11 +11,11 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from recommender import related as related_module
+from recommender.rank import related as related_module
 from recommender.config import Settings
 from recommender.rank import Ranker
 from recommender.rank.model import DEFAULT_MODEL
-from recommender.related import related_to_row
+from recommender.rank.related import related_to_row
 from recommender.service import Engine
 from tests.conftest import FILLER, TOPICS, write_jsonl
 from tests.test_api import build_index
@@ -201,8 +201,8 @@ def test_an_article_nothing_else_covers_gets_no_filler(tmp_path):
     build_index(settings, rows)
     with Engine.open(settings) as engine:
         assert engine.related("karabakh-1", 5) == []
-        from recommender.service import ListOptions
+        from recommender.rank.lists import ListOptions
 
         filled = engine.related("karabakh-1", 5, options=ListOptions.from_settings(settings, fallback="latest"))
-        assert len(filled) == 5 and {i["source"] for i in filled} == {"fallback"}
+        assert len(filled) == 5 and {i.hit.source for i in filled} == {"fallback"}
         assert engine.related("hl-0003", 5)  # the harbour bridge has its own coverage

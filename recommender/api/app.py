@@ -35,7 +35,7 @@ def create_app(settings: Settings, *, load_embedder: Callable | None = None) -> 
         from recommender.service import Engine, Reindexer
 
         engine = Engine.open(settings, load_embedder)
-        _ = engine.embedder  # load the model now, not on the first search
+        engine.embedder.get()  # load the model now, not on the first search
         _limit_torch_threads(settings)
         engine.live.watch(settings.index_poll_seconds)
         reindexer = Reindexer(settings, engine).start()

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
+from recommender.api import present
 from recommender.api.deps import (
     EngineDep,
     FiltersDep,
@@ -37,7 +38,7 @@ from recommender.articles import parse_article
 from recommender.errors import InvalidInput
 from recommender.filters import Filters
 from recommender.rules import parse_rule
-from recommender.search import MAX_QUERY_CHARS
+from recommender.rank.search import MAX_QUERY_CHARS
 
 router = APIRouter()
 ArticleId = Annotated[str, Path(min_length=1, max_length=512, description="the article's id")]
@@ -64,7 +65,7 @@ def related(request: Request, article_id: ArticleId, engine: EngineDep, settings
     """The k articles most related to one article (never itself, its copies, or two copies of a story).
     Editors' pins come at their positions with `source: "manual"`; blocked, embargoed and deleted
     articles never appear."""
-    items = engine.related(article_id, k, filters, options)
+    items = present.items(engine.related(article_id, k, filters, options))
     return cached_json(request, {"article_id": article_id, "items": items}, settings.cache_seconds)
 
 
@@ -72,14 +73,14 @@ def related(request: Request, article_id: ArticleId, engine: EngineDep, settings
 def search(engine: EngineDep, filters: FiltersDep, options: OptionsDep,
            q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="free text")], k: K = 10):
     """Keyword + semantic search; each item carries an HTML-escaped snippet with <mark> highlights."""
-    return {"query": q, "items": engine.search(q, k, filters, options)}
+    return {"query": q, "items": present.search_items(engine.search(q, k, filters, options), q)}
 
 
 @router.post("/v1/related", response_model=DraftRelatedResponse, tags=["read"])
 def related_to_draft(draft: DraftRelatedRequest, engine: EngineDep):
     """Related articles for an unpublished draft, while an editor writes it."""
     filters = Filters.parse(draft.section, draft.since, draft.until, draft.lang)
-    return {"items": engine.related_to_draft(draft.title, draft.body, draft.k, filters)}
+    return {"items": present.items(engine.related_to_draft(draft.title, draft.body, draft.k, filters))}
 
 
 @router.get("/v1/articles/{article_id}", response_model=ArticleFull | ArticleOut, tags=["read"])
@@ -89,7 +90,7 @@ def get_article(article_id: ArticleId, engine: EngineDep, response: Response, fu
     embargoed article is answered like an unknown id."""
     if full:
         response.headers["Cache-Control"] = "private, no-store"
-    return engine.article(article_id, full=full)
+    return present.article(engine.article(article_id, full=full), full=full)
 
 
 @router.put("/v1/articles/{article_id}", response_model=WriteResult, tags=["write"])
@@ -167,17 +168,14 @@ def readyz(engine: EngineDep, reindexer: ReindexerDep):
     the served index does not reflect yet (0 when it is current)."""
     version = engine.live.current  # 503 until an index is loaded
     return {"status": "ready", "index": version.name, "articles": len(version),
-            "built_at": version.manifest["built_at"], "behind": engine.behind(),
+            "built_at": version.manifest.built_at, "behind": engine.behind(),
             "last_reindex_error": reindexer.last_error}
 
 
 @router.get("/metrics", response_class=PlainTextResponse, tags=["ops"])
 def metrics(request: Request, engine: EngineDep, reindexer: ReindexerDep, _: OpsAccess):
-    import calendar
-    import time
-
     version = engine.live.version_or_none
-    built = calendar.timegm(time.strptime(version.manifest["built_at"], "%Y-%m-%dT%H:%M:%SZ")) if version else None
+    built = version.manifest.built_timestamp if version else None
     text = request.app.state.metrics.render(
         index_articles=len(version) if version else None, index_built_at=built, reindex_runs=reindexer.runs
     )

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_MODEL = Path(__file__).with_name("related.json")
-FILE_NAME = "ranker.json"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from recommender.config import Settings
 from recommender.errors import InvalidInput
-from recommender.related import NO_POLICY, QUERY_TERMS, Hit, Policy, _strongest_terms, rank_candidates
+from recommender.rank.related import NO_POLICY, QUERY_TERMS, Hit, Policy, _strongest_terms, rank_candidates
 from recommender.text import tokenize
 from recommender.version import IndexVersion
 

@@ -1,0 +1,392 @@
+"""A list as a request gets it: the ranking (``related``, ``search``) with the
+editorial policy around it: language and age defaults, blocks and embargoes,
+boosts and buries, recency, pins at their positions, articles deleted since
+the publish, copies of a text not in the index, and the fallback filler.
+
+``Lists`` is built per request over the version being served and the
+calling thread's store; it returns typed ``Item``s (``recommender.api.present``
+turns them into response items)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from functools import cached_property
+from threading import Lock
+from typing import Literal
+
+import numpy as np
+
+from recommender.articles import MAX_DRAFT_CHARS, Article
+from recommender.config import Settings
+from recommender.copies import copies_among
+from recommender.embed import Embedder
+from recommender.filters import NO_FILTERS, Filters
+from recommender.lexical import entity_terms
+from recommender.rank.related import Hit, Policy, combine, rank_related, recency_adjust, related_to_row
+from recommender.rank.search import search, validate_query
+from recommender.rank.signals import Query, query_for_row
+from recommender.rules import ListRules, Rule
+from recommender.store import Store, StoredArticle
+from recommender.text import chunk_article, document_text
+from recommender.version import IndexVersion
+
+DELETED_MARGIN = 5
+"""Extra items ranked so that articles deleted since the last publish can be
+dropped and the list still holds k."""
+REASON_TERMS = 5
+Fallback = Literal["none", "section", "latest"]
+
+
+@dataclass(frozen=True)
+class ListOptions:
+    """Per-request choices, defaulting to the settings."""
+
+    half_life_days: float = 0.0
+    max_age_days: int = 0
+    mmr_lambda: float = 1.0
+    cross_language: bool = False
+    dedup: bool = True
+    min_confidence: float = 0.0
+    fallback: Fallback = "none"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: object) -> ListOptions:
+        values: dict[str, object] = {
+            "half_life_days": settings.half_life_days,
+            "max_age_days": settings.max_age_days,
+            "mmr_lambda": settings.mmr_lambda,
+            "cross_language": False,
+            "dedup": settings.dedup,
+            "min_confidence": settings.min_confidence,
+            "fallback": settings.fallback,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Reasons:
+    """Why an item is in a related list, for editors."""
+
+    shared: tuple[str, ...]
+    """Names, places and numbers it shares with the article, the rarest first."""
+    days_apart: int | None = None
+
+
+@dataclass(frozen=True)
+class Item:
+    """One entry of a related list or of search results: the article and how it got there."""
+
+    article: Article
+    hit: Hit
+    reasons: Reasons | None = None
+    """Ranked items of related lists; None for search results, pins and filler."""
+
+    @property
+    def id(self) -> str:
+        return self.article.id
+
+    @property
+    def doc_id(self) -> int:
+        return self.hit.doc_id
+
+
+class ListCache:
+    """Related lists kept per server process: a thread-safe LRU over keys that
+    name everything a list depends on (version, rules generation, embargo
+    state, options), so an entry is never stale, only unused."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._lists: OrderedDict[Hashable, list[Hit]] = OrderedDict()
+        self._languages: dict[str, set[str]] = {}
+        self._lock = Lock()
+
+    def get(self, key: Hashable) -> list[Hit] | None:
+        with self._lock:
+            hits = self._lists.get(key)
+            if hits is not None:
+                self._lists.move_to_end(key)
+            return hits
+
+    def put(self, key: Hashable, hits: list[Hit]) -> None:
+        with self._lock:
+            self._lists[key] = hits
+            while len(self._lists) > self.size:
+                self._lists.popitem(last=False)
+
+    def languages(self, version: IndexVersion, store: Store) -> set[str]:
+        """Languages in the store, read once per index version."""
+        with self._lock:
+            found = self._languages.get(version.name)
+        if found is None:
+            found = store.languages()
+            with self._lock:
+                self._languages = {version.name: found}
+        return found
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def today() -> float:
+    return float((dt.date.today() - dt.date(1970, 1, 1)).days)
+
+
+def within_age(filters: Filters, options: ListOptions) -> Filters:
+    """The filters narrowed to the options' hard age window, if any."""
+    if not options.max_age_days:
+        return filters
+    since = (dt.date.today() - dt.timedelta(days=options.max_age_days)).isoformat()
+    return filters if filters.since and filters.since >= since else filters.with_defaults(since=since)
+
+
+@dataclass
+class Lists:
+    """The lists of one request, over one index version and this thread's store."""
+
+    settings: Settings
+    version: IndexVersion
+    store: Store
+    embedder: Embedder
+    cache: ListCache
+    now: str = field(default_factory=now_iso)
+
+    @cached_property
+    def hidden(self) -> tuple[int, ...]:
+        """Embargoed articles (published in the future): never shown."""
+        return tuple(self.store.embargoed_doc_ids(self.now))
+
+    # -- related lists ----------------------------------------------------
+
+    def related(self, stored: StoredArticle, k: int, filters: Filters, options: ListOptions) -> list[Item]:
+        hits = self.related_hits(stored, k, filters, options)
+        row = self.version.row_of(stored.doc_id)
+        return self.items(hits, query_for_row(self.version, row) if row is not None else None)
+
+    def related_hits(self, stored: StoredArticle, k: int, filters: Filters, options: ListOptions) -> list[Hit]:
+        """The article's list: editors' rules applied, then the automatic
+        ranking in the remaining slots. Lists are cached per index version,
+        rules generation, embargo state and options; filtered lists are not
+        cached, because they read store metadata that can change without a
+        new version."""
+        requested = filters
+        filters = self._list_filters(stored, filters, options)
+        rules = ListRules.of(self.store.rules(stored.article.id, applying=True))
+        key = None
+        if not requested:
+            key = (self.version.name, stored.doc_id, stored.content_hash, k, self.store.rules_generation(),
+                   self.hidden, options, filters, today() if options.half_life_days else None)
+            cached = self.cache.get(key)
+            if cached is not None:
+                return self._drop_deleted(cached)[:k]
+        policy = self._policy(rules, options)
+        hits = self._ranked(stored, k + len(rules.pins) + DELETED_MARGIN, filters, policy)
+        # Pins obey the request's own filters and the age window, not the
+        # language default: an editor may pin an article in another language.
+        pin_filters = requested.with_defaults(since=filters.since) if options.max_age_days else requested
+        # The list keeps a few spare items, so that articles deleted before the
+        # next publish can be dropped (also from the cached list) and k remain.
+        hits = self._place_pins(self._drop_deleted(hits), list(rules.pins), k + DELETED_MARGIN, pin_filters,
+                                exclude=stored.doc_id)
+        if options.fallback != "none" and len(hits) < k + DELETED_MARGIN:
+            hits += self._fallback(stored, k + DELETED_MARGIN - len(hits), hits, requested, policy, options)
+        if key is not None:
+            self.cache.put(key, hits)
+        return hits[:k]  # deleted articles were dropped above; pins are read from the store
+
+    def draft(self, title: str, body: str, k: int, filters: Filters) -> list[Item]:
+        """Related articles for a text not in the archive (an editor's draft)."""
+        query = self.query_for_text(title, body)
+        options = ListOptions.from_settings(self.settings)
+        policy = self._policy(ListRules.of(self.store.global_rules(), for_search=True), options)
+        hits = rank_related(self.version, query, k + DELETED_MARGIN, self.settings,
+                            allowed_rows=self._allowed_rows(filters), policy=policy)
+        hits = self._drop_copies_of(body, self._drop_deleted(hits), policy)
+        return self.items(hits[:k], query)
+
+    def _ranked(self, stored: StoredArticle, k: int, filters: Filters, policy: Policy) -> list[Hit]:
+        allowed = self._allowed_rows(filters)
+        row = self.version.row_of(stored.doc_id)
+        if row is None:  # written since the index was published: rank it as a draft
+            article = stored.article
+            query = self.query_for_text(article.title, article.body, article.published)
+            hits = rank_related(self.version, query, k + 1 + DELETED_MARGIN, self.settings, allowed_rows=allowed,
+                                policy=policy)
+            hits = [h for h in hits if h.doc_id != stored.doc_id]
+            return self._drop_copies_of(article.body, hits, policy)[:k]
+        return related_to_row(self.version, row, k, self.settings, allowed_rows=allowed, policy=policy)
+
+    def query_for_text(self, title: str, body: str, published: str | None = None) -> Query:
+        """What the ranker needs of a text not in the index (a draft, or an
+        article written since the last publish), read up to MAX_DRAFT_CHARS."""
+        from recommender.pipeline import article_vectors, published_days
+
+        body = body[:MAX_DRAFT_CHARS]
+        chunks = chunk_article(title, body, self.settings.chunk_words, self.settings.max_chunks)
+        vectors = self.embedder.embed(chunks)
+        vector = article_vectors(vectors, np.array([0, len(vectors)]))[0]
+        lead = np.asarray(vectors[0], dtype=np.float32)
+        return Query(
+            vector=vector,
+            lead=lead / max(float(np.linalg.norm(lead)), 1e-12),
+            terms=self.version.tfidf.transform([document_text(title, body)]),
+            entities=self.version.entities.transform_counts([entity_terms(body)]),
+            day=float(published_days([published])[0]),
+        )
+
+    def _fallback(
+        self, stored: StoredArticle, n: int, hits: list[Hit], filters: Filters, policy: Policy, options: ListOptions
+    ) -> list[Hit]:
+        """The newest articles of the source's section ("section") or of the
+        archive ("latest"), to fill a list the floor left short; never the
+        article itself, a copy of it, an item already listed, a blocked,
+        embargoed or future-dated article. Marked ``source: "fallback"``."""
+        section = stored.article.section if options.fallback == "section" else None
+        if options.fallback == "section" and not section:
+            return []
+        version = self.version
+        taken = {h.doc_id for h in hits} | {stored.doc_id}
+        row = version.row_of(stored.doc_id)
+        if row is not None:  # copies of the article (its story) are not filler either
+            story = version.story_ids[row]
+            taken.update(int(d) for d in version.doc_ids[version.story_ids == story])
+        excluded = policy.excluded_rows
+        if excluded is not None and len(excluded):
+            taken.update(int(d) for d in version.doc_ids[excluded])
+        found = self.store.latest_doc_ids(section, n + len(taken), until=self.now)
+        allowed = set(self.store.filter_doc_ids(found, within_age(filters, options)).tolist())
+        return [Hit(d, 0.0, source="fallback") for d in found if d in allowed and d not in taken][:n]
+
+    def _place_pins(self, hits: list[Hit], pins: list[Rule], k: int, filters: Filters, exclude: int) -> list[Hit]:
+        """Put pinned articles at their positions; automatic items fill the rest.
+        A pin is dropped if its article is gone, embargoed, blocked (already
+        left out of ``pins``) or outside the request's filters."""
+        if not pins:
+            return hits[:k]
+        found = {s.article.id: s for s in (self.store.get(p.target) for p in pins) if s is not None}
+        allowed = set(self.store.filter_doc_ids([s.doc_id for s in found.values()], filters).tolist())
+        manual: list[tuple[int, int, Hit]] = []
+        for pin in pins:
+            stored = found.get(pin.target)
+            if stored is None or stored.doc_id in self.hidden or stored.doc_id not in allowed or stored.doc_id == exclude:
+                continue
+            manual.append((pin.position or 1, -(pin.id or 0), Hit(stored.doc_id, 0.0, source="manual")))
+        pinned_ids = {h.doc_id for _, _, h in manual}
+        result = [h for h in hits if h.doc_id not in pinned_ids]
+        # Two pins at one position: the earlier rule keeps it, the later one comes next.
+        for position, _, hit in sorted(manual, key=lambda m: (m[0], m[1])):
+            result.insert(min(position - 1, len(result)), hit)
+        return result[:k]
+
+    def _list_filters(self, stored: StoredArticle, filters: Filters, options: ListOptions) -> Filters:
+        """The request's filters, plus the hard age window and, unless the
+        request opts out, the source article's language."""
+        filters = within_age(filters, options)
+        lang = stored.article.lang
+        if (not options.cross_language and lang and not filters.lang
+                and self.cache.languages(self.version, self.store) - {lang}):
+            filters = filters.with_defaults(same_language=lang)
+        return filters
+
+    # -- search -----------------------------------------------------------
+
+    def search(self, query: str, k: int, filters: Filters, options: ListOptions) -> list[Item]:
+        query = validate_query(query)
+        vector = self.embedder.embed([query])[0]
+        policy = self._policy(ListRules.of(self.store.global_rules(), for_search=True), options)
+        hits = search(self.version, vector, query, k + DELETED_MARGIN, self.settings,
+                      allowed_rows=self._allowed_rows(within_age(filters, options)), policy=policy)
+        return self.items(self._drop_deleted(hits)[:k])
+
+    # -- shared -----------------------------------------------------------
+
+    def _policy(self, rules: ListRules, options: ListOptions) -> Policy:
+        excluded = list(self.hidden)
+        for article_id in rules.blocked:
+            stored = self.store.get(article_id)
+            if stored is not None:
+                excluded.append(stored.doc_id)
+        version = self.version
+        excluded_rows = np.unique(version.rows_of(np.asarray(excluded, dtype=np.int64))) if excluded else None
+        boost_rows, boost_values = self._boosts(rules)
+
+        def boosts(rows: np.ndarray) -> np.ndarray:
+            at = np.minimum(np.searchsorted(boost_rows, rows), len(boost_rows) - 1)
+            return np.where(boost_rows[at] == rows, boost_values[at], 0.0)
+
+        recency = None
+        if options.half_life_days:
+            recency = recency_adjust(version, options.half_life_days, self.settings.recency_weight, today())
+        return Policy(
+            excluded_rows=excluded_rows,
+            adjust=combine(boosts if len(boost_rows) else None, recency),
+            mmr_lambda=options.mmr_lambda,
+            dedup=options.dedup,
+            min_confidence=options.min_confidence,
+        )
+
+    def _boosts(self, rules: ListRules) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and score changes of the boosts and buries (summed per row)."""
+        if not rules.boosts:
+            return np.zeros(0, np.int64), np.zeros(0)
+        total: dict[int, float] = {}
+        for rule in rules.boosts:
+            doc_ids = self.store.doc_ids_for_target(rule.target_type, rule.target)
+            for row in self.version.rows_of(doc_ids).tolist():
+                total[row] = total.get(row, 0.0) + rule.signed_weight
+        rows = np.array(sorted(total), dtype=np.int64)
+        return rows, np.array([total[r] for r in rows.tolist()], dtype=np.float64)
+
+    def _allowed_rows(self, filters: Filters) -> np.ndarray | None:
+        if not filters:
+            return None
+        return np.sort(self.version.rows_of(self.store.doc_ids_matching(filters)))
+
+    def _drop_copies_of(self, body: str, hits: list[Hit], policy: Policy) -> list[Hit]:
+        """A text not in the index yet has no story label: its copies among
+        the items are found by their words."""
+        if not policy.dedup or not hits:
+            return hits
+        found = self.store.get_many([h.doc_id for h in hits])
+        texts = [found[h.doc_id].article.body if h.doc_id in found else "" for h in hits]
+        return [h for h, copy in zip(hits, copies_among(body, texts)) if not copy]
+
+    def _drop_deleted(self, hits: list[Hit]) -> list[Hit]:
+        """Articles deleted since the index was published never appear."""
+        alive = set(self.store.filter_doc_ids([h.doc_id for h in hits], NO_FILTERS).tolist())
+        return [h for h in hits if h.doc_id in alive]
+
+    def items(self, hits: list[Hit], query: Query | None = None) -> list[Item]:
+        """The hits' articles (read in one query); with the list's query,
+        ranked items also carry their reasons."""
+        found = self.store.get_many([h.doc_id for h in hits])
+        items = []
+        for hit in hits:
+            stored = found.get(hit.doc_id)
+            if stored is None:  # deleted since the index was published
+                continue
+            why = None
+            if hit.source == "auto" and query is not None:
+                why = reasons(self.version, query, self.version.row_of(hit.doc_id))
+            items.append(Item(stored.article, hit, why))
+        return items
+
+
+def reasons(version: IndexVersion, query: Query, row: int | None) -> Reasons | None:
+    """The names, places and numbers an item shares with the article (the
+    rarest first) and the days between them."""
+    if row is None:
+        return None
+    mine = query.entities
+    theirs = version.entities.matrix[row]
+    shared = np.intersect1d(mine.indices, theirs.indices, assume_unique=True)
+    terms = version.entities.terms
+    best = shared[np.argsort(-version.entities.idf[shared], kind="stable")[:REASON_TERMS]]
+    days = abs(float(version.published_days[row]) - query.day)
+    return Reasons(tuple(terms[i] for i in best.tolist()), None if np.isnan(days) else int(days))
+
