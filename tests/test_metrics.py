@@ -7,6 +7,7 @@ import calendar
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -63,8 +64,8 @@ def test_two_apps_in_one_process(settings):
     assert requests_on(second.state.metrics.render().decode(), "/healthz") == 0
 
 
-def _run(code: str, env: dict) -> dict:
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+def _run(args: list[str], env: dict) -> dict:
+    done = subprocess.run([sys.executable, "-c", *args], env=env, capture_output=True, text=True, timeout=60,
                           check=False)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -73,18 +74,24 @@ def _run(code: str, env: dict) -> dict:
 def test_prepare_multiprocess_dir(tmp_path):
     """In a child process: it sets the environment of the process that calls it."""
     code = ("import json, os, sys; from recommender.api.metrics import prepare_multiprocess_dir; "
-            "path = prepare_multiprocess_dir(); "
+            "path = prepare_multiprocess_dir(sys.argv[1]); "
             "print(json.dumps({'path': str(path), 'env': os.environ['PROMETHEUS_MULTIPROC_DIR'], "
             "'files': sorted(os.listdir(path))}))")
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    fresh = _run(code, env)
+    data_dir = tmp_path / "data"
+    gone = data_dir / "metrics" / f"{socket.gethostname()}-{2**22 + 1}"  # a server that died (no such pid)
+    gone.mkdir(parents=True)
+    (gone / "counter_1.db").write_bytes(b"old counts")
+    fresh = _run([code, str(data_dir)], env)
     assert fresh["path"] == fresh["env"] and fresh["files"] == []
-    assert not Path(fresh["path"]).exists()  # a directory it made is removed at exit
+    assert Path(fresh["path"]).parent == data_dir / "metrics"
+    assert not Path(fresh["path"]).exists()  # removed at exit
+    assert not gone.exists()  # removed at the next start
     theirs = tmp_path / "prom"
     theirs.mkdir()
     (theirs / "counter_12345.db").write_bytes(b"old counts")
     (theirs / "notes.txt").write_text("not ours")
-    kept = _run(code, {**env, "PROMETHEUS_MULTIPROC_DIR": str(theirs)})
+    kept = _run([code, str(data_dir)], {**env, "PROMETHEUS_MULTIPROC_DIR": str(theirs)})
     assert kept["path"] == kept["env"] == str(theirs) and kept["files"] == ["notes.txt"]  # old counts gone
     assert theirs.is_dir()  # a directory the user set is left in place
 

@@ -16,7 +16,7 @@ import math
 import os
 import re
 import shutil
-import tempfile
+import socket
 import threading
 import time
 from pathlib import Path
@@ -145,13 +145,15 @@ class WorkerProcesses:
         return list(families.values())
 
 
-def prepare_multiprocess_dir() -> Path:
+def prepare_multiprocess_dir(data_dir: Path) -> Path:
     """Before uvicorn starts its workers: an empty PROMETHEUS_MULTIPROC_DIR, set
     in this process's environment, which the workers inherit.
 
-    Unset: a fresh ``tempfile.mkdtemp`` directory, removed when this process
-    exits; each server has its own, so two servers on one data folder never mix
-    or wipe each other's counts. Set by the user: that directory (made if
+    Unset: ``<data_dir>/metrics/<host>-<pid>/``, this server's own, so two
+    servers on one data folder never mix or wipe each other's counts. It is
+    removed at a clean exit; uvicorn ends a SIGTERM by re-raising the signal,
+    which skips ``atexit``, so each start also removes the folders of this
+    host's servers that are gone. Set by the user: that directory (made if
     missing), with the ``*.db`` files that prometheus_client writes deleted, as
     its documentation asks between runs (old counts would otherwise be added to
     the new ones); nothing else in it is touched. One such directory per server.
@@ -163,10 +165,28 @@ def prepare_multiprocess_dir() -> Path:
         for stale in path.glob("*.db"):
             stale.unlink()
     else:
-        path = Path(tempfile.mkdtemp(prefix="recommender-metrics-"))
+        host = socket.gethostname()
+        root = Path(data_dir) / "metrics"
+        for old in root.glob(f"{host}-*"):
+            pid = old.name[len(host) + 1:]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        path = root / f"{host}-{os.getpid()}"
+        shutil.rmtree(path, ignore_errors=True)  # a dead server's, whose pid this one got
+        path.mkdir(parents=True)
         atexit.register(shutil.rmtree, path, ignore_errors=True)
         os.environ[ENV] = str(path)
     # prometheus_client picks its value class when it is imported, and it has
     # been (by this module): with one worker uvicorn serves in this very process.
     prometheus_values.ValueClass = prometheus_values.get_value_class()
     return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
