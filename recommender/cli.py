@@ -496,6 +496,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[f"RECOMMENDER_{field.name.upper()}"] = str(value)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from recommender.api.metrics import prepare_multiprocess_dir
+    prepare_multiprocess_dir(settings.data_dir)  # /metrics adds up all the workers' values
     uvicorn.run(
         "recommender.api.app:app_from_environment",
         factory=True,

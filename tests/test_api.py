@@ -199,10 +199,15 @@ def test_health_readiness_and_metrics(client):
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["articles"] == 31
     client.get("/v1/articles/talks-1/related")
-    text = client.get("/metrics").text
-    assert 'recommender_requests_total{method="GET",route="/v1/articles/{article_id}/related",status="200"}' in text
-    assert "recommender_request_seconds_bucket" in text and "recommender_index_articles 31" in text
-    assert "recommender_index_age_seconds" in text
+    client.get("/no/such/page")
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    text = response.text
+    assert 'recommender_requests_total{method="GET",route="/v1/articles/{article_id}/related",status="200"} 1.0' in text
+    assert 'recommender_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text  # not the raw path
+    assert "recommender_request_seconds_bucket" in text and "recommender_index_articles 31.0" in text
+    assert "recommender_index_age_seconds" in text and "recommender_index_built_timestamp_seconds" in text
+    assert "process_resident_memory_bytes" in text and "recommender_reindex_runs_total" in text
 
 
 def test_503_before_any_index(settings):

@@ -40,11 +40,13 @@ def create_app(settings: Settings, *, load_embedder: Callable | None = None) -> 
         engine.live.watch(settings.index_poll_seconds)
         reindexer = Reindexer(settings, engine).start()
         app.state.engine, app.state.reindexer = engine, reindexer
+        app.state.metrics.follow(reindexer)
         try:
             yield
         finally:
             reindexer.close()
             engine.close()
+            app.state.metrics.close()  # multiprocess: mark this worker dead
 
     app = FastAPI(
         title="recommender",

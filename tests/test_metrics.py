@@ -1,0 +1,155 @@
+"""/metrics through prometheus_client: label escaping, one registry per app, and
+with two workers every scrape counts every request once, whichever worker answers."""
+
+from __future__ import annotations
+
+import calendar
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.server import Server
+from tests.test_api import build_index
+
+RELATED = "/v1/articles/{article_id}/related"
+
+
+def samples(text: str, name: str) -> list:
+    return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+
+def requests_on(text: str, route: str) -> float:
+    return sum(s.value for s in samples(text, "recommender_requests_total") if s.labels["route"] == route)
+
+
+# -- in one process (no PROMETHEUS_MULTIPROC_DIR) ------------------------------
+
+def test_labels_are_escaped_and_each_metrics_object_has_its_own_registry():
+    from recommender.api.metrics import Metrics
+
+    one, two = Metrics(), Metrics()  # the same metric names twice in one process: no clash
+    route = 'a "quoted"\\ route\nwith a newline'
+    one.observe("GET", route, 200, 0.003)
+    one.refresh(index_articles=3, index_built_at=time.time() - 60)
+    text = one.render().decode()
+    assert 'route="a \\"quoted\\"\\\\ route\\nwith a newline"' in text
+    assert text.count("\n") == len([line for line in text.splitlines()])  # no raw newline inside a label
+    (sample,) = samples(text, "recommender_requests_total")
+    assert sample.labels == {"method": "GET", "route": route, "status": "200"} and sample.value == 1
+    (bucket,) = [s for s in samples(text, "recommender_request_seconds_bucket") if s.labels["le"] == "0.005"]
+    assert bucket.value == 1
+    assert 59 <= samples(text, "recommender_index_age_seconds")[0].value < 70
+    assert samples(text, "recommender_index_articles")[0].value == 3
+    assert samples(text, "process_cpu_seconds_total") and samples(text, "python_info")  # process metrics
+    two.refresh(index_articles=None, index_built_at=None)
+    other = two.render().decode()
+    assert requests_on(other, route) == 0  # nothing leaked from the first object
+    assert samples(other, "recommender_index_articles")[0].value == 0
+
+
+def test_two_apps_in_one_process(settings):
+    from recommender.api import create_app
+
+    first, second = create_app(settings), create_app(settings)
+    first.state.metrics.observe("GET", "/healthz", 200, 0.001)
+    assert requests_on(first.state.metrics.render().decode(), "/healthz") == 1
+    assert requests_on(second.state.metrics.render().decode(), "/healthz") == 0
+
+
+def _run(args: list[str], env: dict) -> dict:
+    done = subprocess.run([sys.executable, "-c", *args], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_prepare_multiprocess_dir(tmp_path):
+    """In a child process: it sets the environment of the process that calls it."""
+    code = ("import json, os, sys; from recommender.api.metrics import prepare_multiprocess_dir; "
+            "path = prepare_multiprocess_dir(sys.argv[1]); "
+            "print(json.dumps({'path': str(path), 'env': os.environ['PROMETHEUS_MULTIPROC_DIR'], "
+            "'files': sorted(os.listdir(path))}))")
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    data_dir = tmp_path / "data"
+    gone = data_dir / "metrics" / f"{socket.gethostname()}-{2**22 + 1}"  # a server that died (no such pid)
+    gone.mkdir(parents=True)
+    (gone / "counter_1.db").write_bytes(b"old counts")
+    fresh = _run([code, str(data_dir)], env)
+    assert fresh["path"] == fresh["env"] and fresh["files"] == []
+    assert Path(fresh["path"]).parent == data_dir / "metrics"
+    assert not Path(fresh["path"]).exists()  # removed at exit
+    assert not gone.exists()  # removed at the next start
+    theirs = tmp_path / "prom"
+    theirs.mkdir()
+    (theirs / "counter_12345.db").write_bytes(b"old counts")
+    (theirs / "notes.txt").write_text("not ours")
+    kept = _run([code, str(data_dir)], {**env, "PROMETHEUS_MULTIPROC_DIR": str(theirs)})
+    assert kept["path"] == kept["env"] == str(theirs) and kept["files"] == ["notes.txt"]  # old counts gone
+    assert theirs.is_dir()  # a directory the user set is left in place
+
+
+# -- a real server with two workers --------------------------------------------
+
+def per_worker(prom_dir: Path) -> dict[str, float]:
+    """Requests to the related route each live worker counted in its own file."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    counts = {}
+    for live in prom_dir.glob("gauge_live*_*.db"):
+        pid = live.stem.rsplit("_", 1)[1]
+        counter = prom_dir / f"counter_{pid}.db"
+        merged = MultiProcessCollector.merge([str(counter)]) if counter.exists() else []
+        counts[pid] = sum(s.value for m in merged for s in m.samples
+                          if s.name == "recommender_requests_total" and s.labels["route"] == RELATED)
+    return counts
+
+
+def test_two_workers_count_every_request_once_on_every_scrape(settings, corpus, tmp_path):
+    build_index(settings, corpus)
+    prom_dir = tmp_path / "prom"  # set by the user: the test can see which worker counted what
+    server = Server(settings.data_dir, settings.model, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(prom_dir)})
+    try:
+        built = calendar.timegm(time.strptime(server.request("GET", "/readyz")[1]["built_at"], "%Y-%m-%dT%H:%M:%SZ"))
+        # urllib opens a new connection per request, and the kernel hands each to
+        # whichever worker accepts first (the second may still be loading): send
+        # batches until both have answered some
+        n, deadline = 0, time.monotonic() + 60
+        with ThreadPoolExecutor(4) as pool:
+            while n < 40 or (min(per_worker(prom_dir).values(), default=0) == 0 and time.monotonic() < deadline):
+                statuses = list(pool.map(lambda i: server.request("GET", f"/v1/articles/talks-{i % 6}/related")[0],
+                                         range(20)))
+                assert statuses == [200] * 20
+                n += 20
+        # the last answer is sent just before its worker counts it: wait for the first complete scrape
+        deadline = time.monotonic() + 5
+        while requests_on(text := server.request("GET", "/metrics")[1], RELATED) != n:
+            assert time.monotonic() < deadline, f"never {n}: {requests_on(text, RELATED)}\n{text}"
+            time.sleep(0.05)
+        scrapes = []
+        for _ in range(12):
+            text = server.request("GET", "/metrics")[1]
+            scrapes.append(text)
+            assert requests_on(text, RELATED) == n, text
+            time.sleep(0.02)
+        counted = [requests_on(t, "/metrics") for t in scrapes]
+        assert all(b >= a for a, b in itertools.pairwise(counted)) and counted[-1] - counted[0] >= len(scrapes) - 2
+        for text in scrapes:
+            age = samples(text, "recommender_index_age_seconds")[0].value
+            assert abs(age - (time.time() - built)) < 5
+            assert samples(text, "recommender_index_built_timestamp_seconds")[0].value == built
+            assert samples(text, "recommender_index_articles")[0].value == len(corpus)
+        pids = {s.labels["pid"] for s in samples(scrapes[-1], "process_resident_memory_bytes")}
+        assert len(pids) == 2, scrapes[-1]  # each live worker's process metrics, labelled by pid
+        counts = per_worker(prom_dir)
+        assert set(counts) == pids and sum(counts.values()) == n and all(counts.values()), counts
+    finally:
+        server.stop()
+    assert not list(prom_dir.glob("gauge_live*")), "workers that stopped are marked dead"
