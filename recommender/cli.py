@@ -6,19 +6,25 @@ so ``recommender --help`` stays fast.
 
 from __future__ import annotations
 
-import argparse
+import inspect
 import json
 import logging
 import os
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import click
 
 from recommender import __version__
-from recommender.config import Settings
-from recommender.errors import RecommenderError
+from recommender.errors import InvalidInput, RecommenderError
+
+if TYPE_CHECKING:
+    from recommender.config import Settings
+    from recommender.embed import Embedder
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -34,50 +40,193 @@ typical session:
   recommender reindex                            # embed what changed, publish a new index
   recommender related bbc-2024-0042 --k 5        # the article's related list
   recommender search "Ilham Aliev Minsk Group"   # keyword + semantic search
-  recommender rules add pin --article bbc-2024-0042 --target bbc-2024-0007 --position 2
+  recommender rules add pin bbc-2024-0007 --article bbc-2024-0042 --position 2
   recommender eval related --dataset labelled.jsonl
 
 exit codes: 0 success, 1 failure, 2 bad usage, 3 partial success (some input
 lines were rejected, or some articles could not be embedded).
 """
 
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+COMMON = "recommender.common"
+"""ctx.meta key of the common options (--data-dir, --model, --config, -v)."""
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
+EmbedderLoader = Callable[["Settings"], "Embedder"]
+
+
+# -- help layout: raw text and examples, as written ----------------------------
+
+
+class _Layout:
+    """Help and epilog printed as written (not re-wrapped); the common options
+    in their own section; subcommands in the order they were defined."""
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if self.help:
+            formatter.write_paragraph()
+            formatter.write(textwrap.indent(inspect.cleandoc(self.help), " " * (formatter.current_indent + 2)) + "\n")
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if self.epilog:
+            formatter.write_paragraph()
+            formatter.write(textwrap.indent(self.epilog.rstrip(), " " * formatter.current_indent) + "\n")
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        own, common = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None and not isinstance(param, click.Argument):
+                (common if getattr(param, "common", False) else own).append(record)
+        for title, records in (("Options", own), ("Common options", common)):
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+        if isinstance(self, click.Group):
+            self.format_commands(ctx, formatter)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+class _Command(_Layout, click.Command):
+    def invoke(self, ctx: click.Context) -> Any:
+        verbose = ctx.meta.get(COMMON, {}).get("verbose", 0)
+        level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+        return super().invoke(ctx)
+
+
+class _Group(_Layout, click.Group):
+    command_class = _Command
+    group_class = type
+
+
+def _examples(text: str) -> str:
+    return "examples:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
+
+
+# -- common options -------------------------------------------------------------
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    common = ctx.meta.setdefault(COMMON, {})
+    if param.name == "verbose":
+        common["verbose"] = common.get("verbose", 0) + value
+    elif value is not None:
+        common[param.name] = value
+
+
+class _CommonOption(click.Option):
+    common = True
+
+
+def _option(*decls: str, **attrs: Any) -> Callable:
+    return click.option(*decls, cls=_CommonOption, expose_value=False, callback=_remember, **attrs)
+
+
+def common_options(f: Callable) -> Callable:
+    """--data-dir, --model, --config and -v, on every command (and on the
+    ``rules`` and ``eval`` groups, so they may come before the subcommand)."""
+    options = [
+        _option("--data-dir", "data_dir", type=click.Path(path_type=Path), metavar="DIR",
+                help="data folder holding store.sqlite and index/ (default: $RECOMMENDER_DATA_DIR or indexes/default)"),
+        _option("--model", "model", metavar="MODEL",
+                help="sentence-transformers model: a local folder or a cached hub name "
+                "(default: the packaged all-MiniLM-L6-v2)"),
+        _option("--config", "config_file", type=click.Path(path_type=Path), metavar="FILE", help="a TOML config file"),
+        _option("-v", "--verbose", "verbose", count=True, help="log more (-vv for debug)"),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _common() -> dict[str, Any]:
+    return click.get_current_context().meta.get(COMMON, {})
+
+
+def _settings(**extra: Any) -> Settings:
+    from recommender.config import Settings
+
+    common = _common()
+    overrides = {
+        "data_dir": common.get("data_dir"),
+        "model": common.get("model"),
+        "config_file": common.get("config_file"),
+        **extra,
+    }
+    return Settings.load(overrides)
+
+
+def _embedder_loader() -> EmbedderLoader:
+    return click.get_current_context().find_root().obj["load_embedder"]
+
+
+@contextmanager
+def progress_bar(desc: str, unit: str = "it", *, enabled: bool = True) -> Iterator[Callable[[int, int], None] | None]:
+    """An ``on_progress(done, total)`` callback drawing a tqdm bar on stderr; a
+    call with fewer done than before (a new stage) starts a new bar."""
+    if not enabled:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None or done < bar.n or total != bar.total:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+# -- the command group ----------------------------------------------------------
+
+
+@click.group(cls=_Group, help=MAIN_HELP, context_settings=CONTEXT, no_args_is_help=True)
+@click.version_option(__version__, "--version", prog_name="recommender", message="%(prog)s %(version)s")
+def cli() -> None:
     pass
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("common options")
-    group.add_argument(
-        "--data-dir", type=Path, default=argparse.SUPPRESS,
-        help="data folder holding store.sqlite and index/ (default: $RECOMMENDER_DATA_DIR or indexes/default)",
-    )
-    group.add_argument(
-        "--model", default=argparse.SUPPRESS,
-        help="sentence-transformers model: a local folder or a cached hub name "
-        "(default: the packaged all-MiniLM-L6-v2)",
-    )
-    group.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="a TOML config file")
-    group.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+def main(argv: Sequence[str] | None = None, *, load_embedder: EmbedderLoader | None = None) -> int:
+    """Run the command line; returns the exit code. ``load_embedder(settings)``
+    replaces the sentence-transformers model (tests)."""
+    obj = {"load_embedder": load_embedder or _load_embedder}
+    try:
+        code = cli.main(args=None if argv is None else list(argv), prog_name="recommender",
+                        standalone_mode=False, obj=obj)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        print("interrupted; work already committed is kept", file=sys.stderr)
+        return 130
+    except RecommenderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("interrupted; work already committed is kept", file=sys.stderr)
+        return 130
+    return code if isinstance(code, int) else EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recommender", description=MAIN_HELP, formatter_class=_Formatter)
-    parser.add_argument("--version", action="version", version=f"recommender {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+# -- commands -------------------------------------------------------------
 
-    def command(name: str, summary: str, examples: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name, help=summary, description=summary, formatter_class=_Formatter,
-            epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples).strip(), "  "),
-        )
-        _common(sub)
-        return sub
 
-    ingest = command(
-        "ingest",
-        "Upsert articles from JSONL or CSV files into the store, by id.",
-        """
+@cli.command(
+    "ingest",
+    short_help="Upsert articles from JSONL or CSV files into the store, by id.",
+    help="Upsert articles from JSONL or CSV files into the store, by id.",
+    epilog=_examples("""
         recommender ingest articles.jsonl
         recommender ingest export-2024.csv export-2025.csv --data-dir /srv/news
 
@@ -85,16 +234,38 @@ def build_parser() -> argparse.ArgumentParser:
         section (or category), tags (list, or "a|b" / "a,b" in CSV), lang. Other
         fields are kept as metadata. Bad lines are listed with their line number
         and skipped; the good ones are kept. Run `recommender reindex` afterwards.
-        """,
-    )
-    ingest.add_argument("files", nargs="+", type=Path, metavar="FILE", help=".jsonl or .csv file")
-    ingest.add_argument("--json", action="store_true", help="print the counts as JSON")
-    ingest.set_defaults(handler=cmd_ingest)
+    """),
+)
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="FILE...",
+                help=".jsonl or .csv file")
+@click.option("--json", "as_json", is_flag=True, help="print the counts as JSON")
+@common_options
+def cmd_ingest(files: tuple[Path, ...], as_json: bool) -> int:
+    from recommender.ingest import ingest_files
 
-    reindex = command(
-        "reindex",
-        "Embed new and changed articles, then build and atomically publish a new index.",
-        """
+    settings = _settings()
+    report = ingest_files(settings, list(files))
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for rejected in report.rejected:
+            print(f"rejected {rejected}", file=sys.stderr)
+        for failure in report.failed_files:
+            print(f"error: {failure}", file=sys.stderr)
+        print(
+            f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
+            f"{len(report.rejected)} rejected  ({settings.store_path})"
+        )
+    if report.failed_files and report.added + report.updated + report.unchanged == 0:
+        return EXIT_FAILURE
+    return EXIT_PARTIAL if report.rejected or report.failed_files else EXIT_OK
+
+
+@cli.command(
+    "reindex",
+    short_help="Embed new and changed articles, then build and atomically publish a new index.",
+    help="Embed new and changed articles, then build and atomically publish a new index.",
+    epilog=_examples("""
         recommender reindex                 # incremental: only changed articles are embedded
         recommender reindex --json          # summary as JSON, for cron and CI
         recommender reindex --force         # rebuild the index even if nothing changed
@@ -114,228 +285,36 @@ def build_parser() -> argparse.ArgumentParser:
         exit codes: 0 done; 3 published, but some articles could not be embedded
         (they are listed, left out and retried next run); 1 nothing could be
         embedded or the index could not be built.
-        """,
-    )
-    reindex.add_argument("--force", action="store_true", help="publish a new version even if nothing changed")
-    reindex.add_argument("--dry-run", action="store_true", help="say what would be embedded and published; change nothing")
-    reindex.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    reindex.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    reindex.add_argument(
-        "--engine", choices=("local", "ray"), default="local",
-        help="where to embed: in this process (default) or on a Ray cluster (needs the ray extra)",
-    )
-    reindex.add_argument(
-        "--ray-address", metavar="ADDR", default=None,
-        help="Ray cluster to use with --engine ray, e.g. ray://head:10001 or auto "
-        "(default: $RAY_ADDRESS, else a cluster started here with `ray start`, else a local Ray for this run)",
-    )
-    reindex.add_argument(
-        "--ray-workers", metavar="N", type=int, default=None,
-        help="model copies embedding at once with --engine ray "
-        "(default: the cluster's CPUs / 2; each uses 2 threads)",
-    )
-    reindex.set_defaults(handler=cmd_reindex)
-
-    rules = command(
-        "rules",
-        "List, add and delete editorial rules: pins, blocks, boosts and buries.",
-        """
-        recommender rules list
-        recommender rules list --article bbc-2024-0042 --json
-        recommender rules add pin --article bbc-2024-0042 --target bbc-2024-0007 --position 2
-        recommender rules add block --target bbc-2023-0999               # in every list and search
-        recommender rules add block --article bbc-2024-0042 --target bbc-2024-0100
-        recommender rules add boost --target explainer --type tag --weight 2
-        recommender rules add bury --target sport --type section --article bbc-2024-0042
-        recommender rules delete 12
-
-        pin:   show TARGET in ARTICLE's related list at POSITION (1 = first); the
-               other slots are filled automatically.
-        block: never show TARGET in ARTICLE's list, or anywhere without --article.
-               A block beats every other rule.
-        boost, bury: move an article, a section or a tag up or down by WEIGHT
-               standard deviations of the list's score (default 1).
-        Rules live in the store, name articles by id, apply to the next request
-        and survive reindexing and model changes.
-        """,
-    )
-    rules.add_argument("action", choices=("list", "add", "delete"))
-    rules.add_argument("kind_or_id", nargs="?", metavar="KIND|RULE_ID",
-                       help="add: pin, block, boost or bury; delete: the rule's number")
-    rules.add_argument("--article", help="the list the rule is for (required for pins; omit for every list)")
-    rules.add_argument("--target", help="the article id (or section or tag name) the rule moves")
-    rules.add_argument("--type", dest="target_type", choices=("article", "section", "tag"), default="article",
-                       help="what --target names (boost and bury; default article)")
-    rules.add_argument("--position", type=int, help="pins: the 1-based slot")
-    rules.add_argument("--weight", type=float, help="boost and bury: strength (default 1)")
-    rules.add_argument("--note", help="why (shown to editors)")
-    rules.add_argument("--json", action="store_true", help="print JSON")
-    rules.set_defaults(handler=cmd_rules)
-
-    related = command(
-        "related",
-        "Print the articles most related to one article.",
-        """
-        recommender related nyt-2024-05-31-karabakh
-        recommender related 1842 --k 5 --json
-
-        Never lists the article itself, a near duplicate of it, or two copies of one story.
-        """,
-    )
-    related.add_argument("article_id", metavar="ID")
-    related.add_argument("--k", type=_k, default=10, help="how many (1-100, default 10)")
-    related.add_argument("--json", action="store_true", help="print JSON")
-    related.set_defaults(handler=cmd_related)
-
-    search = command(
-        "search",
-        "Search the archive: exact names and paraphrases both work.",
-        """
-        recommender search "Ilham Aliev"
-        recommender search "talks to end the war in the Caucasus" --k 5 --json
-        """,
-    )
-    search.add_argument("query", metavar="QUERY")
-    search.add_argument("--k", type=_k, default=10, help="how many (1-100, default 10)")
-    search.add_argument("--json", action="store_true", help="print JSON")
-    search.set_defaults(handler=cmd_search)
-
-    serve = command(
-        "serve",
-        "Serve the JSON API, the embeddable widget and the editors' page over HTTP.",
-        """
-        recommender serve                                  # http://127.0.0.1:8000/
-        recommender serve --port 8080 --workers 2 --data-dir /srv/news
-        RECOMMENDER_API_KEY=secret recommender serve       # enables PUT/DELETE/POST of articles
-        RECOMMENDER_CORS_ORIGINS=https://news.example recommender serve
-
-        curl 'http://127.0.0.1:8000/v1/articles/ID/related?k=5'
-        curl 'http://127.0.0.1:8000/v1/search?q=harbour+bridge&section=local'
-        curl -X PUT -H 'Authorization: Bearer secret' -H 'Content-Type: application/json' \\
-             -d '{"title": "...", "body": "..."}' http://127.0.0.1:8000/v1/articles/ID
-        """,
-    )
-    serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
-    serve.add_argument("--workers", type=int, default=None, help="worker processes (default 1)")
-    serve.set_defaults(handler=cmd_serve)
-
-    evaluate = command(
-        "eval",
-        "Measure quality on labelled data, against TF-IDF and BM25 baselines in the same run.",
-        """
-        recommender eval related --dataset ../shared/data/bbc_news.jsonl
-        recommender eval search --dataset ../shared/data/time_docs.jsonl \\
-                                --queries ../shared/data/time_queries.jsonl --json
-        recommender eval related --dataset ../shared/data/newswcl50.jsonl --ablation
-
-        related: every article with a `group` is a query; articles sharing its group
-                 are relevant. Lists are the served ones (the engine's related
-                 list with k = 100, confidence floor included). Copies are
-                 found from the text alone (word 5-grams, see docs/evaluation.md):
-                 story map counts each copy cluster once, dup@10 is the share
-                 of lists showing one text twice. Also MAP, nDCG@10, P@5.
-        search:  each line of --queries has `query` and `relevant_ids` (and
-                 optionally `source_id`, left out of the ranking).
-                 Metrics: MAP, nDCG@10, MRR, recall@100.
-        --ablation adds rows with dedup, the floor, recency, diversity (MMR)
-        and hybrid scoring each switched against the configured engine.
-        The dataset is indexed into its own folder (default indexes/eval/<name>),
-        never into your data folder; reruns reuse its cached vectors.
-        """,
-    )
-    evaluate.add_argument("task", choices=("related", "search"))
-    evaluate.add_argument("--dataset", type=Path, required=True, help="JSONL articles (with `group` for related)")
-    evaluate.add_argument("--queries", type=Path, help="JSONL queries (search only)")
-    evaluate.add_argument("--depth", type=int, default=None, help="rank depth (default 100, the most a widget may ask)")
-    evaluate.add_argument("--lists", type=Path, help="related: also write the engine's lists here (JSONL: id, items)")
-    evaluate.add_argument("--json", action="store_true", help="print only the JSON report")
-    evaluate.add_argument(
-        "--ablation", action="store_true",
-        help="also rank with dedup, recency, diversity (MMR) and hybrid scoring each switched against the settings",
-    )
-    evaluate.set_defaults(handler=cmd_eval)
-    return parser
-
-
-def _k(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 100, got {value}")
-    return value
-
-
-def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
-    overrides = {
-        "data_dir": getattr(args, "data_dir", None),
-        "model": getattr(args, "model", None),
-        "config_file": getattr(args, "config", None),
-        **extra,
-    }
-    return Settings.load(overrides)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return EXIT_USAGE
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.handler(args)
-    except RecommenderError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        print("interrupted; work already committed is kept", file=sys.stderr)
-        return 130
-
-
-# -- commands -------------------------------------------------------------
-
-
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from recommender.ingest import ingest_files
-
-    settings = _settings(args)
-    report = ingest_files(settings, args.files)
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        for rejected in report.rejected:
-            print(f"rejected {rejected}", file=sys.stderr)
-        for failure in report.failed_files:
-            print(f"error: {failure}", file=sys.stderr)
-        print(
-            f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
-            f"{len(report.rejected)} rejected  ({settings.store_path})"
-        )
-    if report.failed_files and report.added + report.updated + report.unchanged == 0:
-        return EXIT_FAILURE
-    return EXIT_PARTIAL if report.rejected or report.failed_files else EXIT_OK
-
-
-def cmd_reindex(args: argparse.Namespace) -> int:
+    """),
+)
+@click.option("--force", is_flag=True, help="publish a new version even if nothing changed")
+@click.option("--dry-run", is_flag=True, help="say what would be embedded and published; change nothing")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object")
+@click.option("--no-progress", is_flag=True, help="hide the progress bar")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="where to embed: in this process or on a Ray cluster (needs the ray extra)")
+@click.option("--ray-address", metavar="ADDR", default=None,
+              help="Ray cluster to use with --engine ray, e.g. ray://head:10001 or auto "
+              "(default: $RAY_ADDRESS, else a cluster started here with `ray start`, else a local Ray for this run)")
+@click.option("--ray-workers", metavar="N", type=click.IntRange(min=1), default=None,
+              help="model copies embedding at once with --engine ray (default: the cluster's CPUs / 2; each uses 2 "
+              "threads)")
+@common_options
+def cmd_reindex(force: bool, dry_run: bool, as_json: bool, no_progress: bool, engine: str,
+                ray_address: str | None, ray_workers: int | None) -> int:
     from recommender.pipeline import EmbeddingError, reindex
     from recommender.service import reindex_lock
     from recommender.store import Store
 
-    settings = _settings(args)
-    engine = None
-    if args.engine == "ray":
+    settings = _settings()
+    load = _embedder_loader()
+    embed_engine = None
+    if engine == "ray":
         from recommender.ray_engine import RayEngine, import_ray
 
-        if args.ray_workers is not None and args.ray_workers < 1:
-            print("error: --ray-workers must be at least 1", file=sys.stderr)
-            return EXIT_USAGE
         import_ray()  # fails here, with the pip command, if the extra is not installed
-        engine = RayEngine(settings, address=args.ray_address, concurrency=args.ray_workers)
-    elif args.ray_address is not None or args.ray_workers is not None:
+        embed_engine = RayEngine(settings, address=ray_address, concurrency=ray_workers)
+    elif ray_address is not None or ray_workers is not None:
         print("error: --ray-address and --ray-workers need --engine ray", file=sys.stderr)
         return EXIT_USAGE
     with Store.open(settings.store_path) as store, reindex_lock(settings.data_dir):
@@ -343,17 +322,18 @@ def cmd_reindex(args: argparse.Namespace) -> int:
             print(f"error: no articles in {settings.store_path}; run `recommender ingest FILE` first", file=sys.stderr)
             return EXIT_FAILURE
         try:
-            report = reindex(
-                settings, store, lambda: _load_embedder(settings), progress=not args.no_progress,
-                force=args.force, dry_run=args.dry_run, engine=engine,
-            )
+            with progress_bar("embedding", "doc", enabled=not no_progress) as on_progress:
+                report = reindex(
+                    settings, store, lambda: load(settings), on_progress=on_progress,
+                    force=force, dry_run=dry_run, engine=embed_engine,
+                )
         except EmbeddingError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAILURE
         failed_ids = [s.article.id for s in store.get_many(report.failed).values()]
-    if args.json:
+    if as_json:
         print(json.dumps({**report.to_dict(), "failed": failed_ids}))
-    elif args.dry_run:
+    elif dry_run:
         action = f"would publish a new version: {report.reason}" if report.reason else "the published index is current"
         print(f"would embed {report.to_embed} of {report.articles} articles, {report.deleted} deleted; {action}")
     else:
@@ -373,28 +353,194 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_related(args: argparse.Namespace) -> int:
+# -- rules ------------------------------------------------------------------------
+
+RULES_HELP = """\
+pin:   show TARGET in ARTICLE's related list at POSITION (1 = first); the
+       other slots are filled automatically.
+block: never show TARGET in ARTICLE's list, or anywhere without --article.
+       A block beats every other rule.
+boost, bury: move an article, a section or a tag up or down by WEIGHT
+       standard deviations of the list's score (default 1).
+Rules live in the store, name articles by id, apply to the next request
+and survive reindexing and model changes.
+"""
+
+
+@cli.group(
+    "rules",
+    short_help="List, add and delete editorial rules: pins, blocks, boosts and buries.",
+    help="List, add and delete editorial rules: pins, blocks, boosts and buries.\n\n" + RULES_HELP,
+    epilog=_examples("""
+        recommender rules list
+        recommender rules list --article bbc-2024-0042 --json
+        recommender rules add pin bbc-2024-0007 --article bbc-2024-0042 --position 2
+        recommender rules add block bbc-2023-0999                        # in every list and search
+        recommender rules add block bbc-2024-0100 --article bbc-2024-0042
+        recommender rules add boost explainer --target-type tag --weight 2
+        recommender rules add bury sport --target-type section --article bbc-2024-0042
+        recommender rules delete 12
+    """),
+    no_args_is_help=True,
+)
+@common_options
+def rules() -> None:
+    pass
+
+
+def _rule_line(r: dict) -> str:
+    where = f"in {r['article']}'s list" if r["article"] else "everywhere"
+    detail = f" at {r['position']}" if r["position"] else f" by {r['weight']:g}" if r["weight"] else ""
+    target = r["target"] if r["target_type"] == "article" else f"{r['target_type']} {r['target']}"
+    return f"{r['id']:>5}  {r['kind']:<5}  {target}{detail} {where}  {r['note']}".rstrip()
+
+
+@rules.command(
+    "list",
+    short_help="List the rules, all or those of one article's list.",
+    help="List the rules: all of them, or with --article those made for that article's list.",
+    epilog=_examples("""
+        recommender rules list
+        recommender rules list --article bbc-2024-0042 --json
+    """),
+)
+@click.option("--article", metavar="ID", help="only the rules made for this article's list")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@common_options
+def cmd_rules_list(article: str | None, as_json: bool) -> int:
+    from recommender.service import Engine
+
+    with Engine.open(_settings()) as engine:
+        found = [r.to_dict() for r in engine.rules(article)]
+    if as_json:
+        print(json.dumps({"rules": found}, indent=2))
+    elif not found:
+        print("no rules")
+    else:
+        for r in found:
+            print(_rule_line(r))
+    return EXIT_OK
+
+
+@rules.command(
+    "add",
+    short_help="Add a pin, block, boost or bury rule.",
+    help="Add a rule: KIND is pin, block, boost or bury; TARGET the article id (or section or tag name) it "
+    "moves.\n\n" + RULES_HELP,
+    epilog=_examples("""
+        recommender rules add pin bbc-2024-0007 --article bbc-2024-0042 --position 2
+        recommender rules add block bbc-2023-0999                        # in every list and search
+        recommender rules add boost explainer --target-type tag --weight 2
+        recommender rules add bury sport --target-type section --article bbc-2024-0042 --note "off-topic"
+        recommender rules add pin --article bbc-2024-0042 --target bbc-2024-0007 --position 2   # --target works too
+    """),
+)
+@click.argument("kind", type=click.Choice(["pin", "block", "boost", "bury"]), metavar="KIND",
+                help="pin, block, boost or bury")
+@click.argument("target", required=False, metavar="[TARGET]",
+                help="the article id (or section or tag name) the rule moves; or --target")
+@click.option("--target", "target_option", metavar="TARGET", help="the same as the TARGET argument")
+@click.option("--article", metavar="ID", help="the list the rule is for (required for pins; omit for every list)")
+@click.option("--target-type", "--type", "target_type", type=click.Choice(["article", "section", "tag"]),
+              default="article", show_default=True, help="what TARGET names (boost and bury)")
+@click.option("--position", type=int, help="pins: the 1-based slot")
+@click.option("--weight", type=float, help="boost and bury: strength (default 1)")
+@click.option("--note", help="why (shown to editors)")
+@click.option("--json", "as_json", is_flag=True, help="print the rule as JSON")
+@common_options
+def cmd_rules_add(kind: str, target: str | None, target_option: str | None, article: str | None, target_type: str,
+                  position: int | None, weight: float | None, note: str | None, as_json: bool) -> int:
+    from recommender.rules import parse_rule
+    from recommender.service import Engine
+
+    if target is not None and target_option is not None and target != target_option:
+        raise click.UsageError("give the target once: as TARGET or as --target")
+    data = {"kind": kind, "target": target if target is not None else target_option, "article": article,
+            "target_type": target_type, "position": position, "weight": weight, "note": note}
+    try:
+        rule = parse_rule({k: v for k, v in data.items() if v is not None})
+    except InvalidInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with Engine.open(_settings()) as engine:
+        added = engine.add_rule(rule)
+    print(json.dumps(added.to_dict()) if as_json else f"added rule {added.id}: {added.kind} {added.target}")
+    return EXIT_OK
+
+
+@rules.command(
+    "delete",
+    short_help="Delete a rule by its number.",
+    help="Delete a rule by its number (the first column of `recommender rules list`).",
+    epilog=_examples("""
+        recommender rules delete 12
+    """),
+)
+@click.argument("rule_id", type=int, metavar="RULE_ID", help="the rule's number")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@common_options
+def cmd_rules_delete(rule_id: int, as_json: bool) -> int:
+    from recommender.service import Engine
+
+    with Engine.open(_settings()) as engine:
+        engine.delete_rule(rule_id)
+    print(json.dumps({"deleted": rule_id}) if as_json else f"deleted rule {rule_id}")
+    return EXIT_OK
+
+
+# -- reading --------------------------------------------------------------------
+
+_K = click.IntRange(1, 100)
+
+
+@cli.command(
+    "related",
+    short_help="Print the articles most related to one article.",
+    help="Print the articles most related to one article.",
+    epilog=_examples("""
+        recommender related nyt-2024-05-31-karabakh
+        recommender related 1842 --k 5 --json
+
+        Never lists the article itself, a near duplicate of it, or two copies of one story.
+    """),
+)
+@click.argument("article_id", metavar="ID", help="the article's id")
+@click.option("--k", type=_K, default=10, show_default=True, help="how many (1-100)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@common_options
+def cmd_related(article_id: str, k: int, as_json: bool) -> int:
     from recommender.api import present
     from recommender.service import Engine
 
-    settings = _settings(args)
-    with Engine.open(settings) as engine:
-        items = present.items(engine.related(args.article_id, args.k))
-    return _print_items(args, {"article_id": args.article_id, "items": items})
+    with Engine.open(_settings()) as engine:
+        items = present.items(engine.related(article_id, k))
+    return _print_items({"article_id": article_id, "items": items}, as_json)
 
 
-def cmd_search(args: argparse.Namespace) -> int:
+@cli.command(
+    "search",
+    short_help="Search the archive: exact names and paraphrases both work.",
+    help="Search the archive: exact names and paraphrases both work.",
+    epilog=_examples("""
+        recommender search "Ilham Aliev"
+        recommender search "talks to end the war in the Caucasus" --k 5 --json
+    """),
+)
+@click.argument("query", metavar="QUERY", help="the words to look for")
+@click.option("--k", type=_K, default=10, show_default=True, help="how many (1-100)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@common_options
+def cmd_search(query: str, k: int, as_json: bool) -> int:
     from recommender.api import present
     from recommender.service import Engine
 
-    settings = _settings(args)
-    with Engine.open(settings) as engine:
-        items = present.search_items(engine.search(args.query, args.k), args.query)
-    return _print_items(args, {"query": args.query, "items": items})
+    with Engine.open(_settings()) as engine:
+        items = present.search_items(engine.search(query, k), query)
+    return _print_items({"query": query, "items": items}, as_json)
 
 
-def _print_items(args: argparse.Namespace, payload: dict) -> int:
-    if args.json:
+def _print_items(payload: dict, as_json: bool) -> int:
+    if as_json:
         print(json.dumps(payload, indent=2, ensure_ascii=False))
         return EXIT_OK
     if not payload["items"]:
@@ -411,68 +557,117 @@ def _print_items(args: argparse.Namespace, payload: dict) -> int:
     return EXIT_OK
 
 
-def cmd_rules(args: argparse.Namespace) -> int:
-    from recommender.errors import InvalidInput
-    from recommender.rules import parse_rule
-    from recommender.store import Store
+# -- eval -------------------------------------------------------------------------
 
-    settings = _settings(args)
-    with Store.open(settings.store_path) as store:
-        if args.action == "list":
-            found = [r.to_dict() for r in store.rules(args.article)]
-            if args.json:
-                print(json.dumps({"rules": found}, indent=2))
-            for r in [] if args.json else found:
-                where = f"in {r['article']}'s list" if r["article"] else "everywhere"
-                detail = f" at {r['position']}" if r["position"] else f" by {r['weight']:g}" if r["weight"] else ""
-                target = r["target"] if r["target_type"] == "article" else f"{r['target_type']} {r['target']}"
-                print(f"{r['id']:>5}  {r['kind']:<5}  {target}{detail} {where}  {r['note']}".rstrip())
-            if not found and not args.json:
-                print("no rules")
-            return EXIT_OK
-        if args.action == "delete":
-            if not (args.kind_or_id or "").isdigit():
-                print("error: rules delete needs the rule's number (see `recommender rules list`)", file=sys.stderr)
-                return EXIT_USAGE
-            if not store.delete_rule(int(args.kind_or_id)):
-                print(f"error: no rule {args.kind_or_id}", file=sys.stderr)
-                return EXIT_FAILURE
-            print(f"deleted rule {args.kind_or_id}")
-            return EXIT_OK
-        data = {"kind": args.kind_or_id, "target": args.target, "article": args.article,
-                "target_type": args.target_type, "position": args.position, "weight": args.weight, "note": args.note}
-        try:
-            rule = parse_rule({k: v for k, v in data.items() if v is not None})
-        except InvalidInput as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        for name in rule.article_ids:
-            if store.get(name) is None:
-                print(f"error: no article with id {name!r}", file=sys.stderr)
-                return EXIT_FAILURE
-        added = store.add_rule(rule)
-        print(json.dumps(added.to_dict()) if args.json else f"added rule {added.id}: {added.kind} {added.target}")
-    return EXIT_OK
+EVAL_NOTES = """\
+The dataset is indexed into its own folder (default indexes/eval/<name>),
+never into your data folder; reruns reuse its cached vectors.
+--ablation adds rows with dedup, the floor, recency, diversity (MMR)
+and hybrid scoring each switched against the configured engine.
+"""
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+@cli.group(
+    "eval",
+    short_help="Measure quality on labelled data, against TF-IDF and BM25 baselines in the same run.",
+    help="Measure quality on labelled data, against TF-IDF and BM25 baselines in the same run.",
+    epilog=_examples("""
+        recommender eval related --dataset ../shared/data/bbc_news.jsonl
+        recommender eval search --dataset ../shared/data/time_docs.jsonl \\
+                                --queries ../shared/data/time_queries.jsonl --json
+        recommender eval related --dataset ../shared/data/newswcl50.jsonl --ablation
+
+        related: every article with a `group` is a query; articles sharing its group
+                 are relevant. Lists are the served ones (the engine's related
+                 list with k = 100, confidence floor included). Copies are
+                 found from the text alone (word 5-grams, see docs/evaluation.md):
+                 story map counts each copy cluster once, dup@10 is the share
+                 of lists showing one text twice. Also MAP, nDCG@10, P@5.
+        search:  each line of --queries has `query` and `relevant_ids` (and
+                 optionally `source_id`, left out of the ranking).
+                 Metrics: MAP, nDCG@10, MRR, recall@100.
+        --ablation adds rows with dedup, the floor, recency, diversity (MMR)
+        and hybrid scoring each switched against the configured engine.
+        The dataset is indexed into its own folder (default indexes/eval/<name>),
+        never into your data folder; reruns reuse its cached vectors.
+    """),
+    no_args_is_help=True,
+)
+@common_options
+def evaluate_group() -> None:
+    pass
+
+
+def _eval_options(f: Callable) -> Callable:
+    options = [
+        click.option("--dataset", type=click.Path(path_type=Path), required=True, metavar="FILE",
+                     help="JSONL articles (with `group` for related)"),
+        click.option("--depth", type=click.IntRange(min=1), default=None,
+                     help="rank depth (default 100, the most a widget may ask)"),
+        click.option("--json", "as_json", is_flag=True, help="print only the JSON report"),
+        click.option("--ablation", is_flag=True,
+                     help="also rank with dedup, recency, diversity (MMR) and hybrid scoring each switched against "
+                     "the settings"),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return common_options(f)
+
+
+@evaluate_group.command(
+    "related",
+    short_help="Related lists: story MAP, MAP, dup@10, nDCG@10, P@5.",
+    help="Related lists: every article with a `group` is a query; articles sharing its group are relevant. "
+    "Lists are the served ones (k = 100, confidence floor included). Copies are found from the text alone "
+    "(word 5-grams, see docs/evaluation.md): story map counts each copy cluster once, dup@10 is the share of "
+    "lists showing one text twice. Also MAP, nDCG@10, P@5.\n\n" + EVAL_NOTES,
+    epilog=_examples("""
+        recommender eval related --dataset ../shared/data/bbc_news.jsonl
+        recommender eval related --dataset ../shared/data/newswcl50.jsonl --ablation --lists lists.jsonl
+    """),
+)
+@click.option("--lists", type=click.Path(path_type=Path), metavar="FILE",
+              help="also write the engine's lists here (JSONL: id, items)")
+@_eval_options
+def cmd_eval_related(dataset: Path, depth: int | None, as_json: bool, ablation: bool, lists: Path | None) -> int:
     from recommender import evaluate
 
-    if args.task == "search" and not args.queries:
-        print("error: eval search needs --queries Q.jsonl", file=sys.stderr)
-        return EXIT_USAGE
-    data_dir = getattr(args, "data_dir", None) or Path("indexes/eval") / args.dataset.stem
-    settings = _settings(args, data_dir=data_dir)
-    if args.task == "related":
-        report = evaluate.evaluate_related(
-            settings, args.dataset, depth=args.depth, progress=not args.json, ablation=args.ablation,
-            lists_out=args.lists,
-        )
-    else:
-        report = evaluate.evaluate_search(
-            settings, args.dataset, args.queries, depth=args.depth, progress=not args.json, ablation=args.ablation
-        )
-    if args.json:
+    settings = _eval_settings(dataset)
+    with progress_bar("eval", "step", enabled=not as_json) as on_progress:
+        report = evaluate.evaluate_related(settings, dataset, depth=depth, on_progress=on_progress,
+                                           ablation=ablation, lists_out=lists)
+    return _print_report(evaluate, report, as_json)
+
+
+@evaluate_group.command(
+    "search",
+    short_help="Search: MAP, nDCG@10, MRR, recall@100.",
+    help="Search: each line of --queries has `query` and `relevant_ids` (and optionally `source_id`, left out "
+    "of the ranking). Metrics: MAP, nDCG@10, MRR, recall@100.\n\n" + EVAL_NOTES,
+    epilog=_examples("""
+        recommender eval search --dataset ../shared/data/time_docs.jsonl \\
+                                --queries ../shared/data/time_queries.jsonl --json
+    """),
+)
+@click.option("--queries", type=click.Path(path_type=Path), required=True, metavar="FILE",
+              help="JSONL queries: `query`, `relevant_ids`")
+@_eval_options
+def cmd_eval_search(dataset: Path, depth: int | None, as_json: bool, ablation: bool, queries: Path) -> int:
+    from recommender import evaluate
+
+    settings = _eval_settings(dataset)
+    with progress_bar("eval", "step", enabled=not as_json) as on_progress:
+        report = evaluate.evaluate_search(settings, dataset, queries, depth=depth, on_progress=on_progress,
+                                          ablation=ablation)
+    return _print_report(evaluate, report, as_json)
+
+
+def _eval_settings(dataset: Path) -> Settings:
+    return _settings(data_dir=_common().get("data_dir") or Path("indexes/eval") / dataset.stem)
+
+
+def _print_report(evaluate: Any, report: dict, as_json: bool) -> int:
+    if as_json:
         print(json.dumps(report, indent=2))
     else:
         print(evaluate.format_table(report))
@@ -481,23 +676,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import dataclasses
+# -- serve ------------------------------------------------------------------------
 
+
+@cli.command(
+    "serve",
+    short_help="Serve the JSON API, the embeddable widget and the editors' page over HTTP.",
+    help="Serve the JSON API, the embeddable widget and the editors' page over HTTP.",
+    epilog=_examples("""
+        recommender serve                                  # http://127.0.0.1:8000/
+        recommender serve --port 8080 --workers 2 --data-dir /srv/news
+        RECOMMENDER_API_KEY=secret recommender serve       # enables PUT/DELETE/POST of articles
+        RECOMMENDER_CORS_ORIGINS=https://news.example recommender serve
+
+        curl 'http://127.0.0.1:8000/v1/articles/ID/related?k=5'
+        curl 'http://127.0.0.1:8000/v1/search?q=harbour+bridge&section=local'
+        curl -X PUT -H 'Authorization: Bearer secret' -H 'Content-Type: application/json' \\
+             -d '{"title": "...", "body": "..."}' http://127.0.0.1:8000/v1/articles/ID
+    """),
+)
+@click.option("--host", default=None, help="address to bind (default 127.0.0.1)")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="port (default 8000)")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="worker processes (default 1)")
+@common_options
+def cmd_serve(host: str | None, port: int | None, workers: int | None) -> int:
     import uvicorn
 
-    settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
-    if settings.workers < 1:
-        print("error: --workers must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
-    # Worker processes build their settings from the environment: hand them ours.
-    for field in dataclasses.fields(settings):
-        value = getattr(settings, field.name)
-        if value is not None:
-            os.environ[f"RECOMMENDER_{field.name.upper()}"] = str(value)
+    from recommender.config import SETTINGS_JSON_ENV
+
+    settings = _settings(host=host, port=port, workers=workers)
+    verbose = _common().get("verbose", 0)
+    # Worker processes read their settings from the environment: hand them ours, whole.
+    os.environ[SETTINGS_JSON_ENV] = settings.model_dump_json()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from recommender.api.metrics import prepare_multiprocess_dir
-    prepare_multiprocess_dir(settings.data_dir)  # /metrics adds up all the workers' values
     uvicorn.run(
         "recommender.api.app:app_from_environment",
         factory=True,
@@ -509,15 +720,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http="recommender.api.server:GuardedHttpToolsProtocol",
         timeout_keep_alive=settings.keep_alive_seconds,
         limit_concurrency=settings.limit_concurrency,
-        log_level="info" if args.verbose else "warning",
-        access_log=bool(args.verbose),
+        log_level="info" if verbose else "warning",
+        access_log=bool(verbose),
     )
     return EXIT_OK
 
 
-def _load_embedder(settings: Settings):
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from recommender.embed import load_embedder
+def _load_embedder(settings: Settings) -> Embedder:
+    from recommender.embed import load_embedder  # torch: only when a command needs the model
 
     return load_embedder(settings)
 

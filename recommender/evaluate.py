@@ -224,7 +224,7 @@ def load_dataset(path: Path) -> tuple[list[Article], dict[str, str | None]]:
     return articles, groups
 
 
-def _prepare_engine(settings: Settings, articles: list[Article], progress: bool):
+def _prepare_engine(settings: Settings, articles: list[Article], on_progress: Callable[[int, int], None] | None = None):
     """Index the dataset into its own data folder (cached vectors are reused)
     and open it as the server does: the lists are scored as a widget gets them."""
     from recommender.pipeline import reindex
@@ -237,8 +237,18 @@ def _prepare_engine(settings: Settings, articles: list[Article], progress: bool)
         store.delete([s.article.id for s in store.iter_articles() if s.article.id not in wanted])
         store.upsert(articles)
         embedder = LazyEmbedder(partial(load_embedder, settings))
-        reindex(settings, store, lambda: embedder, progress=progress)
+        reindex(settings, store, lambda: embedder, on_progress=on_progress)
     return Engine.open(settings, embedder.get)
+
+
+def _counted(items: Sequence, on_progress: Callable[[int, int], None] | None) -> Iterable:
+    """``items``, calling ``on_progress(done, total)`` before the first and after each."""
+    if on_progress:
+        on_progress(0, len(items))
+    for done, item in enumerate(items, 1):
+        yield item
+        if on_progress:
+            on_progress(done, len(items))
 
 
 def _variant(engine, settings: Settings):
@@ -312,22 +322,21 @@ def related_queries(articles: list[Article], groups: dict[str, str | None]):
 
 
 def evaluate_related(
-    settings: Settings, dataset: Path, *, depth: int | None = None, progress: bool = True, ablation: bool = False,
-    lists_out: Path | None = None,
+    settings: Settings, dataset: Path, *, depth: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None, ablation: bool = False, lists_out: Path | None = None,
 ) -> dict:
-    from tqdm.auto import tqdm
-
+    """``on_progress(done, total)``: the embedding, then each system's queries, each from 0."""
     articles, groups = load_dataset(dataset)
     ids = [a.id for a in articles]
     index_of = {a: i for i, a in enumerate(ids)}
     depth = min(depth or DEPTH, len(articles) - 1)
     queries, cluster_of = related_queries(articles, groups)
     texts = [document_text(a.title, a.body) for a in articles]
-    engine = _prepare_engine(settings, articles, progress)
+    engine = _prepare_engine(settings, articles, on_progress)
 
     def score(ranking: Callable[[str], list[str]], desc: str) -> dict[str, float]:
         rows, lengths = [], []
-        for query, relevant, clusters in tqdm(queries, desc=desc, unit="query", disable=not progress):
+        for query, relevant, clusters in _counted(queries, on_progress):
             ranked = ranking(query)
             lengths.append(len(ranked))
             rows.append(related_metrics(ranked, query, relevant, clusters, cluster_of, depth))
@@ -379,11 +388,10 @@ def load_queries(queries_path: Path, known: set[str]) -> list[tuple[str, set[str
 
 
 def evaluate_search(
-    settings: Settings, dataset: Path, queries_path: Path, *, depth: int | None = None, progress: bool = True,
-    ablation: bool = False,
+    settings: Settings, dataset: Path, queries_path: Path, *, depth: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None, ablation: bool = False,
 ) -> dict:
-    from tqdm.auto import tqdm
-
+    """``on_progress(done, total)``: the embedding, then each system's queries, each from 0."""
     from recommender.rank.search import fts_query
 
     articles, _ = load_dataset(dataset)
@@ -391,12 +399,12 @@ def evaluate_search(
     queries = load_queries(queries_path, set(ids))
     depth = min(depth or DEPTH, len(articles))
     texts = [document_text(a.title, a.body) for a in articles]
-    engine = _prepare_engine(settings, articles, progress)
+    engine = _prepare_engine(settings, articles, on_progress)
     id_of = {s.doc_id: s.article.id for s in engine.stores.get().iter_articles()}
 
     def score(ranking: Callable[[str, int], list[str]], desc: str) -> dict[str, float]:
         rows = []
-        for query, relevant, source in tqdm(queries, desc=desc, unit="query", disable=not progress):
+        for query, relevant, source in _counted(queries, on_progress):
             ranked = [i for i in ranking(query, depth + 1) if i != source][:depth]
             rows.append(search_metrics(ranked, relevant))
         return _mean(rows, SEARCH_METRICS)

@@ -115,14 +115,15 @@ def reindex(
     store: Store,
     load_embedder: Callable[[], Embedder],
     *,
-    progress: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
     force: bool = False,
     dry_run: bool = False,
     engine: EmbedEngine | None = None,
 ) -> ReindexReport:
     """Embed what changed, then build and publish a new version if anything did.
     With ``dry_run``, only report what would be done. ``engine`` runs the
-    embedding step (default: in this process, with ``load_embedder``)."""
+    embedding step (default: in this process, with ``load_embedder``).
+    ``on_progress(done, total)`` is called as articles are embedded."""
     started = time.perf_counter()
     key = embedding_key(settings)
     engine = engine or LocalEngine(load_embedder)
@@ -143,7 +144,7 @@ def reindex(
 
     if not dry_run:
         if stale:
-            _embed(settings, store, engine, stale, key, report, progress=progress)
+            _embed(settings, store, engine, stale, key, report, on_progress=on_progress)
         if report.reason:
             report.version = _build_and_publish(settings, store, key, retrain=force)
             report.published = True
@@ -241,12 +242,10 @@ class _Pending:
 
 def _embed(
     settings: Settings, store: Store, engine: EmbedEngine, stale: list[int], key: str,
-    report: ReindexReport, *, progress: bool,
+    report: ReindexReport, *, on_progress: Callable[[int, int], None] | None,
 ) -> None:
     """Embed the stale articles' passages that have no vector yet and checkpoint
     each job's articles in one transaction, as its results arrive."""
-    from tqdm.auto import tqdm
-
     pending: dict[int, _Pending] = {}
 
     def jobs() -> Iterator[EmbedJob]:
@@ -278,15 +277,19 @@ def _embed(
             pending[number] = _Pending(doc_ids, content_hashes, hashes, new_hashes, known)
             yield EmbedJob(number, texts)
 
-    with tqdm(total=len(stale), desc="embedding", unit="doc", disable=not progress, dynamic_ncols=True) as bar:
-        try:
-            for job, results in engine.run(jobs()):
-                _save_job(store, key, job, results, pending.pop(job.number), report)
-                bar.update(len(job.texts))
-        except EmbeddingError:
-            raise
-        except Exception as exc:  # the model, memory, a worker: what is saved so far is kept
-            raise EmbeddingError(f"embedding stopped: {type(exc).__name__}: {exc}") from exc
+    done = 0
+    if on_progress:
+        on_progress(done, len(stale))
+    try:
+        for job, results in engine.run(jobs()):
+            _save_job(store, key, job, results, pending.pop(job.number), report)
+            done += len(job.texts)
+            if on_progress:
+                on_progress(done, len(stale))
+    except EmbeddingError:
+        raise
+    except Exception as exc:  # the model, memory, a worker: what is saved so far is kept
+        raise EmbeddingError(f"embedding stopped: {type(exc).__name__}: {exc}") from exc
 
 
 def _save_job(store: Store, key: str, job: EmbedJob, results: EmbedResult, state: _Pending, report: ReindexReport) -> None:

@@ -259,7 +259,7 @@ class Reindexer:
                 try:
                     with reindex_lock(self.settings.data_dir):
                         if store.count():
-                            reindex(self.settings, store, lambda: self.engine.embedder, progress=False)
+                            reindex(self.settings, store, lambda: self.engine.embedder)
                     self.runs += 1
                     self.last_error = None
                 except Exception as exc:  # keep serving the last good index

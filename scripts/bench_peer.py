@@ -114,7 +114,7 @@ class Ours:
         wall, cpu = time.perf_counter(), time.process_time()
         with Store.open(settings.store_path) as store:
             store.upsert(articles)
-            report = reindex(settings, store, lambda: self.embedder, progress=False)
+            report = reindex(settings, store, lambda: self.embedder)
         seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
         manifest = read_current_manifest(settings.index_root)
         self.settings = settings

@@ -83,7 +83,7 @@ def run_reindex(rows: list[dict], root: Path, name: str, model, **overrides) -> 
     store = Store.open(settings.store_path)
     store.upsert([parse_article(r) for r in rows])
     embedder = SentenceTransformerEmbedder(model, model_id_for(settings.model), settings.batch_size, settings.precision)
-    report = reindex(settings, store, lambda: embedder, progress=False)
+    report = reindex(settings, store, lambda: embedder)
     return report.to_dict(), settings, store
 
 
@@ -94,9 +94,9 @@ def quality(data: Path, root: Path, precision: str) -> dict[str, float]:
     for task, dataset, queries in QUALITY_SETS:
         settings = Settings.load({"data_dir": root / f"quality-{precision}-{dataset}", "precision": precision}, environ={})
         if task == "related":
-            report = evaluate_related(settings, data / dataset, progress=False)
+            report = evaluate_related(settings, data / dataset)
         else:
-            report = evaluate_search(settings, data / dataset, data / queries, progress=False)
+            report = evaluate_search(settings, data / dataset, data / queries)
         name = f"{dataset.split('.')[0]} {task}"
         out[name] = report["systems"]["recommender"]["map"]
         print(f"  {precision:9s} {name:18s} MAP {out[name]:.4f}", file=sys.stderr, flush=True)
@@ -176,12 +176,12 @@ def main() -> int:
         fp32_store.close()
 
         embedder = SentenceTransformerEmbedder(model, model_id_for(settings.model), settings.batch_size, settings.precision)
-        again = reindex(settings, store, lambda: embedder, progress=False)
+        again = reindex(settings, store, lambda: embedder)
         results["unchanged_rerun"] = {"seconds": again.seconds, "embedded": again.embedded, "published": again.published}
         changed = rows[:: 20]
         store.upsert([parse_article(dict(r, body=r["body"] + "\n\nThis article was updated with a new closing paragraph."))
                       for r in changed])
-        update = reindex(settings, store, lambda: embedder, progress=False)
+        update = reindex(settings, store, lambda: embedder)
         results["update_5_percent"] = {
             "articles_changed": len(changed), "seconds": update.seconds, "embedded": update.embedded,
             "passages_embedded": update.passages_embedded, "passages_reused": update.passages_reused,

@@ -127,7 +127,7 @@ def build(data_dir: Path, data: Path, n_articles: int, dim: int = 384) -> None:
                 v /= np.linalg.norm(v, axis=1, keepdims=True)
                 store.save_embeddings(key, [(d, hashes[d], v[j : j + 1].astype(np.float32)) for j, d in enumerate(part)])
         started = time.perf_counter()
-        report = reindex(settings, store, lambda: None, progress=True)
+        report = reindex(settings, store, lambda: None)
         print(f"index: {report.articles} articles, published={report.published} in "
               f"{time.perf_counter() - started:.0f}s", file=sys.stderr)
 

@@ -112,7 +112,7 @@ def main() -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         settings = Settings.load({"data_dir": Path("indexes/eval") / path.stem})
-        report = evaluate_related(settings, path, progress=False)
+        report = evaluate_related(settings, path)
         results[label] = {
             "articles": len(rows), "copies injected": len(rows) - sum(1 for r in rows if "edit" not in r),
             "merges": merges(settings, rows),

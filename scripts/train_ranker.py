@@ -55,6 +55,7 @@ TOPIC_ARTICLE_SETS = ("bbc_news", "wikiref220")
 
 
 def gather(settings: Settings, path: Path, limit: int | None) -> SetData:
+    from recommender.cli import progress_bar
     from recommender.evaluate import _prepare_engine
     from recommender.rank.related import _candidates
 
@@ -62,7 +63,8 @@ def gather(settings: Settings, path: Path, limit: int | None) -> SetData:
     queries, cluster_of = related_queries(articles, groups)
     if limit:
         queries = queries[:: max(1, len(queries) // limit)]
-    engine = _prepare_engine(settings, articles, progress=True)
+    with progress_bar("embedding", "doc") as on_progress:
+        engine = _prepare_engine(settings, articles, on_progress)
     version = engine.live.current
     by_doc = {s.doc_id: s.article.id for s in engine.stores.get().iter_articles()}
     row_ids = [by_doc[int(d)] for d in version.doc_ids]

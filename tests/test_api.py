@@ -25,7 +25,7 @@ def build_index(settings, rows, *, legacy_urls: dict[str, str] | None = None):
         store.upsert([parse_article(r) for r in rows])
         for article_id, url in (legacy_urls or {}).items():
             store.connection.execute("UPDATE articles SET url = ? WHERE id = ?", (url, article_id))
-        reindex(settings, store, lambda: SentenceTransformerEmbedder.load(settings.model), progress=False)
+        reindex(settings, store, lambda: SentenceTransformerEmbedder.load(settings.model))
 
 
 @pytest.fixture

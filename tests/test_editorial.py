@@ -75,7 +75,7 @@ def client(tmp_path_factory, tiny_model_dir, rows):
     )
     with Store.open(settings.store_path) as store:
         store.upsert([parse_article(r) for r in rows])
-        reindex(settings, store, lambda: SentenceTransformerEmbedder.load(settings.model), progress=False)
+        reindex(settings, store, lambda: SentenceTransformerEmbedder.load(settings.model))
     with TestClient(create_app(settings)) as client:
         yield client
 

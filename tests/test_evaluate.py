@@ -28,7 +28,7 @@ def test_bm25_prefers_rare_matching_terms():
 
 def test_eval_related_and_search_report_shape(tmp_path, corpus, settings):
     dataset = write_jsonl(tmp_path / "set.jsonl", corpus)
-    report = evaluate.evaluate_related(settings, dataset, progress=False)
+    report = evaluate.evaluate_related(settings, dataset)
     assert report["dataset"] == "set.jsonl" and report["queries"] == 30 and report["depth"] == 29
     assert set(report["systems"]) == {"recommender", "tfidf", "bm25"}
     for metrics in report["systems"].values():
@@ -41,7 +41,7 @@ def test_eval_related_and_search_report_shape(tmp_path, corpus, settings):
         {"query": "reservoir wells", "relevant_ids": [r["id"] for r in corpus if r["group"] == "drought"]},
         {"query": "striker penalty", "relevant_ids": [r["id"] for r in corpus if r["group"] == "football"]},
     ])
-    report = evaluate.evaluate_search(settings, dataset, queries, progress=False)
+    report = evaluate.evaluate_search(settings, dataset, queries)
     assert set(report["systems"]["recommender"]) == {"map", "ndcg@10", "mrr", "recall@100"}
     assert report["systems"]["recommender"]["mrr"] == 1.0
 

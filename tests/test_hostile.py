@@ -184,7 +184,7 @@ def test_a_2mb_run_on_body_costs_about_what_a_normal_article_does_on_every_path(
             draft = spy.totals()
             # the reindex that publishes it
             with Store.open(settings.store_path) as store:
-                reindex(settings, store, lambda: embedder, progress=False)
+                reindex(settings, store, lambda: embedder)
             published = spy.totals()
             work[name] = (unindexed, draft, published)
     budget = settings.max_chunks * settings.chunk_words * 40  # text.CHARS_PER_WORD
@@ -252,14 +252,14 @@ def test_write_landing_during_a_publish_is_published_by_the_next_run(settings, c
         wrap(name)
     monkeypatch.setattr(Store, "get_many", get_many)
     with Store.open(settings.store_path) as store:
-        report = reindex(settings, store, loader(settings), progress=False)  # no KeyError for the deleted one
+        report = reindex(settings, store, loader(settings))  # no KeyError for the deleted one
         assert report.published and state["done"]
         monkeypatch.undo()
-        dry = reindex(settings, store, loader(settings), progress=False, dry_run=True)
+        dry = reindex(settings, store, loader(settings), dry_run=True)
         assert dry.reason and dry.to_embed == 1, dry  # the rewrite is seen as pending
-        again = reindex(settings, store, loader(settings), progress=False)
+        again = reindex(settings, store, loader(settings))
         assert again.published and again.embedded == 1
-        assert reindex(settings, store, loader(settings), progress=False, dry_run=True).reason == ""
+        assert reindex(settings, store, loader(settings), dry_run=True).reason == ""
         stored = store.get(corpus[1]["id"])
         row = IndexVersion.load(settings.index_root).row_of(stored.doc_id)
         (_, vectors), = [(d, v) for d, v in store.iter_embeddings(embedding_key(settings)) if d == stored.doc_id]
@@ -343,7 +343,7 @@ def test_behind_counts_added_changed_and_deleted_articles(settings, corpus):
     with Engine.open(settings, loader(settings)) as engine:
         assert engine.behind() == 4  # 2 added, 1 changed, 1 deleted
         with Store.open(settings.store_path) as store:
-            reindex(settings, store, loader(settings), progress=False)
+            reindex(settings, store, loader(settings))
         engine.live.refresh()
         assert engine.behind() == 0
 

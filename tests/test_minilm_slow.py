@@ -27,7 +27,7 @@ def engine(tmp_path_factory):
     from recommender.embed import SentenceTransformerEmbedder
 
     with Store.open(settings.store_path) as store:
-        summary = reindex(settings, store, lambda: SentenceTransformerEmbedder.load(settings.model), progress=False)
+        summary = reindex(settings, store, lambda: SentenceTransformerEmbedder.load(settings.model))
     assert summary.embedded == 48
     with Engine.open(settings) as engine:
         yield engine

@@ -47,7 +47,7 @@ def embedder(settings):
 
 
 def test_first_run_embeds_all_and_publishes_manifest(settings, store, embedder):
-    report = reindex(settings, store, lambda: embedder, progress=False)
+    report = reindex(settings, store, lambda: embedder)
     assert report.embedded == store.count() == 30 and report.published
     manifest = json.loads((settings.index_root / "versions" / report.version / "manifest.json").read_text())
     assert manifest["model_id"] == str(settings.model)
@@ -60,15 +60,15 @@ def test_first_run_embeds_all_and_publishes_manifest(settings, store, embedder):
 
 
 def test_rerun_embeds_only_changes(settings, store, embedder, corpus):
-    first = reindex(settings, store, lambda: embedder, progress=False)
-    again = reindex(settings, store, lambda: embedder, progress=False)
+    first = reindex(settings, store, lambda: embedder)
+    again = reindex(settings, store, lambda: embedder)
     assert (again.embedded, again.skipped, again.published) == (0, 30, False)
     assert again.version == first.version
     changed = dict(corpus[0], body=corpus[0]["body"] + " updated")
     store.upsert([parse_article(changed), parse_article(dict(corpus[1], section="metadata only"))])
     store.delete([corpus[2]["id"]])
     before = embedder.texts
-    third = reindex(settings, store, lambda: embedder, progress=False)
+    third = reindex(settings, store, lambda: embedder)
     assert (third.embedded, third.deleted, third.published) == (1, 1, True)
     assert embedder.texts - before == 1  # one short article, one passage
     assert len(IndexVersion.load(settings.index_root)) == 29
@@ -80,16 +80,16 @@ def test_killed_job_resumes_where_it_stopped(settings, store, embedder, monkeypa
     monkeypatch.setattr(pipeline, "EMBED_BATCH_DOCS", 8)
     failing = CountingEmbedder(embedder.inner, fail_after_calls=2)
     with pytest.raises(EmbeddingError, match="killed"):
-        reindex(settings, store, lambda: failing, progress=False)
+        reindex(settings, store, lambda: failing)
     assert current_version_name(settings.index_root) is None  # nothing half-published
-    report = reindex(settings, store, lambda: embedder, progress=False)
+    report = reindex(settings, store, lambda: embedder)
     assert report.skipped == 16 and report.embedded == 14 and report.published
 
 
 def test_publish_is_atomic_when_build_fails(settings, store, embedder, monkeypatch, corpus):
     from recommender import pipeline
 
-    good = reindex(settings, store, lambda: embedder, progress=False).version
+    good = reindex(settings, store, lambda: embedder).version
     store.upsert([parse_article(dict(corpus[0], body="new text for the first article"))])
 
     def crash(*args, **kwargs):
@@ -97,20 +97,20 @@ def test_publish_is_atomic_when_build_fails(settings, store, embedder, monkeypat
 
     monkeypatch.setattr(pipeline, "publish", crash)
     with pytest.raises(OSError):
-        reindex(settings, store, lambda: embedder, progress=False)
+        reindex(settings, store, lambda: embedder)
     assert current_version_name(settings.index_root) == good
     assert len(IndexVersion.load(settings.index_root)) == 30
 
 
 def test_old_versions_are_pruned_but_live_one_kept(settings, store, embedder):
-    names = [reindex(settings, store, lambda: embedder, progress=False, force=True).version for _ in range(4)]
+    names = [reindex(settings, store, lambda: embedder, force=True).version for _ in range(4)]
     kept = sorted(p.name for p in (settings.index_root / "versions").iterdir())
     assert kept == names[-settings.keep_versions:]
     assert current_version_name(settings.index_root) == names[-1]
 
 
 def test_loading_refuses_another_model(settings, store, embedder):
-    reindex(settings, store, lambda: embedder, progress=False)
+    reindex(settings, store, lambda: embedder)
     with pytest.raises(IndexMismatch, match="built with model"):
         IndexVersion.load(settings.index_root, model_id="sentence-transformers/all-MiniLM-L6-v2")
 
@@ -128,21 +128,21 @@ def test_abandoned_staging_folders_are_removed(settings, store, embedder):
     old.mkdir(parents=True)
     (old / "docs.faiss").write_bytes(b"half written")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
-    reindex(settings, store, lambda: embedder, progress=False)
+    reindex(settings, store, lambda: embedder)
     assert not old.exists()
 
 
 def test_unchanged_passages_and_copies_are_not_embedded_again(settings, store, embedder, corpus):
     settings = settings.replace(chunk_words=20)  # several passages per article
     per_article = [len(chunk_article(r["title"], r["body"], 20, settings.max_chunks)) for r in corpus]
-    first = reindex(settings, store, lambda: embedder, progress=False)
+    first = reindex(settings, store, lambda: embedder)
     assert first.passages_embedded == embedder.texts == sum(per_article) and min(per_article) >= 3
     texts_before = embedder.texts
     updated = dict(corpus[0], body=corpus[0]["body"] + "\n\nA closing paragraph was added by the desk.")
     copy = dict(corpus[1], id="syndicated-copy")
     store.upsert([parse_article(updated), parse_article(copy)])
 
-    report = reindex(settings, store, lambda: embedder, progress=False)
+    report = reindex(settings, store, lambda: embedder)
     assert report.embedded == 2 and report.published
     assert embedder.texts - texts_before == report.passages_embedded == 1  # only the new paragraph
     assert report.passages_reused == per_article[0] + per_article[1]
@@ -159,12 +159,12 @@ def test_one_bad_article_is_left_out_reported_and_retried(settings, store, embed
 
     monkeypatch.setattr(pipeline, "EMBED_BATCH_DOCS", 8)
     store.upsert([parse_article({"id": "bad", "title": "POISON", "body": "A body the model chokes on."})])
-    report = reindex(settings, store, lambda: PoisonEmbedder(embedder.inner), progress=False)
+    report = reindex(settings, store, lambda: PoisonEmbedder(embedder.inner))
     assert report.failed == [store.get("bad").doc_id]
     assert report.embedded == 30 and report.published
     assert len(IndexVersion.load(settings.index_root)) == 30
 
-    retry = reindex(settings, store, lambda: embedder, progress=False)
+    retry = reindex(settings, store, lambda: embedder)
     assert retry.to_embed == 1 and retry.embedded == 1 and retry.failed == [] and retry.published
     assert len(IndexVersion.load(settings.index_root)) == 31
 
@@ -175,19 +175,19 @@ def test_a_broken_model_stops_the_run(settings, store, embedder):
             raise RuntimeError("model file is corrupt")
 
     with pytest.raises(EmbeddingError, match="corrupt"):
-        reindex(settings, store, lambda: Broken(embedder.inner), progress=False)
+        reindex(settings, store, lambda: Broken(embedder.inner))
     assert current_version_name(settings.index_root) is None
 
 
 def test_updates_reuse_the_inverted_file_training(settings, store, embedder, corpus):
     settings = settings.replace(faiss_factory="IVF4,Flat")
-    first = reindex(settings, store, lambda: embedder, progress=False)
+    first = reindex(settings, store, lambda: embedder)
     manifest = IndexVersion.load(settings.index_root).manifest
     assert manifest.reused_training == {"docs": False, "chunks": False}
 
     store.upsert([parse_article(dict(corpus[0], id="new-article", body=corpus[0]["body"] + " More."))])
     store.delete([corpus[5]["id"]])
-    second = reindex(settings, store, lambda: embedder, progress=False)
+    second = reindex(settings, store, lambda: embedder)
     version = IndexVersion.load(settings.index_root)
     assert second.published and second.version != first.version
     assert version.manifest.reused_training == {"docs": True, "chunks": True}
@@ -197,7 +197,7 @@ def test_updates_reuse_the_inverted_file_training(settings, store, embedder, cor
     _, found = version.docs.search(np.asarray(version.doc_vectors), 1)
     assert (found[:, 0] == version.doc_ids).all()
 
-    forced = reindex(settings, store, lambda: embedder, progress=False, force=True)
+    forced = reindex(settings, store, lambda: embedder, force=True)
     assert forced.published
     assert IndexVersion.load(settings.index_root).manifest.reused_training["docs"] is False
 
@@ -205,12 +205,12 @@ def test_updates_reuse_the_inverted_file_training(settings, store, embedder, cor
 def test_rules_survive_reindex_and_a_model_change(settings, store, embedder, tmp_path):
     from recommender.rules import parse_rule
 
-    reindex(settings, store, lambda: embedder, progress=False)
+    reindex(settings, store, lambda: embedder)
     store.add_rule(parse_rule({"kind": "pin", "article": "talks-1", "target": "bridge-2", "position": 2}))
     store.add_rule(parse_rule({"kind": "block", "target": "bridge-3"}))
-    reindex(settings, store, lambda: embedder, progress=False, force=True)
+    reindex(settings, store, lambda: embedder, force=True)
     other_model = settings.replace(chunk_words=40)  # new embedding key: a full side-by-side rebuild
-    reindex(other_model, store, lambda: embedder, progress=False)
+    reindex(other_model, store, lambda: embedder)
     assert [(r.kind, r.target) for r in store.rules()] == [("pin", "bridge-2"), ("block", "bridge-3")]
 
 
@@ -220,15 +220,15 @@ def test_a_failing_article_never_costs_another_that_shares_its_text(settings, st
         parse_article({"id": "poisoned", "title": "POISON", "body": shared}),
         parse_article({"id": "healthy", "title": "Fine", "body": shared}),
     ])
-    report = reindex(settings, store, lambda: PoisonEmbedder(embedder.inner), progress=False)
+    report = reindex(settings, store, lambda: PoisonEmbedder(embedder.inner))
     assert report.failed == [store.get("poisoned").doc_id] and report.published
     assert store.get("healthy").doc_id in IndexVersion.load(settings.index_root).doc_ids
 
 
 def test_only_failing_articles_left_still_publishes_deletes(settings, store, embedder):
-    reindex(settings, store, lambda: embedder, progress=False)
+    reindex(settings, store, lambda: embedder)
     store.delete(["talks-0"])
     store.upsert([parse_article({"id": "bad", "title": "POISON", "body": "The model chokes on this one."})])
-    report = reindex(settings, store, lambda: PoisonEmbedder(embedder.inner), progress=False)
+    report = reindex(settings, store, lambda: PoisonEmbedder(embedder.inner))
     assert report.published and len(report.failed) == 1
     assert len(IndexVersion.load(settings.index_root)) == 29

@@ -59,11 +59,11 @@ def test_ray_engine_publishes_the_same_index_as_the_local_one(tmp_path, tiny_mod
     rows = corpus + [dict(corpus[0], id="copy-of-talks-0")]  # a syndicated copy: one story, passages reused
 
     with _ingested(local, rows) as store:
-        expected = reindex(local, store, lambda: load_embedder(local), progress=False)
+        expected = reindex(local, store, lambda: load_embedder(local))
     with _ingested(remote, rows) as store:
         engine = RayEngine(remote, concurrency=2, threads_per_worker=1, window_jobs=3)
         report = reindex(remote, store, lambda: pytest.fail("the ray engine must not load a model here"),
-                         progress=False, engine=engine)
+                         engine=engine)
         assert ray.is_initialized()  # the engine used the running Ray and left it running
 
     assert report.engine == "ray" and expected.engine == "local"
@@ -91,9 +91,9 @@ def test_ray_client_path_runs_each_window_in_a_cluster_task(tmp_path, tiny_model
                              environ={})
     remote = local.replace(data_dir=tmp_path / "ray")
     with _ingested(local, corpus[:10]) as store:
-        reindex(local, store, lambda: load_embedder(local), progress=False)
+        reindex(local, store, lambda: load_embedder(local))
     with _ingested(remote, corpus[:10]) as store:
-        report = reindex(remote, store, lambda: None, progress=False,
+        report = reindex(remote, store, lambda: None,
                          engine=RayEngine(remote, concurrency=2, threads_per_worker=1))
     assert (report.embedded, report.engine) == (10, "ray")
     np.testing.assert_allclose(IndexVersion.load(remote.index_root).doc_vectors,
@@ -107,7 +107,7 @@ def test_a_model_that_cannot_load_on_the_workers_stops_the_run(tmp_path, corpus,
     with _ingested(settings, corpus[:3]) as store:
         engine = RayEngine(settings, concurrency=1, threads_per_worker=1)
         with pytest.raises(EmbeddingError, match="cannot load the model .*no-such-model.* on Ray worker"):
-            reindex(settings, store, lambda: None, progress=False, engine=engine)
+            reindex(settings, store, lambda: None, engine=engine)
         assert store.stale_embeddings(pipeline.embedding_key(settings))  # nothing saved
     assert not (settings.index_root / "CURRENT").exists()
 

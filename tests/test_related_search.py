@@ -22,7 +22,7 @@ def engine(settings, corpus):
     rows.append({"id": "names", "title": "irena kalvos", "body": "irena kalvos marek dunhill x x", "group": "names"})
     with Store.open(settings.store_path) as store:
         store.upsert([parse_article(r) for r in rows])
-        reindex(settings, store, lambda: SentenceTransformerEmbedder.load(settings.model), progress=False)
+        reindex(settings, store, lambda: SentenceTransformerEmbedder.load(settings.model))
     with Engine.open(settings) as engine:
         yield engine
 

@@ -119,11 +119,23 @@ def _limit_torch_threads(settings: Settings) -> None:
 
 
 def app_from_environment() -> FastAPI:
-    """Factory for uvicorn workers: settings from RECOMMENDER_* variables,
+    """Factory for uvicorn workers: the settings `recommender serve` handed over
+    as JSON in $RECOMMENDER_SETTINGS_JSON (else from the RECOMMENDER_* variables),
     which also set the HTTP protocol's limits in this process."""
-    from recommender.api.server import GuardedHttpToolsProtocol
+    from pydantic import ValidationError
 
-    settings = Settings.load()
+    from recommender.api.server import GuardedHttpToolsProtocol
+    from recommender.config import SETTINGS_JSON_ENV
+    from recommender.errors import ConfigError
+
+    handed = os.environ.get(SETTINGS_JSON_ENV)
+    if handed:
+        try:
+            settings = Settings.model_validate_json(handed)
+        except ValidationError as exc:
+            raise ConfigError(f"${SETTINGS_JSON_ENV} does not hold valid settings: {exc}") from None
+    else:
+        settings = Settings.load()
     GuardedHttpToolsProtocol.configure(
         max_header_bytes=settings.max_header_bytes,
         header_timeout=settings.header_timeout_seconds,
