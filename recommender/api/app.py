@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,14 +15,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from recommender import __version__
+from recommender.api.errors import error_body
 from recommender.api.metrics import Metrics
 from recommender.config import Settings
 from recommender.errors import RecommenderError
 
 log = logging.getLogger(__name__)
 
-HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-              405: "method_not_allowed", 413: "body_too_large", 422: "invalid_input"}
 
 
 def create_app(settings: Settings, *, load_embedder: Callable | None = None) -> FastAPI:
@@ -150,11 +147,9 @@ def _error_model():
     return ErrorResponse
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None, headers=None) -> JSONResponse:
-    body: dict[str, Any] = {"status": status, "code": code, "message": message}
-    if field:
-        body["field"] = field
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
+def error_response(status: int, code: str | None, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, code, message, field), status_code=status, headers=headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -179,8 +174,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        code = HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return error_response(exc.status_code, None, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
@@ -254,8 +248,7 @@ class WriteKeyGuard:
             try:
                 check_api_key(self.settings, authorization.decode("latin-1") if authorization else None)
             except HTTPException as exc:
-                code = HTTP_CODES.get(exc.status_code, "http_error")
-                response = error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+                response = error_response(exc.status_code, None, str(exc.detail), headers=exc.headers)
                 return await response(scope, receive, send)
         return await self.app(scope, receive, send)
 

@@ -24,9 +24,11 @@ throughput against plain httptools and h11.
 from __future__ import annotations
 
 import asyncio
+import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from recommender.api.errors import error_body
 from recommender.config import Settings
 
 
@@ -109,8 +111,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Answer ``status`` unless a response has started, then close."""
         cycle = self.cycle
         if cycle is None or cycle.response_complete or not cycle.response_started:
-            body = ('{"error":{"status":%d,"code":"%s","message":"%s"}}'
-                    % (status, "request_timeout" if status == 408 else "headers_too_large", message)).encode()
+            body = json.dumps(error_body(status, None, message), separators=(",", ":")).encode()
             self.transport.write(
                 b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                 b"connection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body)
