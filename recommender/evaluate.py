@@ -23,11 +23,10 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
 from recommender.articles import Article, read_articles
 from recommender.config import Settings
-from recommender.lexical import TfidfModel
+from recommender.lexical import Bm25Model, TfidfModel
 from recommender.text import document_text, tokenize
 
 RELATED_METRICS = ("story map", "map", "dup@10", "ndcg@10", "p@5")
@@ -172,33 +171,10 @@ def _mean(rows: list[dict[str, float]], names: Sequence[str]) -> dict[str, float
 # -- baselines ----------------------------------------------------------------
 
 
-class Bm25:
-    """Okapi BM25 (k1=1.2, b=0.75) over the same tokens as the TF-IDF model."""
-
-    def __init__(self, texts: Iterable[str], k1: float = 1.2, b: float = 0.75):
-        counts = [Counter(tokenize(t)) for t in texts]
-        vocabulary: dict[str, int] = {}
-        rows, cols, tfs = [], [], []
-        for i, c in enumerate(counts):
-            for term, tf in c.items():
-                rows.append(i)
-                cols.append(vocabulary.setdefault(term, len(vocabulary)))
-                tfs.append(tf)
-        n = len(counts)
-        lengths = np.array([sum(c.values()) for c in counts], dtype=np.float64)
-        tf = np.array(tfs, dtype=np.float64)
-        df = np.bincount(cols, minlength=len(vocabulary))
-        idf = np.log(1.0 + (n - df + 0.5) / (df + 0.5))
-        norm = k1 * (1 - b + b * lengths[rows] / max(lengths.mean(), 1e-9))
-        weights = idf[cols] * tf * (k1 + 1) / (tf + norm)
-        self.vocabulary = vocabulary
-        self.matrix = sp.csr_matrix((weights, (rows, cols)), shape=(n, len(vocabulary)))
-
-    def scores(self, text: str) -> np.ndarray:
-        terms = sorted({self.vocabulary[t] for t in tokenize(text) if t in self.vocabulary})
-        if not terms:
-            return np.zeros(self.matrix.shape[0])
-        return np.asarray(self.matrix[:, terms].sum(axis=1)).ravel()
+def plain_bm25(texts: Iterable[str]) -> Bm25Model:
+    """The BM25 baseline: Okapi BM25 (k1=1.2, b=0.75) over the same tokens
+    as the TF-IDF model, unstemmed (the served search stems)."""
+    return Bm25Model.from_counts([Counter(tokenize(t)) for t in texts], stem=False)
 
 
 def _ranking(scores: np.ndarray, ids: Sequence[str], depth: int, exclude: int | None = None) -> list[str]:
@@ -361,7 +337,7 @@ def evaluate_related(
         return score(lambda q: _ranking(model.scores(model.matrix[index_of[q]]), ids, depth, index_of[q]), "tfidf")
 
     def bm25() -> dict[str, float]:
-        model = Bm25(texts)
+        model = plain_bm25(texts)
         return score(lambda q: _ranking(model.scores(texts[index_of[q]]), ids, depth, index_of[q]), "bm25")
 
     systems, seconds = _run(engine, {"tfidf": tfidf, "bm25": bm25}, served, settings, "related", ablation)
@@ -417,7 +393,7 @@ def evaluate_search(
         return score(lambda q, n: _ranking(model.scores(model.transform([q])), ids, n), "tfidf")
 
     def bm25() -> dict[str, float]:
-        model = Bm25(texts)
+        model = plain_bm25(texts)
         return score(lambda q, n: _ranking(model.scores(q), ids, n), "bm25")
 
     def bm25_stemmed() -> dict[str, float]:

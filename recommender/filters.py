@@ -9,6 +9,10 @@ from recommender.articles import parse_date
 from recommender.errors import InvalidInput
 
 
+HAS_TAG_SQL = "EXISTS (SELECT 1 FROM json_each(articles.tags) WHERE json_each.value = ?)"
+"""An article's tags are a JSON array; this matches one tag."""
+
+
 @dataclass(frozen=True)
 class Filters:
     section: str | None = None
@@ -54,7 +58,7 @@ class Filters:
             clauses.append("(lang = ? OR lang IS NULL)")
             params.append(self.same_language)
         if self.tag:
-            clauses.append("EXISTS (SELECT 1 FROM json_each(articles.tags) WHERE json_each.value = ?)")
+            clauses.append(HAS_TAG_SQL)
             params.append(self.tag)
         if self.since:
             clauses.append("published >= ?")

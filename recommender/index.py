@@ -150,12 +150,6 @@ class VectorIndex:
         scores, ids = self.index.search(queries, k)
         return scores, ids
 
-    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.int64)
-        return np.vstack([self.index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros(
-            (0, self.dimension), np.float32
-        )
-
     def save(self, path: Path) -> None:
         faiss.write_index(self.index, str(path))
 

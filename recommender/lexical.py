@@ -137,14 +137,17 @@ def stem_words(words: Sequence[str]) -> list[str]:
 
 
 class Bm25Model:
-    def __init__(self, vocabulary: dict[str, int], matrix: sp.csc_matrix):
-        self.vocabulary = vocabulary  # stem -> column
+    def __init__(self, vocabulary: dict[str, int], matrix: sp.csc_matrix, *, stem: bool = True):
+        self.vocabulary = vocabulary  # stem (or term) -> column
         self.matrix = matrix  # documents x stems, BM25 term weights
+        self.stem = stem
 
     @classmethod
-    def from_counts(cls, counts: Sequence[Counter], *, k1: float = 1.2, b: float = 0.75) -> Bm25Model:
+    def from_counts(cls, counts: Sequence[Counter], *, k1: float = 1.2, b: float = 0.75, stem: bool = True) -> Bm25Model:
+        """``stem``: Snowball stems (the served search); off, the tokens as
+        they are (the evaluation's plain BM25 baseline)."""
         terms = sorted({t for c in counts for t in c})
-        stem_of = dict(zip(terms, stem_words(terms)))
+        stem_of = dict(zip(terms, stem_words(terms) if stem else terms))
         vocabulary = {s: i for i, s in enumerate(sorted(set(stem_of.values())))}
         rows: list[int] = []
         cols: list[int] = []
@@ -166,10 +169,10 @@ class Bm25Model:
         norm = k1 * (1 - b + b * lengths[row] / max(float(lengths.mean()) if n else 1.0, 1e-9))
         weights = (idf[col] * tf * (k1 + 1) / (tf + norm)).astype(np.float32)
         matrix = sp.csc_matrix((weights, (row, col)), shape=(n, len(vocabulary)), dtype=np.float32)
-        return cls(vocabulary, matrix)
+        return cls(vocabulary, matrix, stem=stem)
 
     def query_columns(self, text: str) -> np.ndarray:
-        stems = stem_words(tokenize(text))
+        stems = stem_words(tokenize(text)) if self.stem else tokenize(text)
         return np.array(sorted({self.vocabulary[s] for s in stems if s in self.vocabulary}), dtype=np.int64)
 
     def scores(self, text: str) -> np.ndarray:

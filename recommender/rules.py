@@ -124,14 +124,3 @@ class ListRules:
         blocked = frozenset(r.target for r in rules if r.kind == "block")
         boosts = tuple(r for r in rules if r.kind in ("boost", "bury"))
         return cls(tuple(p for p in pins if p.target not in blocked), blocked, boosts)
-
-    def adjustment(self, article_id: str, section: str | None, tags: tuple[str, ...]) -> float:
-        total = 0.0
-        for rule in self.boosts:
-            if (
-                (rule.target_type == "article" and rule.target == article_id)
-                or (rule.target_type == "section" and rule.target == section)
-                or (rule.target_type == "tag" and rule.target in tags)
-            ):
-                total += rule.signed_weight
-        return total

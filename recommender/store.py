@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from recommender.articles import Article
+from recommender.filters import HAS_TAG_SQL
 from recommender.rules import Rule
 
 if TYPE_CHECKING:
@@ -293,7 +294,7 @@ class Store:
         elif target_type == "section":
             sql = "SELECT doc_id FROM articles WHERE section = ?"
         else:
-            sql = "SELECT doc_id FROM articles WHERE EXISTS (SELECT 1 FROM json_each(articles.tags) WHERE json_each.value = ?)"
+            sql = f"SELECT doc_id FROM articles WHERE {HAS_TAG_SQL}"
         return np.fromiter((r[0] for r in self.connection.execute(sql + " ORDER BY doc_id", (target,))), dtype=np.int64)
 
     def embargoed_doc_ids(self, now_iso: str) -> list[int]:

@@ -42,7 +42,7 @@ def test_flat_scores_are_cosines():
     scores, found = index.search(x[:3], 1)
     np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
     assert list(found[:, 0]) == [0, 1, 2]
-    np.testing.assert_allclose(index.reconstruct(np.array([5])), x[5:6], atol=1e-6)
+    np.testing.assert_allclose(index.index.reconstruct(5), x[5], atol=1e-6)  # ids map to their vectors
 
 
 def test_k_larger_than_index_and_type_name():

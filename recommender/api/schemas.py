@@ -80,10 +80,6 @@ class ArticleIn(BaseModel):
     lang: str | None = Field(None, max_length=MAX_LANG_CHARS)
 
 
-class ArticleWithId(ArticleIn):
-    id: str = Field(..., min_length=1, max_length=512)
-
-
 class ArticleOut(BaseModel):
     """What a page shows of an article: the public read."""
 
