@@ -6,7 +6,7 @@ DATA   ?= indexes/demo
 export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: demo test install eval clean
+.PHONY: demo test lint install eval clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON)"; exit 1; }
@@ -30,6 +30,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check recommender tests scripts
+	$(VENV)/bin/mypy
 
 eval: install
 	$(PY) scripts/eval_all.py --data ../shared/data

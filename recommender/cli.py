@@ -57,7 +57,7 @@ EmbedderLoader = Callable[["Settings"], "Embedder"]
 # -- help layout: raw text and examples, as written ----------------------------
 
 
-class _Layout:
+class _Layout(click.Command):
     """Help and epilog printed as written (not re-wrapped); the common options
     in their own section; subcommands in the order they were defined."""
 
@@ -72,7 +72,8 @@ class _Layout:
             formatter.write(textwrap.indent(self.epilog.rstrip(), " " * formatter.current_indent) + "\n")
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        own, common = [], []
+        own: list[tuple[str, str]] = []
+        common: list[tuple[str, str]] = []
         for param in self.get_params(ctx):
             record = param.get_help_record(ctx)
             if record is not None and not isinstance(param, click.Argument):
@@ -85,10 +86,10 @@ class _Layout:
             self.format_commands(ctx, formatter)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(self.commands)
+        return list(getattr(self, "commands", {}))  # groups: in the order they were defined
 
 
-class _Command(_Layout, click.Command):
+class _Command(_Layout):
     def invoke(self, ctx: click.Context) -> Any:
         verbose = ctx.meta.get(COMMON, {}).get("verbose", 0)
         level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
@@ -709,6 +710,9 @@ def cmd_serve(host: str | None, port: int | None, workers: int | None) -> int:
     # Worker processes read their settings from the environment: hand them ours, whole.
     os.environ[SETTINGS_JSON_ENV] = settings.model_dump_json()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from recommender.api.metrics import prepare_multiprocess_dir
+
+    prepare_multiprocess_dir(settings.data_dir)  # /metrics adds up all the workers' values
     uvicorn.run(
         "recommender.api.app:app_from_environment",
         factory=True,
@@ -718,7 +722,7 @@ def cmd_serve(host: str | None, port: int | None, workers: int | None) -> int:
         loop="uvloop",
         # httptools with a header size limit and read deadlines (recommender/api/server.py)
         http="recommender.api.server:GuardedHttpToolsProtocol",
-        timeout_keep_alive=settings.keep_alive_seconds,
+        timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]  # a float works: call_later
         limit_concurrency=settings.limit_concurrency,
         log_level="info" if verbose else "warning",
         access_log=bool(verbose),

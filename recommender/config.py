@@ -44,18 +44,7 @@ def _text(doc: str) -> str:
     return " ".join(doc.split())
 
 
-class _SettingsType(type(BaseSettings)):
-    """``Settings.<name>`` is that setting's default, as on the dataclass this
-    replaces (``recommender/api/server.py`` reads its limits that way)."""
-
-    def __getattr__(cls, name: str) -> Any:
-        fields = cls.__dict__.get("__pydantic_fields__") or {}
-        if name in fields:
-            return fields[name].get_default(call_default_factory=True)
-        return super().__getattr__(name)
-
-
-class Settings(BaseSettings, metaclass=_SettingsType):
+class Settings(BaseSettings):
     DEFAULT_MODEL: ClassVar[str] = DEFAULT_MODEL
 
     model_config = SettingsConfigDict(

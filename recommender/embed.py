@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -25,8 +25,11 @@ DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all
 
 
 class Embedder(Protocol):
-    model_id: str
-    dimension: int
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
 
     def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """Return an (n, dimension) float32 array of L2-normalized rows."""
@@ -38,7 +41,7 @@ def model_id_for(name: str) -> str:
     return "sentence-transformers/all-MiniLM-L6-v2" if name in DEFAULT_ALIASES else name
 
 
-BACKEND = "torch"
+BACKEND: Literal["torch", "onnx", "openvino"] = "torch"
 """The runtime that runs the model (sentence-transformers' ``backend``); part
 of the embedding cache key, since another runtime's vectors differ slightly."""
 PRECISIONS = ("auto", "float32", "bfloat16")

@@ -18,9 +18,10 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -112,7 +113,7 @@ def recall_at(ranked: Sequence[str], relevant: set[str], k: int) -> float:
     return sum(1 for item in ranked[:k] if item in relevant) / len(relevant) if relevant else 0.0
 
 
-def story_average_precision(ranked: Sequence[str], relevant_clusters: set[int], cluster_of: dict[str, int],
+def story_average_precision(ranked: Sequence[Hashable], relevant_clusters: set[int], cluster_of: Mapping[Any, int],
                             depth: int = DEPTH) -> float:
     """Average precision over stories: the first returned member of a relevant
     cluster is a hit; later members, copies of the query and the rest are
@@ -203,8 +204,8 @@ def load_dataset(path: Path) -> tuple[list[Article], dict[str, str | None]]:
 def _prepare_engine(settings: Settings, articles: list[Article], on_progress: Callable[[int, int], None] | None = None):
     """Index the dataset into its own data folder (cached vectors are reused)
     and open it as the server does: the lists are scored as a widget gets them."""
-    from recommender.pipeline import reindex
     from recommender.embed import LazyEmbedder, load_embedder
+    from recommender.pipeline import reindex
     from recommender.service import Engine
     from recommender.store import Store
 

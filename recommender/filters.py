@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from recommender.articles import parse_date
 from recommender.errors import InvalidInput
 
-
 HAS_TAG_SQL = "EXISTS (SELECT 1 FROM json_each(articles.tags) WHERE json_each.value = ?)"
 """An article's tags are a JSON array; this matches one tag."""
 
@@ -42,7 +41,7 @@ class Filters:
     def __bool__(self) -> bool:
         return any((self.section, self.since, self.until, self.lang, self.tag, self.same_language))
 
-    def with_defaults(self, **values: str) -> Filters:
+    def with_defaults(self, **values: str | None) -> Filters:
         return dataclasses.replace(self, **values)
 
     def sql(self) -> tuple[str, list[str]]:

@@ -16,7 +16,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-
 SQ8_ABOVE_BYTES = 256 * 2**20
 """Above this much float32 data the inverted file stores 8-bit codes (a quarter
 of the memory). The engine re-scores its candidates with the exact vectors
@@ -117,11 +116,11 @@ class VectorIndex:
         if getattr(inner, "do_polysemous_training", False):
             # Polysemous codes serve Hamming-distance filtering, which search
             # does not use; training them took 3 of 4 seconds of a small IVF-PQ build.
-            inner.do_polysemous_training = False
+            inner.do_polysemous_training = False  # type: ignore[attr-defined]
         if not inner.is_trained:
             inner.train(training_sample(vectors, inner))
         if hasattr(inner, "nprobe"):
-            inner.nprobe = max(1, min(inner.nlist, 32))
+            inner.nprobe = max(1, min(inner.nlist, 32))  # type: ignore[attr-defined]
         index = inner if ids is None else faiss.IndexIDMap2(inner)
         _add(index, vectors, ids)
         return cls(index, factory)

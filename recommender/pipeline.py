@@ -16,11 +16,11 @@ import numpy as np
 
 from recommender import __version__
 from recommender.config import Settings
-from recommender.embed import BACKEND, Embedder, model_id_for, resolve_precision
-from recommender.index import VectorIndex
 from recommender.copies import WordHashes, shingles, story_labels
-from recommender.lexical import build_keyword_models
+from recommender.embed import BACKEND, Embedder, model_id_for, resolve_precision
 from recommender.errors import ConfigError, RecommenderError
+from recommender.index import VectorIndex
+from recommender.lexical import build_keyword_models
 from recommender.rank.model import DEFAULT_MODEL as DEFAULT_RANKER
 from recommender.rank.model import Ranker
 from recommender.store import CHUNK_HASH_BYTES, Store

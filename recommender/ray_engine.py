@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from recommender.config import Settings
+from recommender.embed import Embedder
 from recommender.errors import ConfigError
 from recommender.pipeline import EmbeddingError, EmbedJob, EmbedResult, embed_job
 
@@ -251,7 +252,7 @@ class EmbedWorker:
 
     def __init__(self, settings: Settings, threads: int):
         self.error: str | None = None
-        self.embedder = None
+        self.embedder: Embedder | None = None
         try:
             import torch
 
@@ -267,8 +268,10 @@ class EmbedWorker:
         columns: dict[str, list] = {"number": [], "vectors": [], "rows": [], "errors": [], "job_error": []}
         for number, packed in zip(batch["number"], batch["texts"]):
             job = EmbedJob(int(number), json.loads(packed))
-            vectors, rows, errors, job_error = b"", [], [], self.error or ""
-            if not job_error:
+            vectors, job_error = b"", self.error or ""
+            rows: list = []
+            errors: list[str | None] = []
+            if not job_error and self.embedder is not None:
                 try:
                     results = embed_job(self.embedder, job)
                 except Exception as exc:  # noqa: BLE001 - every article failed: the run stops
@@ -288,7 +291,9 @@ class EmbedWorker:
 
 def pack_results(results: EmbedResult, dimension: int) -> tuple[bytes, list, list]:
     """(float32 bytes of all vectors, [dimension, rows per article or -1], error per article or None)."""
-    blocks, rows, errors = [], [], []
+    blocks: list[np.ndarray] = []
+    rows: list[int] = []
+    errors: list[str | None] = []
     for result in results:
         if isinstance(result, Exception):
             rows.append(-1)

@@ -92,6 +92,7 @@ def parse_rule(data: dict[str, Any]) -> Rule:
         weight = float(weight)
     elif weight is not None:
         raise InvalidInput("only boosts and buries have a 'weight'", field="weight")
+    assert target is not None  # required above
     return Rule(kind=kind, target=target, article=article, target_type=target_type, position=position,
                 weight=weight, note=note)
 

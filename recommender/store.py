@@ -256,7 +256,9 @@ class Store:
                      rule.note, created),
                 ).lastrowid
             _bump(db, "rules_generation")
-        return self.rule(rule_id)
+        added = self.rule(rule_id)
+        assert added is not None  # written in the transaction above
+        return added
 
     def rule(self, rule_id: int) -> Rule | None:
         row = self.connection.execute(f"SELECT {RULE_COLUMNS} FROM rules WHERE rule_id = ?", (int(rule_id),)).fetchone()
@@ -489,7 +491,7 @@ class _Transaction:
 
 def _utc(iso: str) -> dt.datetime:
     when = dt.datetime.fromisoformat(iso)
-    return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when
 
 
 def is_embargoed(published: str | None, now: dt.datetime | str) -> bool:

@@ -38,3 +38,14 @@ def test_every_setting_is_documented(name):
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_is_documented(command):
     assert f"`{command}" in GUIDE, f"{command} is missing from docs/guide.md"
+
+
+def test_engine_is_a_thin_facade():
+    """Engine delegates: lists to rank.lists, responses to api.present, the
+    store and the embedder to their holders. At most 15 methods, inherited
+    ones included (object's excepted)."""
+    from recommender.service import Engine
+
+    methods = {name for cls in Engine.__mro__ if cls is not object for name, value in vars(cls).items()
+               if callable(value) or isinstance(value, (property, classmethod, staticmethod))}
+    assert len(methods) <= 15, sorted(methods)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from conftest import make_corpus
 from fastapi.testclient import TestClient
 
-from conftest import make_corpus
 from recommender.api import create_app
 from recommender.articles import parse_article
 from recommender.embed import SentenceTransformerEmbedder

@@ -82,7 +82,7 @@ def read_until_closed(s: socket.socket, started: float, wait: float) -> bytes:
     while time.monotonic() - started < wait:
         try:
             chunk = s.recv(65536)
-        except (ConnectionResetError, TimeoutError, socket.timeout):
+        except (ConnectionResetError, TimeoutError):
             break
         if not chunk:
             break

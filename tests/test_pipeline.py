@@ -11,8 +11,8 @@ from recommender.errors import IndexMismatch, IndexNotFound
 from recommender.pipeline import EmbeddingError, embedding_key, reindex
 from recommender.store import Store
 from recommender.text import chunk_article
-from tests.conftest import PoisonEmbedder
 from recommender.version import IndexVersion, current_version_name
+from tests.conftest import PoisonEmbedder
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from recommender import pipeline
-from tests.conftest import PoisonEmbedder
 from recommender.articles import parse_article
 from recommender.config import Settings
 from recommender.embed import load_embedder
@@ -21,7 +20,7 @@ from recommender.pipeline import EmbeddingError, EmbedJob, reindex
 from recommender.ray_engine import EmbedWorker, RayEngine, RemoteEmbeddingError, pack_results, unpack_result
 from recommender.store import Store
 from recommender.version import IndexVersion
-from tests.conftest import write_jsonl
+from tests.conftest import PoisonEmbedder, write_jsonl
 
 try:
     import ray

@@ -11,9 +11,9 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from recommender.rank import related as related_module
 from recommender.config import Settings
 from recommender.rank import Ranker
+from recommender.rank import related as related_module
 from recommender.rank.model import DEFAULT_MODEL
 from recommender.rank.related import related_to_row
 from recommender.service import Engine

@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 from fastapi import Depends, Header, HTTPException, Query, Request
 
 from recommender.config import Settings
-from recommender.filters import Filters
 from recommender.errors import InvalidInput
+from recommender.filters import Filters
 from recommender.service import Engine, ListOptions, Reindexer
 
 

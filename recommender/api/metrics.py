@@ -19,6 +19,7 @@ import shutil
 import socket
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -78,9 +79,10 @@ class Metrics:
             # scrape and another's in the next is the false reset again). Each live
             # worker's are exported labelled by pid instead (WorkerProcesses);
             # GC metrics are left out; python_info is the same in every worker.
+            shared = self.multiprocess_dir or ""
             self.registry = CollectorRegistry()
-            MultiProcessCollector(self.registry, path=self.multiprocess_dir)
-            self.registry.register(WorkerProcesses(self.multiprocess_dir))
+            MultiProcessCollector(self.registry, path=shared)
+            self.registry.register(WorkerProcesses(shared))
             PlatformCollector(registry=self.registry)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -137,7 +139,7 @@ class WorkerProcesses:
         pids = sorted({int(m.group(1)) for name in os.listdir(self.path) if (m := _LIVE_FILE.fullmatch(name))})
         families: dict[str, Metric] = {}
         for pid in pids:
-            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+            for family in ProcessCollector(pid=partial(int, pid), registry=None).collect():
                 merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type,
                                                                  family.unit))
                 for sample in family.samples:

@@ -37,8 +37,8 @@ from recommender.api.schemas import (
 from recommender.articles import parse_article
 from recommender.errors import InvalidInput
 from recommender.filters import Filters
-from recommender.rules import parse_rule
 from recommender.rank.search import MAX_QUERY_CHARS
+from recommender.rules import parse_rule
 
 router = APIRouter()
 ArticleId = Annotated[str, Path(min_length=1, max_length=512, description="the article's id")]

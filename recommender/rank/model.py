@@ -51,7 +51,11 @@ class Ranker:
             return np.clip(np.interp(score, self.calibration_x, self.calibration_y), 0.0, 1.0)
         z = np.full(score.shape, self.calibration_bias, dtype=np.float64)
         for name, weight in zip(self.calibration_names, self.calibration_weights):
-            column = score if name == "score" else features[:, self.names.index(name)]
+            if name == "score":
+                column = score
+            else:
+                assert features is not None, f"the calibration reads {name}: pass the features"
+                column = features[:, self.names.index(name)]
             z = z + weight * column
         return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 

@@ -15,8 +15,8 @@ candidate pool until k are found.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -230,7 +230,14 @@ def combine(*adjustments: Callable[[np.ndarray], np.ndarray] | None) -> Callable
         return None
     if len(active) == 1:
         return active[0]
-    return lambda rows: sum(a(rows) for a in active)
+
+    def total(rows: np.ndarray) -> np.ndarray:
+        out = active[0](rows)
+        for adjust in active[1:]:
+            out = out + adjust(rows)
+        return out
+
+    return total
 
 
 def mmr(version: IndexVersion, rows: np.ndarray, score: np.ndarray, order: list[int], k: int, lam: float) -> list[int]:
