@@ -2,30 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from fastapi.testclient import TestClient
 
 from recommender.api import create_app
-from recommender.articles import parse_article
-from recommender.embed import SentenceTransformerEmbedder
-from recommender.pipeline import reindex
-from recommender.store import Store
-
-KEY = "test-key-123"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-def build_index(settings, rows, *, legacy_urls: dict[str, str] | None = None):
-    """Ingest and publish ``rows``. ``legacy_urls`` are written straight into
-    the store afterwards: URLs that releases before the http(s) check accepted
-    (``javascript:``), which every output must still drop."""
-    with Store.open(settings.store_path) as store:
-        store.upsert([parse_article(r) for r in rows])
-        for article_id, url in (legacy_urls or {}).items():
-            store.connection.execute("UPDATE articles SET url = ? WHERE id = ?", (url, article_id))
-        reindex(settings, store, lambda: SentenceTransformerEmbedder.load(settings.model), progress=False)
+from tests.helpers import AUTH, KEY, assert_error, build_index, wait_for
 
 
 @pytest.fixture
@@ -43,23 +24,6 @@ def client(api_settings, corpus):
     build_index(api_settings, rows, legacy_urls={"xss": "javascript:alert(1)"})
     with TestClient(create_app(api_settings)) as client:
         yield client
-
-
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def assert_error(response, status, field=None):
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["status"] == status and error["code"] and error["message"]
-    if field:
-        assert error["field"] == field
 
 
 def test_related_shape_and_caching(client):

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from recommender import cli
 from recommender.api import create_app
-from tests.test_api import AUTH, KEY, build_index
+from tests.helpers import AUTH, KEY, build_index, make_corpus
 
 GOOD = {"id": "good-1", "title": "Harbour bridge opens", "body": "The council opened the harbour bridge today."}
 BIG_BODY = "word " * 1_000_000  # 5 MB
@@ -21,7 +21,6 @@ BIG_BODY = "word " * 1_000_000  # 5 MB
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, tiny_model_dir):
     from recommender.config import Settings
-    from tests.conftest import make_corpus
 
     settings = Settings.load(
         {"data_dir": tmp_path_factory.mktemp("bad-input"), "model": str(tiny_model_dir), "api_key": KEY,

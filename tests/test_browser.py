@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server import Server, free_port
-from tests.test_api import build_index
+from tests.helpers import Server, build_index, free_port, make_corpus
 
 XSS_TITLE = "<img src=x onerror=alert(1)> Karsk envoy"
 EDITOR_KEY = "browser-editor-key"
@@ -35,7 +34,6 @@ from selenium.webdriver.support.ui import WebDriverWait
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, tiny_model_dir):
     from recommender.config import Settings
-    from tests.conftest import make_corpus
 
     root = tmp_path_factory.mktemp("browser")
     settings = Settings.load({"data_dir": root / "data", "model": str(tiny_model_dir), "min_confidence": 0.0},

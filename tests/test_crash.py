@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from recommender.version import IndexVersion
-from tests.conftest import make_corpus, write_jsonl
+from tests.helpers import make_corpus, write_jsonl
 
 
 def cli(*args, **kwargs):

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_corpus
-from tests.server import Server
-from tests.test_api import KEY, build_index
+from tests.helpers import KEY, Server, build_index, make_corpus
 
 ST = shutil.which("st") or str(Path(sys.executable).with_name("st"))
 

@@ -24,9 +24,7 @@ from recommender.pipeline import embedding_key, reindex
 from recommender.service import Engine
 from recommender.store import Store
 from recommender.version import IndexVersion
-from tests.conftest import make_corpus, write_jsonl
-from tests.server import Server
-from tests.test_api import AUTH, KEY, build_index
+from tests.helpers import AUTH, KEY, Server, build_index, make_corpus, write_jsonl
 
 FUTURE = "2999-01-01T00:00:00+00:00"
 RUN_ON = "a " * 999_999  # 2 MB, one "sentence"

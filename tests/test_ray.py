@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from recommender import pipeline
-from tests.conftest import PoisonEmbedder
 from recommender.articles import parse_article
 from recommender.config import Settings
 from recommender.embed import SentenceTransformerEmbedder
@@ -21,7 +20,7 @@ from recommender.pipeline import EmbeddingError, EmbedJob, reindex
 from recommender.ray_engine import EmbedWorker, RayEngine, RemoteEmbeddingError, pack_results, unpack_result
 from recommender.store import Store
 from recommender.version import IndexVersion
-from tests.conftest import write_jsonl
+from tests.helpers import PoisonEmbedder, write_jsonl
 
 try:
     import ray
@@ -49,21 +48,21 @@ def _ingested(settings: Settings, rows: list[dict]) -> Store:
 
 @needs_ray
 @pytest.mark.slow
-def test_ray_engine_publishes_the_same_index_as_the_local_one(tmp_path, tiny_model_dir, corpus, local_ray, monkeypatch):
-    # 30 articles in jobs of 8: 4 jobs, in windows of 3 (two datasets), on 2
+def test_ray_engine_publishes_the_same_index_as_the_local_one(tmp_path, tiny_model_dir, corpus, local_ray):
+    # 31 articles in jobs of 8: 4 jobs, in windows of 3 (two datasets), on 2
     # one-thread workers, so results can come back out of order.
-    monkeypatch.setattr(pipeline, "EMBED_BATCH_DOCS", 8)
     local = Settings.load({"data_dir": tmp_path / "local", "model": str(tiny_model_dir), "min_confidence": 0.0},
                              environ={})
     remote = local.replace(data_dir=tmp_path / "ray")
     rows = corpus + [dict(corpus[0], id="copy-of-talks-0")]  # a syndicated copy: one story, passages reused
 
     with _ingested(local, rows) as store:
-        expected = reindex(local, store, lambda: SentenceTransformerEmbedder.from_settings(local), progress=False)
+        expected = reindex(local, store, lambda: SentenceTransformerEmbedder.from_settings(local), progress=False,
+                           batch_docs=8)
     with _ingested(remote, rows) as store:
         engine = RayEngine(remote, concurrency=2, threads_per_worker=1, window_jobs=3)
         report = reindex(remote, store, lambda: pytest.fail("the ray engine must not load a model here"),
-                         progress=False, engine=engine)
+                         progress=False, engine=engine, batch_docs=8)
         assert ray.is_initialized()  # the engine used the running Ray and left it running
 
     assert report.engine == "ray" and expected.engine == "local"

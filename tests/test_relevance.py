@@ -17,8 +17,7 @@ from recommender.rank import Ranker
 from recommender.rank.model import DEFAULT_MODEL
 from recommender.related import related_to_row
 from recommender.service import Engine
-from tests.conftest import FILLER, TOPICS, write_jsonl
-from tests.test_api import build_index
+from tests.helpers import FILLER, PEACE_TALKS, TOPICS, Server, build_index, write_jsonl
 
 
 def event_corpus(seed: int = 11) -> list[dict]:
@@ -144,8 +143,6 @@ def test_calibration_recovers_known_probabilities():
 def test_eval_lists_are_the_http_lists(tmp_path, settings, corpus):
     """`recommender eval` scores the lists a widget gets: the same items, in
     the same order, as GET /v1/articles/{id}/related?k=100 on a real server."""
-    from tests.server import Server
-
     dataset = write_jsonl(tmp_path / "set.jsonl", corpus)
     lists = tmp_path / "lists.jsonl"
     data_dir = tmp_path / "eval-data"
@@ -185,7 +182,6 @@ SEED = {
     ),
     "published": "2024-03-14", "section": "World",
 }
-PEACE_TALKS = {"hl-0001", "hl-0004", "hl-0008", "hl-0020", "hl-0021", "hl-0028"}
 
 
 @pytest.mark.slow
