@@ -62,18 +62,6 @@ def test_reopen_keeps_data(tmp_path):
         assert a.tags == ("x", "y") and a.published == "2024-02-03"
 
 
-def test_precision_setting_is_checked():
-    from recommender.embed import resolve_precision
-    from recommender.errors import ConfigError
-
-    assert resolve_precision("float32") == "float32"
-    assert resolve_precision("bfloat16") == "bfloat16"
-    assert resolve_precision("auto") in ("float32", "bfloat16")
-    assert resolve_precision("auto", "cuda") == "float32"
-    with pytest.raises(ConfigError, match="precision must be one of"):
-        resolve_precision("int4")
-
-
 def test_embargo_respects_time_zones(tmp_path):
     rows = [
         {"id": "later-today-utc", "title": "t", "body": "b", "published": "2024-06-01T05:00:00"},
