@@ -112,7 +112,8 @@ def test_editor_search_then_related_list(site, browser):
     results[0].click()
     related = wait.until(EC.presence_of_all_elements_located((By.CSS_SELECTOR, "#related li .related-title")))
     assert len(related) == 10
-    assert all(s.text for s in browser.find_elements(By.CSS_SELECTOR, "#related .score"))
+    scores = browser.find_elements(By.CSS_SELECTOR, "#related .score")
+    assert len(scores) == 10 and all(s.text for s in scores)
     assert no_alert(browser)
     screenshot(browser, "editors-page.png")
 

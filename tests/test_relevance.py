@@ -134,10 +134,12 @@ def test_calibration_recovers_known_probabilities():
             shown_conf.append(confidence)
             shown_y.append(data.y[rows])
     conf, y = np.concatenate(shown_conf), np.concatenate(shown_y)
-    for low, high in ((0.0, 0.3), (0.3, 0.6), (0.6, 1.01)):
-        band = (conf >= low) & (conf < high)
-        if band.sum() > 200:
-            assert abs(conf[band].mean() - y[band].mean()) < 0.05
+    bands = [(conf >= low) & (conf < high) for low, high in ((0.0, 0.3), (0.3, 0.6), (0.6, 1.01))]
+    checked = [band for band in bands if band.sum() > 200]  # 73, 5534 and 2393 of 8000 items here
+    assert len(checked) >= 2
+    for band in checked:
+        assert abs(conf[band].mean() - y[band].mean()) < 0.05
+    assert abs(conf.mean() - y.mean()) < 0.02
 
 
 def test_eval_lists_are_the_http_lists(tmp_path, settings, corpus):
