@@ -132,7 +132,7 @@ class Server:
     def __init__(self, data_dir: Path, model: Path, *, workers: int = 1, env: dict | None = None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.log = open(data_dir.parent / f"server-{self.port}.log", "w+")
+        self.log = open(data_dir.parent / f"server-{self.port}.log", "w+")  # noqa: SIM115 (closed by stop)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "recommender.cli", "serve", "--port", str(self.port), "--workers", str(workers),
              "--data-dir", str(data_dir), "--model", str(model)],

@@ -179,8 +179,10 @@ def test_503_before_any_index(settings):
 
 
 def test_metadata_change_is_reflected_in_filtered_lists_at_once(client):
-    world = lambda: [i["id"] for i in client.get("/v1/articles/football-0/related",  # noqa: E731
-                                                 params={"k": 6, "section": "world"}).json()["items"]]
+    def world():
+        items = client.get("/v1/articles/football-0/related", params={"k": 6, "section": "world"}).json()["items"]
+        return [i["id"] for i in items]
+
     assert "talks-2" in world()
     article = client.get("/v1/articles/talks-2").json()
     r = client.put("/v1/articles/talks-2", json={"title": article["title"], "body": article["body"],

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from recommender.articles import parse_article
 from recommender.store import Store
