@@ -119,11 +119,13 @@ def reindex(
     force: bool = False,
     dry_run: bool = False,
     engine: EmbedEngine | None = None,
+    batch_docs: int = EMBED_BATCH_DOCS,
 ) -> ReindexReport:
     """Embed what changed, then build and publish a new version if anything did.
     With ``dry_run``, only report what would be done. ``engine`` runs the
-    embedding step (default: in this process, with ``load_embedder``).
-    ``on_progress(done, total)`` is called as articles are embedded."""
+    embedding step (default: in this process, with ``load_embedder``), in jobs
+    of ``batch_docs`` articles. ``on_progress(done, total)`` is called as
+    articles are embedded."""
     started = time.perf_counter()
     key = embedding_key(settings)
     engine = engine or LocalEngine(load_embedder)
@@ -144,7 +146,7 @@ def reindex(
 
     if not dry_run:
         if stale:
-            _embed(settings, store, engine, stale, key, report, on_progress=on_progress)
+            _embed(settings, store, engine, stale, key, report, on_progress=on_progress, batch_docs=batch_docs)
         if report.reason:
             report.version = _build_and_publish(settings, store, key, retrain=force)
             report.published = True
@@ -242,15 +244,15 @@ class _Pending:
 
 def _embed(
     settings: Settings, store: Store, engine: EmbedEngine, stale: list[int], key: str,
-    report: ReindexReport, *, on_progress: Callable[[int, int], None] | None,
+    report: ReindexReport, *, on_progress: Callable[[int, int], None] | None, batch_docs: int = EMBED_BATCH_DOCS,
 ) -> None:
     """Embed the stale articles' passages that have no vector yet and checkpoint
     each job's articles in one transaction, as its results arrive."""
     pending: dict[int, _Pending] = {}
 
     def jobs() -> Iterator[EmbedJob]:
-        for number, start in enumerate(range(0, len(stale), EMBED_BATCH_DOCS)):
-            batch = store.get_many(stale[start : start + EMBED_BATCH_DOCS])
+        for number, start in enumerate(range(0, len(stale), batch_docs)):
+            batch = store.get_many(stale[start : start + batch_docs])
             doc_ids = list(batch)
             content_hashes = [batch[d].content_hash for d in doc_ids]
             known = store.known_passage_vectors(key, doc_ids, content_hashes)

@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tests.server import Server  # noqa: E402
+from tests.helpers import Server  # noqa: E402
 
 KEY = "bench-writes-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from recommender.articles import Article, Rejected, parse_article, read_articles
-from tests.conftest import write_jsonl
+from tests.helpers import write_jsonl
 
 
 def test_parse_keeps_optional_and_unknown_fields():

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server import Server, free_port
-from tests.test_api import build_index
+from tests.helpers import Server, build_index, free_port, make_corpus
 
 XSS_TITLE = "<img src=x onerror=alert(1)> Karsk envoy"
 EDITOR_KEY = "browser-editor-key"
@@ -26,16 +25,15 @@ if not (CHROMIUM and CHROMEDRIVER):
                 allow_module_level=True)
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import NoAlertPresentException
-from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.common.exceptions import NoAlertPresentException  # noqa: E402 - after the skip above
+from selenium.webdriver.common.by import By  # noqa: E402 - after the skip above
+from selenium.webdriver.support import expected_conditions as EC  # noqa: E402 - after the skip above
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402 - after the skip above
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, tiny_model_dir):
     from recommender.config import Settings
-    from tests.conftest import make_corpus
 
     root = tmp_path_factory.mktemp("browser")
     settings = Settings.load({"data_dir": root / "data", "model": str(tiny_model_dir), "min_confidence": 0.0},
@@ -83,7 +81,7 @@ def browser(tmp_path_factory):
 
 def no_alert(driver) -> bool:
     try:
-        driver.switch_to.alert
+        _ = driver.switch_to.alert
     except NoAlertPresentException:
         return True
     return False
@@ -114,7 +112,8 @@ def test_editor_search_then_related_list(site, browser):
     results[0].click()
     related = wait.until(EC.presence_of_all_elements_located((By.CSS_SELECTOR, "#related li .related-title")))
     assert len(related) == 10
-    assert all(s.text for s in browser.find_elements(By.CSS_SELECTOR, "#related .score"))
+    scores = browser.find_elements(By.CSS_SELECTOR, "#related .score")
+    assert len(scores) == 10 and all(s.text for s in scores)
     assert no_alert(browser)
     screenshot(browser, "editors-page.png")
 

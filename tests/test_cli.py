@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from recommender import cli
-from tests.conftest import write_jsonl
+from tests.helpers import write_jsonl
 
 COMMANDS = ["ingest", "reindex", "rules list", "rules add", "rules delete", "related", "search", "eval related",
             "eval search", "serve"]
@@ -153,7 +153,7 @@ def test_model_mismatch_is_refused(tmp_path, corpus, tiny_model_dir):
 
 def test_reindex_exit_code_3_when_some_articles_fail(tmp_path, corpus, tiny_model_dir, capsys):
     from recommender.embed import load_embedder
-    from tests.conftest import PoisonEmbedder
+    from tests.helpers import PoisonEmbedder
 
     rows = corpus[:5] + [{"id": "bad-1", "title": "POISON", "body": "The model chokes on this one."}]
     common = ["--data-dir", str(tmp_path / "d"), "--model", str(tiny_model_dir)]

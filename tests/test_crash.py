@@ -14,13 +14,13 @@ import time
 import numpy as np
 
 from recommender.version import IndexVersion
-from tests.conftest import make_corpus, write_jsonl
+from tests.helpers import make_corpus, write_jsonl
 
 
-def cli(*args, **kwargs):
+def cli(*args, check: bool = False, **kwargs):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "recommender.cli", *map(str, args)], env=env,
-                          capture_output=True, text=True, **kwargs)
+                          capture_output=True, text=True, check=check, **kwargs)
 
 
 def count_rows(store_path, table: str) -> int:

@@ -4,19 +4,16 @@ through the API against a real store, a real FAISS index and a real (tiny) model
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+from pathlib import Path
 
 import pytest
-from conftest import make_corpus
 from fastapi.testclient import TestClient
 
 from recommender.api import create_app
-from recommender.articles import parse_article
-from recommender.embed import SentenceTransformerEmbedder
-from recommender.pipeline import reindex
-from recommender.store import Store
+from recommender.config import Settings
+from tests.helpers import AUTH, KEY, build_index, make_corpus
 
-KEY = "editor-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 TODAY = dt.date.today()
 
 
@@ -64,36 +61,38 @@ def rows() -> list[dict]:
     return rows + extra
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory, tiny_model_dir, rows):
-    from recommender.config import Settings
+def app_settings(data_dir: Path, model: Path) -> Settings:
+    return Settings.load({"data_dir": data_dir, "model": str(model), "api_key": KEY, "index_poll_seconds": 0.1,
+                          "min_confidence": 0.0}, environ={})
 
-    settings = Settings.load(
-        {"data_dir": tmp_path_factory.mktemp("editorial"), "model": str(tiny_model_dir), "api_key": KEY,
-         "index_poll_seconds": 0.1, "min_confidence": 0.0},
-        environ={},
-    )
-    with Store.open(settings.store_path) as store:
-        store.upsert([parse_article(r) for r in rows])
-        reindex(settings, store, lambda: SentenceTransformerEmbedder.load(settings.model))
-    with TestClient(create_app(settings)) as client:
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, tiny_model_dir, rows) -> Path:
+    """The data folder (store and published index), built once per module."""
+    settings = app_settings(tmp_path_factory.mktemp("editorial") / "data", tiny_model_dir)
+    build_index(settings, rows)
+    return settings.data_dir
+
+
+@pytest.fixture
+def client(archive, tmp_path, tiny_model_dir):
+    """The app over this test's own copy of the archive: what a test writes
+    (rules, tags, deletions) is gone after it, so the tests run in any order."""
+    data_dir = shutil.copytree(archive, tmp_path / "data")
+    with TestClient(create_app(app_settings(data_dir, tiny_model_dir))) as client:
         yield client
 
 
 @pytest.fixture
 def rules(client):
-    """Rules added in a test are removed after it."""
-    added: list[int] = []
+    """Adds a rule through the API and returns it."""
 
     def add(**rule):
         r = client.post("/v1/rules", json=rule, headers=AUTH)
         assert r.status_code == 201, r.text
-        added.append(r.json()["id"])
         return r.json()
 
-    yield add
-    for rule_id in added:
-        client.delete(f"/v1/rules/{rule_id}", headers=AUTH)
+    return add
 
 
 def related(client, article_id: str, **params) -> list[dict]:
@@ -145,10 +144,13 @@ def test_boost_and_bury_change_the_order(client, rules):
 
 
 def test_boost_by_tag_everywhere(client, rules, rows):
-    client.put("/v1/articles/bank-3", json={**{k: v for k, v in rows[240 + 3].items() if k != "id"},
-                                             "tags": ["explainer"]}, headers=AUTH)
+    bank_3 = next(r for r in rows if r["id"] == "bank-3")
+    r = client.put("/v1/articles/bank-3", json={**{k: v for k, v in bank_3.items() if k != "id"},
+                                                 "tags": ["explainer"]}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["updated"] == 1, r.text
+    assert "bank-3" not in ids(related(client, "talks-1"))
     rules(kind="boost", target="explainer", target_type="tag", weight=10)
-    assert related(client, "talks-1")[0]["id"] == "bank-3"
+    assert related(client, "talks-1")[0]["id"] == "bank-3" == related(client, "football-2")[0]["id"]
 
 
 def test_filtered_list_is_full_when_the_section_is_one_percent(client):
@@ -219,8 +221,8 @@ def test_a_pin_may_cross_the_language_default(client, rules):
 
 
 def test_deleted_articles_leave_lists_at_once(client):
-    """(Runs last in this module: it deletes an article.) Before the next
-    version is published, the deleted article is already gone and the list is full."""
+    """Before the next version is published, the deleted article is already
+    gone and the list is full."""
     first = related(client, "talks-2")[0]["id"]
     assert client.delete(f"/v1/articles/{first}", headers=AUTH).status_code == 200
     for items in (related(client, "talks-2"), related(client, "talks-2", section="world")):  # cached, uncached

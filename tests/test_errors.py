@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from recommender.api import create_app
 from recommender.api.schemas import ErrorResponse
-from tests.test_api import AUTH, KEY, build_index
+from tests.helpers import AUTH, KEY, build_index
 
 PATH_VALUES = {"article_id": "no-such-id", "rule_id": "987654", "name": "no-such-file"}
 KNOWN_PATH_VALUES = {"article_id": "talks-1", "rule_id": "1", "name": "widget.js"}

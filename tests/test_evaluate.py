@@ -6,7 +6,7 @@ import pytest
 
 from recommender import evaluate
 from recommender.evaluate import average_precision, ndcg_at, r_precision, reciprocal_rank
-from tests.conftest import write_jsonl
+from tests.helpers import write_jsonl
 
 
 def test_metrics_on_hand_computed_cases():

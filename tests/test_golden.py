@@ -119,7 +119,7 @@ def _record(tmp_path: Path) -> dict:
         r = client.get("/readyz")
         http["readyz keys"] = {"status": r.status_code, "body": sorted(r.json())}
 
-    from tests.conftest import make_corpus, write_jsonl
+    from tests.helpers import make_corpus, write_jsonl
 
     corpus = write_jsonl(tmp_path / "corpus.jsonl", make_corpus())
     queries = write_jsonl(tmp_path / "queries.jsonl", [

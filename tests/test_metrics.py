@@ -16,8 +16,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server import Server
-from tests.test_api import build_index
+from tests.helpers import Server, build_index
 
 RELATED = "/v1/articles/{article_id}/related"
 

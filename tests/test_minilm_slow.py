@@ -11,10 +11,10 @@ from recommender.ingest import ingest_files
 from recommender.pipeline import reindex
 from recommender.service import Engine
 from recommender.store import Store
+from tests.helpers import PEACE_TALKS
 
 pytestmark = pytest.mark.slow
 
-PEACE_TALKS = {"hl-0001", "hl-0004", "hl-0008", "hl-0020", "hl-0021", "hl-0028"}
 BRIDGE = {"hl-0003", "hl-0010", "hl-0022", "hl-0034", "hl-0045", "hl-0046"}
 
 

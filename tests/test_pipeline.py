@@ -12,7 +12,7 @@ from recommender.pipeline import EmbeddingError, embedding_key, reindex
 from recommender.store import Store
 from recommender.text import chunk_article
 from recommender.version import IndexVersion, current_version_name
-from tests.conftest import PoisonEmbedder
+from tests.helpers import PoisonEmbedder
 
 
 @pytest.fixture
@@ -74,15 +74,12 @@ def test_rerun_embeds_only_changes(settings, store, embedder, corpus):
     assert len(IndexVersion.load(settings.index_root)) == 29
 
 
-def test_killed_job_resumes_where_it_stopped(settings, store, embedder, monkeypatch):
-    from recommender import pipeline
-
-    monkeypatch.setattr(pipeline, "EMBED_BATCH_DOCS", 8)
+def test_killed_job_resumes_where_it_stopped(settings, store, embedder):
     failing = CountingEmbedder(embedder.inner, fail_after_calls=2)
     with pytest.raises(EmbeddingError, match="killed"):
-        reindex(settings, store, lambda: failing)
+        reindex(settings, store, lambda: failing, batch_docs=8)
     assert current_version_name(settings.index_root) is None  # nothing half-published
-    report = reindex(settings, store, lambda: embedder)
+    report = reindex(settings, store, lambda: embedder, batch_docs=8)
     assert report.skipped == 16 and report.embedded == 14 and report.published
 
 
@@ -154,17 +151,14 @@ def test_unchanged_passages_and_copies_are_not_embedded_again(settings, store, e
     assert vectors[store.get(corpus[0]["id"]).doc_id].shape[0] == per_article[0] + 1
 
 
-def test_one_bad_article_is_left_out_reported_and_retried(settings, store, embedder, monkeypatch):
-    from recommender import pipeline
-
-    monkeypatch.setattr(pipeline, "EMBED_BATCH_DOCS", 8)
+def test_one_bad_article_is_left_out_reported_and_retried(settings, store, embedder):
     store.upsert([parse_article({"id": "bad", "title": "POISON", "body": "A body the model chokes on."})])
-    report = reindex(settings, store, lambda: PoisonEmbedder(embedder.inner))
+    report = reindex(settings, store, lambda: PoisonEmbedder(embedder.inner), batch_docs=8)
     assert report.failed == [store.get("bad").doc_id]
     assert report.embedded == 30 and report.published
     assert len(IndexVersion.load(settings.index_root)) == 30
 
-    retry = reindex(settings, store, lambda: embedder)
+    retry = reindex(settings, store, lambda: embedder, batch_docs=8)
     assert retry.to_embed == 1 and retry.embedded == 1 and retry.failed == [] and retry.published
     assert len(IndexVersion.load(settings.index_root)) == 31
 

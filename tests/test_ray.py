@@ -20,7 +20,7 @@ from recommender.pipeline import EmbeddingError, EmbedJob, reindex
 from recommender.ray_engine import EmbedWorker, RayEngine, RemoteEmbeddingError, pack_results, unpack_result
 from recommender.store import Store
 from recommender.version import IndexVersion
-from tests.conftest import PoisonEmbedder, write_jsonl
+from tests.helpers import PoisonEmbedder, write_jsonl
 
 try:
     import ray
@@ -48,21 +48,20 @@ def _ingested(settings: Settings, rows: list[dict]) -> Store:
 
 @needs_ray
 @pytest.mark.slow
-def test_ray_engine_publishes_the_same_index_as_the_local_one(tmp_path, tiny_model_dir, corpus, local_ray, monkeypatch):
-    # 30 articles in jobs of 8: 4 jobs, in windows of 3 (two datasets), on 2
+def test_ray_engine_publishes_the_same_index_as_the_local_one(tmp_path, tiny_model_dir, corpus, local_ray):
+    # 31 articles in jobs of 8: 4 jobs, in windows of 3 (two datasets), on 2
     # one-thread workers, so results can come back out of order.
-    monkeypatch.setattr(pipeline, "EMBED_BATCH_DOCS", 8)
     local = Settings.load({"data_dir": tmp_path / "local", "model": str(tiny_model_dir), "min_confidence": 0.0},
                              environ={})
     remote = local.replace(data_dir=tmp_path / "ray")
     rows = corpus + [dict(corpus[0], id="copy-of-talks-0")]  # a syndicated copy: one story, passages reused
 
     with _ingested(local, rows) as store:
-        expected = reindex(local, store, lambda: load_embedder(local))
+        expected = reindex(local, store, lambda: load_embedder(local), batch_docs=8)
     with _ingested(remote, rows) as store:
         engine = RayEngine(remote, concurrency=2, threads_per_worker=1, window_jobs=3)
         report = reindex(remote, store, lambda: pytest.fail("the ray engine must not load a model here"),
-                         engine=engine)
+                         engine=engine, batch_docs=8)
         assert ray.is_initialized()  # the engine used the running Ray and left it running
 
     assert report.engine == "ray" and expected.engine == "local"
@@ -92,8 +91,7 @@ def test_ray_client_path_runs_each_window_in_a_cluster_task(tmp_path, tiny_model
     with _ingested(local, corpus[:10]) as store:
         reindex(local, store, lambda: load_embedder(local))
     with _ingested(remote, corpus[:10]) as store:
-        report = reindex(remote, store, lambda: None,
-                         engine=RayEngine(remote, concurrency=2, threads_per_worker=1))
+        report = reindex(remote, store, lambda: None, engine=RayEngine(remote, concurrency=2, threads_per_worker=1))
     assert (report.embedded, report.engine) == (10, "ray")
     np.testing.assert_allclose(IndexVersion.load(remote.index_root).doc_vectors,
                                IndexVersion.load(local.index_root).doc_vectors, atol=1e-5)

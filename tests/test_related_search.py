@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
+from recommender import related
 from recommender.articles import parse_article
 from recommender.embed import SentenceTransformerEmbedder
 from recommender.errors import ArticleNotFound, InvalidInput
 from recommender.pipeline import reindex
 from recommender.rank import features, query_for_row
+from recommender.rank.related import related_to_row
 from recommender.rank.search import fts_query
 from recommender.service import Engine
 from recommender.store import Store
@@ -28,7 +32,8 @@ def engine(settings, corpus):
 
 
 def test_related_excludes_self_and_its_copies(engine):
-    ids = [i.id for i in engine.related("talks-0", 10)]
+    items = engine.related("talks-0", 10)
+    ids = [i.id for i in items]
     assert "talks-0" not in ids and "talks-0-wire" not in ids
     assert len(ids) == 10 == len(set(ids))
     assert all(i.startswith("talks-") for i in ids[:5])  # the 5 other talks articles come first
@@ -46,11 +51,9 @@ def test_related_never_lists_two_copies_of_one_story(engine):
     assert len(ids) == 30  # 33 articles less itself and two copies
 
 
-def test_related_ranking_matches_brute_force_scoring(engine, settings):
-    """The served list equals exact scoring of every article by the version's
-    ranker, one item per story, shown by the story's original."""
-    version = engine.live.current
-    row = version.row_of(engine.stores.get().get("drought-2").doc_id)
+def brute_force_list(version, row: int) -> list[int]:
+    """Every article scored exactly by the version's ranker, best first, one
+    doc id per story, shown by the story's original."""
     ranker = version.ranker
     values, _ = features(version, query_for_row(version, row), np.arange(len(version)), list(ranker.names))
     score = ranker.score(values)
@@ -61,8 +64,50 @@ def test_related_ranking_matches_brute_force_scoring(engine, settings):
             continue
         seen.add(story[r])
         expected.append(int(version.doc_ids[story[r]]))  # a story is shown by its original
-    hits = [item.hit for item in engine.related("drought-2", 8)]
-    assert [h.doc_id for h in hits] == expected[:8]
+    return expected
+
+
+@pytest.mark.parametrize("pool", [8, 12])
+def test_candidate_pool_holds_the_nearest_vectors_and_the_best_keyword_matches(engine, pool):
+    """The pool is a real subset of the archive, and it holds every article
+    nearer (by exact vector similarity) than its pool-th neighbour and every
+    article scoring higher on the query's most distinctive terms than the
+    pool-th keyword match (ties at the boundary may go either way)."""
+    version = engine.live.current
+    n = len(version)
+    vectors = np.asarray(version.doc_vectors, dtype=np.float32)
+    for row in range(n):
+        query = query_for_row(version, row)
+        rows = set(related._candidates(version, query, pool).tolist())
+        assert len(rows) <= 2 * pool + 1 < n  # pool + 1 nearest vectors, pool keyword matches
+        similarity = vectors @ query.vector
+        boundary = np.sort(similarity)[::-1][pool]  # FAISS returns pool + 1: the article itself is among them
+        assert set(np.flatnonzero(similarity > boundary + 1e-5).tolist()) <= rows, f"row {row}"
+        lexical = version.tfidf.scores(related._strongest_terms(query.terms, related.QUERY_TERMS))
+        boundary = np.sort(lexical)[::-1][pool - 1]
+        assert set(np.flatnonzero((lexical > boundary) & (lexical > 0)).tolist()) <= rows, f"row {row}"
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_pooled_ranking_matches_brute_force_scoring(engine, settings, k):
+    """With a pool of 8 (at least 4 x k) candidates of 33 articles, every
+    article's list equals the exact scoring of the whole archive: on topics
+    this well separated the pool misses nothing that would be listed."""
+    version = engine.live.current
+    small = settings.replace(candidates=8)
+    assert max(small.candidates, 4 * k) < len(version) - 10  # the pool is not the archive
+    for row in range(len(version)):
+        hits = related_to_row(version, row, k, small)
+        assert [h.doc_id for h in hits] == brute_force_list(version, row)[:k], f"row {row}"
+
+
+def test_served_list_is_the_brute_force_list(engine):
+    """The service's list (rules, cache and deletion margin around the
+    ranking) shows the exact ranking, copies collapsed to their original."""
+    version = engine.live.current
+    for article in ("drought-2", "bridge-0", "talks-1"):
+        row = version.row_of(engine.stores.get().get(article).doc_id)
+        assert [i.doc_id for i in engine.related(article, 8)] == brute_force_list(version, row)[:8]
 
 
 def test_related_unknown_and_unindexed(engine):
@@ -70,7 +115,7 @@ def test_related_unknown_and_unindexed(engine):
         engine.related("no-such-article", 5)
     engine.stores.get().upsert([parse_article({"id": "fresh", "title": "striker", "body": "club goal stadium fans penalty"})])
     ids = [i.id for i in engine.related("fresh", 5)]  # not indexed yet: ranked like a draft
-    assert "fresh" not in ids and all(i.startswith("football-") for i in ids[:3])
+    assert len(ids) == 5 and "fresh" not in ids and all(i.startswith("football-") for i in ids[:3])
 
 
 def test_search_finds_exact_names_first(engine):
@@ -80,12 +125,26 @@ def test_search_finds_exact_names_first(engine):
 
 def test_search_by_topic_words(engine):
     ids = [i.id for i in engine.search("reservoir irrigation for the harvest", 5)]
-    assert all(i.startswith("drought-") for i in ids)
+    assert len(ids) == 5 and all(i.startswith("drought-") for i in ids)
 
 
-@pytest.mark.parametrize("query", ['"unbalanced', "AND OR NOT", "NEAR(a b)", "title:x*", "-- ; DROP TABLE", "ü ß ç"])
+@pytest.mark.parametrize("query", ['"unbalanced', "AND OR NOT", "NEAR(a b)", "title:x*", "-- ; DROP TABLE", "ü ß ç",
+                                   'bridge)) OR "', "harbour NEAR/2 bridge"])
 def test_search_survives_query_syntax(engine, query):
-    assert isinstance(engine.search(query, 3), list)
+    """Quotes, FTS5 operators and punctuation are read as plain words: the
+    keyword side of the served search and the FTS5 keyword search (the eval
+    baseline) score exactly what the query's words alone score, and neither
+    raises. (The vector side embeds the raw text, by design.)"""
+    words = re.sub(r"[^\w\s]", " ", query)
+    found = [i.id for i in engine.search(query, 5)]
+    assert len(found) == 5
+    bm25 = engine.live.current.bm25
+    np.testing.assert_array_equal(bm25.scores(query), bm25.scores(words))
+    keyword = engine.stores.get().keyword_search(fts_query(query), 5)
+    assert keyword == engine.stores.get().keyword_search(fts_query(words), 5)
+    if "bridge" in query:
+        assert found[0].startswith("bridge-") and keyword and all(
+            engine.stores.get().get_many([d])[d].article.id.startswith("bridge-") for d, _ in keyword[:3])
 
 
 def test_search_rejects_empty_and_huge_queries(engine):

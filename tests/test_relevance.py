@@ -17,8 +17,7 @@ from recommender.rank import related as related_module
 from recommender.rank.model import DEFAULT_MODEL
 from recommender.rank.related import related_to_row
 from recommender.service import Engine
-from tests.conftest import FILLER, TOPICS, write_jsonl
-from tests.test_api import build_index
+from tests.helpers import FILLER, PEACE_TALKS, TOPICS, Server, build_index, write_jsonl
 
 
 def event_corpus(seed: int = 11) -> list[dict]:
@@ -135,17 +134,17 @@ def test_calibration_recovers_known_probabilities():
             shown_conf.append(confidence)
             shown_y.append(data.y[rows])
     conf, y = np.concatenate(shown_conf), np.concatenate(shown_y)
-    for low, high in ((0.0, 0.3), (0.3, 0.6), (0.6, 1.01)):
-        band = (conf >= low) & (conf < high)
-        if band.sum() > 200:
-            assert abs(conf[band].mean() - y[band].mean()) < 0.05
+    bands = [(conf >= low) & (conf < high) for low, high in ((0.0, 0.3), (0.3, 0.6), (0.6, 1.01))]
+    checked = [band for band in bands if band.sum() > 200]  # 73, 5534 and 2393 of 8000 items here
+    assert len(checked) >= 2
+    for band in checked:
+        assert abs(conf[band].mean() - y[band].mean()) < 0.05
+    assert abs(conf.mean() - y.mean()) < 0.02
 
 
 def test_eval_lists_are_the_http_lists(tmp_path, settings, corpus):
     """`recommender eval` scores the lists a widget gets: the same items, in
     the same order, as GET /v1/articles/{id}/related?k=100 on a real server."""
-    from tests.server import Server
-
     dataset = write_jsonl(tmp_path / "set.jsonl", corpus)
     lists = tmp_path / "lists.jsonl"
     data_dir = tmp_path / "eval-data"
@@ -153,6 +152,7 @@ def test_eval_lists_are_the_http_lists(tmp_path, settings, corpus):
         [sys.executable, "-m", "recommender.cli", "eval", "related", "--dataset", str(dataset), "--json",
          "--data-dir", str(data_dir), "--model", str(settings.model), "--lists", str(lists)],
         capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=300,
+        check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout)
@@ -185,7 +185,6 @@ SEED = {
     ),
     "published": "2024-03-14", "section": "World",
 }
-PEACE_TALKS = {"hl-0001", "hl-0004", "hl-0008", "hl-0020", "hl-0021", "hl-0028"}
 
 
 @pytest.mark.slow

@@ -8,11 +8,7 @@ import urllib.parse
 
 import pytest
 
-from tests.server import Server
-from tests.test_api import build_index
-
-KEY = "e2e-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
+from tests.helpers import AUTH, KEY, Server, build_index
 
 
 def consistently(check, *, times: int = 8, timeout: float = 30.0) -> bool:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from recommender.articles import parse_article
 from recommender.store import Store
@@ -60,18 +59,6 @@ def test_reopen_keeps_data(tmp_path):
     with Store.open(path) as store:
         a = store.get("1").article
         assert a.tags == ("x", "y") and a.published == "2024-02-03"
-
-
-def test_precision_setting_is_checked():
-    from recommender.embed import resolve_precision
-    from recommender.errors import ConfigError
-
-    assert resolve_precision("float32") == "float32"
-    assert resolve_precision("bfloat16") == "bfloat16"
-    assert resolve_precision("auto") in ("float32", "bfloat16")
-    assert resolve_precision("auto", "cuda") == "float32"
-    with pytest.raises(ConfigError, match="precision must be one of"):
-        resolve_precision("int4")
 
 
 def test_embargo_respects_time_zones(tmp_path):
