@@ -131,7 +131,6 @@ class Engine:
 
     @classmethod
     def open(cls, settings: Settings, load_embedder: Callable[[], Embedder] | None = None) -> Engine:
-        set_query_threads(1)
         live = LiveIndex(settings.index_root, model_id_for(settings.model))
         live.refresh()
         return cls(settings, live, load_embedder or partial(load_embedder_from, settings))
@@ -216,10 +215,13 @@ class Reindexer:
     a background thread after writes. A file lock keeps one job at a time
     across worker processes; writes that arrive during a job start another."""
 
-    def __init__(self, settings: Settings, engine: Engine, *, debounce: float = 0.2):
+    def __init__(self, settings: Settings, engine: Engine, *, debounce: float = 0.2,
+                 on_run: Callable[[], None] | None = None):
         self.settings = settings
         self.engine = engine
         self.debounce = debounce
+        self.on_run = on_run
+        """Called after each job that finished (the metrics count them)."""
         self._wanted = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reindexer", daemon=True)
@@ -262,6 +264,8 @@ class Reindexer:
                             reindex(self.settings, store, lambda: self.engine.embedder)
                     self.runs += 1
                     self.last_error = None
+                    if self.on_run is not None:
+                        self.on_run()
                 except Exception as exc:  # keep serving the last good index
                     self.last_error = type(exc).__name__  # the details go to the log, not to clients
                     log.exception("background reindex failed")

@@ -226,3 +226,25 @@ def test_only_failing_articles_left_still_publishes_deletes(settings, store, emb
     report = reindex(settings, store, lambda: PoisonEmbedder(embedder.inner))
     assert report.published and len(report.failed) == 1
     assert len(IndexVersion.load(settings.index_root)) == 29
+
+
+def test_embedding_key_names_what_makes_the_vectors_and_old_vectors_move_to_it(settings, store, embedder):
+    """The key holds the precision as resolved here (never "auto") and the
+    backend; vectors cached under the key of earlier releases (model and
+    passages only) are moved to the new key, not embedded again."""
+    from recommender.embed import BACKEND, resolve_precision
+
+    key = embedding_key(settings)
+    assert f"precision={resolve_precision(settings.precision)}" in key and f"backend={BACKEND}" in key
+    assert "auto" not in key
+    assert embedding_key(settings.replace(precision="bfloat16")) != embedding_key(settings.replace(precision="float32"))
+
+    reindex(settings, store, lambda: embedder)
+    legacy = key.split("|precision=")[0]
+    store.connection.execute("UPDATE embeddings SET model_key = ?", (legacy,))  # as an older release left them
+    assert store.stale_embeddings(key) and not store.stale_embeddings(legacy)
+    embedder.texts = 0
+    report = reindex(settings, store, lambda: embedder, force=True)
+    assert report.embedded == 0 and embedder.texts == 0 and report.published
+    assert not store.stale_embeddings(key)
+    assert store.connection.execute("SELECT count(*) FROM embeddings WHERE model_key = ?", (legacy,)).fetchone()[0] == 0

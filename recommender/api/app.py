@@ -35,9 +35,8 @@ def create_app(settings: Settings, *, load_embedder: Callable | None = None) -> 
         engine.embedder.get()  # load the model now, not on the first search
         _limit_torch_threads(settings)
         engine.live.watch(settings.index_poll_seconds)
-        reindexer = Reindexer(settings, engine).start()
+        reindexer = Reindexer(settings, engine, on_run=app.state.metrics.reindex_run).start()
         app.state.engine, app.state.reindexer = engine, reindexer
-        app.state.metrics.follow(reindexer)
         try:
             yield
         finally:

@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import socket
-import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -64,9 +63,6 @@ class Metrics:
                                registry=own, multiprocess_mode="livemostrecent")
         self.reindex_runs = Counter("recommender_reindex_runs", "Background reindex jobs run by the server's workers.",
                                     registry=own)
-        self._reindexer = None
-        self._reindex_runs_seen = 0
-        self._lock = threading.Lock()
         if own is not None:
             # This process is the whole server: its own process and GC metrics.
             ProcessCollector(registry=own)
@@ -88,19 +84,13 @@ class Metrics:
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
-        self._sync_reindex_runs()
 
-    def follow(self, reindexer) -> None:
-        """Count the runs of this worker's reindexer (its ``runs``). They are
-        copied into the counter on each request this worker answers and on a
-        scrape it answers; a worker that answers nothing more after a run shows
-        it late, never wrongly."""
-        self._reindexer = reindexer
-        self._sync_reindex_runs()
+    def reindex_run(self) -> None:
+        """A background reindex job of this worker finished (``Reindexer(on_run=...)``)."""
+        self.reindex_runs.inc()
 
     def refresh(self, *, index_articles: int | None, index_built_at: float | None) -> None:
         """Before a scrape: the index this worker serves (none: 0 articles, NaN times)."""
-        self._sync_reindex_runs()
         self.index_articles.set(index_articles or 0)
         self.index_built.set(index_built_at if index_built_at else math.nan)
         self.index_age.set(time.time() - index_built_at if index_built_at else math.nan)
@@ -110,18 +100,8 @@ class Metrics:
 
     def close(self) -> None:
         """When the worker stops: its live gauges leave the aggregate."""
-        self._sync_reindex_runs()
         if self.multiprocess_dir:
             mark_process_dead(os.getpid(), self.multiprocess_dir)
-
-    def _sync_reindex_runs(self) -> None:
-        if self._reindexer is None:
-            return
-        with self._lock:
-            runs = self._reindexer.runs
-            if runs > self._reindex_runs_seen:
-                self.reindex_runs.inc(runs - self._reindex_runs_seen)
-                self._reindex_runs_seen = runs
 
 
 _LIVE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
