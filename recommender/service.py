@@ -261,7 +261,7 @@ class Reindexer:
                 try:
                     with reindex_lock(self.settings.data_dir):
                         if store.count():
-                            reindex(self.settings, store, lambda: self.engine.embedder)
+                            reindex(self.settings, store, lambda: self.engine.embedder, on_progress=_log_progress())
                     self.runs += 1
                     self.last_error = None
                     if self.on_run is not None:
@@ -270,6 +270,19 @@ class Reindexer:
                     self.last_error = type(exc).__name__  # the details go to the log, not to clients
                     log.exception("background reindex failed")
                 self.engine.live.refresh()
+
+
+def _log_progress(step: float = 0.1) -> Callable[[int, int], None]:
+    """The background reindex's progress, to the log: at each tenth of the articles."""
+    logged = [-1.0]
+
+    def report(done: int, total: int) -> None:
+        share = done / total if total else 1.0
+        if share >= 1.0 or share - logged[0] >= step:
+            logged[0] = share
+            log.info("background reindex: %d of %d articles embedded", done, total)
+
+    return report
 
 
 @contextmanager

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from recommender import related
+from recommender.rank import related
 from recommender.articles import parse_article
 from recommender.embed import SentenceTransformerEmbedder
 from recommender.errors import ArticleNotFound, InvalidInput
