@@ -411,7 +411,7 @@ def _rule_line(r: dict) -> str:
 def cmd_rules_list(article: str | None, as_json: bool) -> int:
     from recommender.service import Engine
 
-    with Engine.open(_settings()) as engine:
+    with Engine.open(_settings(), load_index=False) as engine:
         found = [r.to_dict() for r in engine.rules(article)]
     if as_json:
         print(json.dumps({"rules": found}, indent=2))
@@ -463,7 +463,7 @@ def cmd_rules_add(kind: str, target: str | None, target_option: str | None, arti
     except InvalidInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    with Engine.open(_settings()) as engine:
+    with Engine.open(_settings(), load_index=False) as engine:
         added = engine.add_rule(rule)
     print(json.dumps(added.to_dict()) if as_json else f"added rule {added.id}: {added.kind} {added.target}")
     return EXIT_OK
@@ -483,7 +483,7 @@ def cmd_rules_add(kind: str, target: str | None, target_option: str | None, arti
 def cmd_rules_delete(rule_id: int, as_json: bool) -> int:
     from recommender.service import Engine
 
-    with Engine.open(_settings()) as engine:
+    with Engine.open(_settings(), load_index=False) as engine:
         engine.delete_rule(rule_id)
     print(json.dumps({"deleted": rule_id}) if as_json else f"deleted rule {rule_id}")
     return EXIT_OK

@@ -311,7 +311,7 @@ def evaluate_related(
     texts = [document_text(a.title, a.body) for a in articles]
     engine = _prepare_engine(settings, articles, on_progress)
 
-    def score(ranking: Callable[[str], list[str]], desc: str) -> dict[str, float]:
+    def score(ranking: Callable[[str], list[str]]) -> dict[str, float]:
         rows, lengths = [], []
         for query, relevant, clusters in _counted(queries, on_progress):
             ranked = ranking(query)
@@ -330,16 +330,16 @@ def evaluate_related(
                 lists[query] = ids
             return ids
 
-        return lambda: score(ranking, "related")
+        return lambda: score(ranking)
 
 
     def tfidf() -> dict[str, float]:
         model = TfidfModel.build(texts)
-        return score(lambda q: _ranking(model.scores(model.matrix[index_of[q]]), ids, depth, index_of[q]), "tfidf")
+        return score(lambda q: _ranking(model.scores(model.matrix[index_of[q]]), ids, depth, index_of[q]))
 
     def bm25() -> dict[str, float]:
         model = plain_bm25(texts)
-        return score(lambda q: _ranking(model.scores(texts[index_of[q]]), ids, depth, index_of[q]), "bm25")
+        return score(lambda q: _ranking(model.scores(texts[index_of[q]]), ids, depth, index_of[q]))
 
     systems, seconds = _run(engine, {"tfidf": tfidf, "bm25": bm25}, served, settings, "related", ablation)
     if lists_out is not None:
@@ -379,7 +379,7 @@ def evaluate_search(
     engine = _prepare_engine(settings, articles, on_progress)
     id_of = {s.doc_id: s.article.id for s in engine.stores.get().iter_articles()}
 
-    def score(ranking: Callable[[str, int], list[str]], desc: str) -> dict[str, float]:
+    def score(ranking: Callable[[str, int], list[str]]) -> dict[str, float]:
         rows = []
         for query, relevant, source in _counted(queries, on_progress):
             ranked = [i for i in ranking(query, depth + 1) if i != source][:depth]
@@ -387,18 +387,18 @@ def evaluate_search(
         return _mean(rows, SEARCH_METRICS)
 
     def served(variant) -> Callable[[], dict[str, float]]:
-        return lambda: score(lambda q, n: [item.id for item in variant.search(q, n)], "search")
+        return lambda: score(lambda q, n: [item.id for item in variant.search(q, n)])
 
     def tfidf() -> dict[str, float]:
         model = TfidfModel.build(texts)
-        return score(lambda q, n: _ranking(model.scores(model.transform([q])), ids, n), "tfidf")
+        return score(lambda q, n: _ranking(model.scores(model.transform([q])), ids, n))
 
     def bm25() -> dict[str, float]:
         model = plain_bm25(texts)
-        return score(lambda q, n: _ranking(model.scores(q), ids, n), "bm25")
+        return score(lambda q, n: _ranking(model.scores(q), ids, n))
 
     def bm25_stemmed() -> dict[str, float]:
-        return score(lambda q, n: [id_of[d] for d, _ in engine.stores.get().keyword_search(fts_query(q), n)], "fts5")
+        return score(lambda q, n: [id_of[d] for d, _ in engine.stores.get().keyword_search(fts_query(q), n)])
 
     baselines = {"tfidf": tfidf, "bm25": bm25, "bm25_fts5_porter": bm25_stemmed}
     systems, seconds = _run(engine, baselines, served, settings, "search", ablation)

@@ -130,9 +130,14 @@ class Engine:
         self.cache = ListCache(settings.related_cache_size)
 
     @classmethod
-    def open(cls, settings: Settings, load_embedder: Callable[[], Embedder] | None = None) -> Engine:
+    def open(
+        cls, settings: Settings, load_embedder: Callable[[], Embedder] | None = None, *, load_index: bool = True
+    ) -> Engine:
+        """The engine over the data folder. ``load_index=False``: the published
+        version is not read (the rules and the writes need only the store)."""
         live = LiveIndex(settings.index_root, model_id_for(settings.model))
-        live.refresh()
+        if load_index:
+            live.refresh()
         return cls(settings, live, load_embedder or partial(load_embedder_from, settings))
 
     def close(self) -> None:
