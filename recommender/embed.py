@@ -90,8 +90,8 @@ def resolve_model_path(name: str) -> str:
 
 class LazyEmbedder:
     """An embedder loaded on first use, once, whichever thread asks first:
-    the server starts answering related lists (which need no model) before
-    the model is in memory."""
+    commands that need no model (related lists of indexed articles, rules)
+    never load it; the server loads it at start (``get()``)."""
 
     def __init__(self, load: Callable[[], Embedder]):
         self._load = load

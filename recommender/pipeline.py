@@ -104,9 +104,12 @@ def embedding_key(settings: Settings) -> str:
 
 
 def _legacy_embedding_key(settings: Settings) -> str:
-    """The key of releases before precision and backend were part of it:
-    their vectors were made on this machine with the same settings, so they
-    are kept under the new key rather than embedded again."""
+    """The key of releases before precision and backend were part of it.
+    Their vectors are moved to the new key rather than embedded again: they
+    are taken to be made with the precision that resolves here (true unless
+    the store was embedded on a machine with other bfloat16 support, under
+    ``precision = "auto"``; docs/guide.md says how to start over). The move is
+    one-way: an older release would embed the archive again."""
     return f"{model_id_for(settings.model)}|chunks={settings.chunk_words}x{settings.max_chunks}"
 
 
@@ -130,9 +133,13 @@ def reindex(
     key = embedding_key(settings)
     engine = engine or LocalEngine(load_embedder)
     report = ReindexReport(articles=store.count(), dry_run=dry_run, engine=getattr(engine, "name", "local"))
+    legacy = _legacy_embedding_key(settings)
+    cached = key
     if not dry_run:
-        store.rename_embeddings(_legacy_embedding_key(settings), key)
-    stale = store.stale_embeddings(key)
+        store.rename_embeddings(legacy, key)
+    elif not store.has_embeddings(key):  # the run would move the legacy vectors first
+        cached = legacy
+    stale = store.stale_embeddings(cached)
     report.to_embed = len(stale)
     report.skipped = report.articles - len(stale)
 
@@ -160,10 +167,12 @@ def _rebuild_reason(previous: Manifest | None, corpus_hash: str, key: str, setti
     """Why a new version is needed; empty when the published one is current."""
     if previous is None:
         if current_version_name(settings.index_root) is not None:
-            return f"the published index is of an older format than {FORMAT_VERSION}"
+            return f"the published index cannot be read by this release (format {FORMAT_VERSION})"
         return "no index published yet"
     if previous.format_version != FORMAT_VERSION:
         return f"index format {previous.format_version} is older than {FORMAT_VERSION}"
+    if previous.embedding_key == _legacy_embedding_key(settings):
+        return "the embedding key now names the precision and the backend (the vectors are kept)"
     if previous.embedding_key != key:
         return f"model or passage settings changed ({previous.embedding_key} -> {key}): full rebuild"
     if previous.build_settings != build_settings(settings):

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from recommender.config import Settings
-from recommender.embed import Embedder
+from recommender.embed import Embedder, resolve_precision
 from recommender.errors import ConfigError
 from recommender.pipeline import EmbeddingError, EmbedJob, EmbedResult, embed_job
 
@@ -94,7 +94,9 @@ class RayEngine:
                              ("jobs per window", window_jobs)):
             if value is not None and value < 1:
                 raise ConfigError(f"the number of Ray {label} must be at least 1, got {value}")
-        self.settings = settings
+        # Resolved once, here: a worker on another CPU must not resolve "auto"
+        # to another precision than the cache key (pipeline.embedding_key) names.
+        self.settings = settings.replace(precision=resolve_precision(settings.precision, settings.device))
         self.address = address
         self.concurrency = concurrency
         self.threads_per_worker = threads_per_worker
@@ -225,7 +227,7 @@ def worker_env(threads: int) -> dict[str, str]:
 
 
 _WORKERS: dict[tuple, EmbedWorker] = {}
-"""This worker process's loaded models, by what ``from_settings`` reads."""
+"""This worker process's loaded models, by what ``load_embedder`` reads."""
 
 
 def embed_batch(batch: dict[str, np.ndarray], settings: Settings, threads: int) -> dict[str, np.ndarray]:

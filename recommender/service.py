@@ -20,6 +20,7 @@ from recommender.errors import ArticleNotFound, IndexMismatch, IndexNotFound, Ru
 from recommender.filters import NO_FILTERS, Filters
 from recommender.index import set_query_threads
 from recommender.rank.lists import Item, ListCache, ListOptions, Lists, now_iso
+from recommender.rank.search import validate_query
 from recommender.rules import Rule
 from recommender.store import Store, StoredArticle, UpsertCounts, is_embargoed
 from recommender.version import IndexVersion, current_version_name
@@ -68,7 +69,7 @@ class LiveIndex:
                 self.error = exc
                 log.error("%s", exc)
                 return False
-            except (FileNotFoundError, OSError, ValueError) as exc:  # pruned or mid-swap: next poll
+            except (FileNotFoundError, OSError, ValueError, KeyError, TypeError) as exc:  # pruned or mid-swap: next poll
                 log.warning("could not load index %s: %s", name, exc)
                 return False
             self._version, self.error = version, None
@@ -78,7 +79,10 @@ class LiveIndex:
     def watch(self, interval: float) -> None:
         def loop() -> None:
             while not self._stop.wait(interval):
-                self.refresh()
+                try:
+                    self.refresh()
+                except Exception:  # keep watching: the next version may load
+                    log.exception("could not check for a new index version")
 
         self._thread = threading.Thread(target=loop, name="index-watch", daemon=True)
         self._thread.start()
@@ -178,6 +182,7 @@ class Engine:
     def search(
         self, query: str, k: int = 10, filters: Filters = NO_FILTERS, options: ListOptions | None = None
     ) -> list[Item]:
+        query = validate_query(query)  # a bad query is 422 even before any index (503)
         version = self.live.current
         lists = Lists(self.settings, version, self.stores.get(), self.embedder, self.cache)
         return lists.search(query, k, filters, options or ListOptions.from_settings(self.settings))
@@ -231,7 +236,6 @@ class Reindexer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reindexer", daemon=True)
         self.last_error: str | None = None
-        self.runs = 0
 
     def start(self) -> Reindexer:
         """Start the thread. Where writes are enabled (an API key is set), it
@@ -267,7 +271,6 @@ class Reindexer:
                     with reindex_lock(self.settings.data_dir):
                         if store.count():
                             reindex(self.settings, store, lambda: self.engine.embedder, on_progress=_log_progress())
-                    self.runs += 1
                     self.last_error = None
                     if self.on_run is not None:
                         self.on_run()

@@ -411,6 +411,9 @@ class Store:
         for doc_id, content_hash, n_chunks, dim, blob in rows:
             yield doc_id, content_hash, np.frombuffer(blob, dtype=np.float32).reshape(n_chunks, dim)
 
+    def has_embeddings(self, model_key: str) -> bool:
+        return self.connection.execute("SELECT 1 FROM embeddings WHERE model_key = ? LIMIT 1", (model_key,)).fetchone() is not None
+
     def rename_embeddings(self, old_key: str, new_key: str) -> int:
         """Move cached vectors from ``old_key`` to ``new_key`` (the same vectors
         under a key that now says more), unless ``new_key`` already has some."""

@@ -172,12 +172,13 @@ class Manifest:
         version is checked by ``IndexVersion.load``."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        if values.get("snapshot") is not None:
-            values["snapshot"] = Snapshot(**values["snapshot"])
         try:
+            if values.get("snapshot") is not None:
+                snapshot = values["snapshot"]
+                values["snapshot"] = Snapshot(**{f.name: snapshot[f.name] for f in fields(Snapshot) if f.name in snapshot})
             return cls(**values)
-        except TypeError as exc:  # a field this release needs is missing: an older format
-            raise IndexMismatch(f"index manifest of format {data.get('format_version')} lacks fields: {exc}") from None
+        except (TypeError, KeyError) as exc:  # a field this release needs is missing or malformed
+            raise IndexMismatch(f"index manifest of format {data.get('format_version')} cannot be read: {exc}") from None
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -313,7 +314,7 @@ def current_version_name(index_root: Path) -> str | None:
 
 def read_current_manifest(index_root: Path) -> Manifest | None:
     """The live version's manifest (None before the first publish, or where
-    an older release wrote it without the fields this one reads)."""
+    it lacks fields this release reads: another format)."""
     name = current_version_name(index_root)
     if name is None:
         return None

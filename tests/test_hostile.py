@@ -429,11 +429,11 @@ def test_filtered_search_scores_passages_in_bounded_blocks(settings):
 
 def test_float_options_are_rounded_before_the_cache(app_client):
     engine = app_client.app.state.engine
-    before = len(engine._related_cache)
+    before = len(engine.cache)
     for i in range(1, 6):
         r = app_client.get("/v1/articles/talks-1/related", params={"half_life": 1 + i * 1e-6, "mmr": 0.7 + i * 1e-9})
         assert r.status_code == 200
-    assert len(engine._related_cache) == before + 1
+    assert len(engine.cache) == before + 1
 
 
 # -- 7, 8, 9. one validation on every write path ---------------------------------

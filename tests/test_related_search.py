@@ -5,12 +5,11 @@ import re
 import numpy as np
 import pytest
 
-from recommender.rank import related
 from recommender.articles import parse_article
 from recommender.embed import SentenceTransformerEmbedder
 from recommender.errors import ArticleNotFound, InvalidInput
 from recommender.pipeline import reindex
-from recommender.rank import features, query_for_row
+from recommender.rank import features, query_for_row, related
 from recommender.rank.related import related_to_row
 from recommender.rank.search import fts_query
 from recommender.service import Engine

@@ -175,10 +175,11 @@ def readyz(engine: EngineDep, reindexer: ReindexerDep):
 @router.get("/metrics", response_class=PlainTextResponse, tags=["ops"])
 def metrics(request: Request, engine: EngineDep, _: OpsAccess):
     # Prometheus text, added up over all the server's workers (recommender/api/metrics.py).
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client import generate_latest
 
     version = engine.live.version_or_none
     app_metrics = request.app.state.metrics
     app_metrics.refresh(index_articles=len(version) if version else None,
                         index_built_at=version.manifest.built_timestamp if version else None)
-    return Response(generate_latest(app_metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # The 0.0.4 text format's type, whatever prometheus_client's latest is.
+    return Response(generate_latest(app_metrics.registry), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -105,6 +105,9 @@ class ListCache:
         self._languages: dict[str, set[str]] = {}
         self._lock = Lock()
 
+    def __len__(self) -> int:
+        return len(self._lists)
+
     def get(self, key: Hashable) -> list[Hit] | None:
         with self._lock:
             hits = self._lists.get(key)
