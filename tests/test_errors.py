@@ -117,3 +117,4 @@ def test_reads_before_any_index_answer_503_in_the_one_shape(settings):
         for path in ("/v1/articles/x/related", "/v1/search?q=harbour", "/readyz", "/widget/related/x"):
             _check(client.get(path), 503, seen)
         _check(client.post("/v1/related", json={"title": "t", "body": "harbour bridge"}), 503, seen)
+        _check(client.get("/v1/search", params={"q": " "}), 422, seen)  # a bad query is refused first

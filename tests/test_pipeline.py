@@ -248,3 +248,24 @@ def test_embedding_key_names_what_makes_the_vectors_and_old_vectors_move_to_it(s
     assert report.embedded == 0 and embedder.texts == 0 and report.published
     assert not store.stale_embeddings(key)
     assert store.connection.execute("SELECT count(*) FROM embeddings WHERE model_key = ?", (legacy,)).fetchone()[0] == 0
+
+
+def test_a_manifest_with_fields_of_another_release_still_loads_or_is_refused_cleanly(settings, store, embedder):
+    """Keys this release does not know (top level or in the snapshot) are
+    ignored; a manifest missing what it needs reads as another format."""
+    import json
+
+    from recommender.version import Layout, read_current_manifest
+
+    report = reindex(settings, store, lambda: embedder)
+    path = Layout.of(settings.index_root, report.version).manifest
+    data = json.loads(path.read_text())
+    data["added_later"] = {"x": 1}
+    data["snapshot"]["deleted"] = 3
+    path.write_text(json.dumps(data))
+    version = IndexVersion.load(settings.index_root)
+    assert version.manifest.snapshot is not None and version.manifest.snapshot.articles == 30
+    del data["corpus_hash"]
+    path.write_text(json.dumps(data))
+    assert read_current_manifest(settings.index_root) is None
+    assert "cannot be read" in reindex(settings, store, lambda: embedder, dry_run=True).reason
