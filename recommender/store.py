@@ -418,7 +418,7 @@ class Store:
         """Move cached vectors from ``old_key`` to ``new_key`` (the same vectors
         under a key that now says more), unless ``new_key`` already has some."""
         with self._transaction() as db:
-            if db.execute("SELECT 1 FROM embeddings WHERE model_key = ? LIMIT 1", (new_key,)).fetchone():
+            if self.has_embeddings(new_key):  # read inside the transaction: the same connection
                 return 0
             return db.execute("UPDATE embeddings SET model_key = ? WHERE model_key = ?", (new_key, old_key)).rowcount
 

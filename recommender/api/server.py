@@ -31,14 +31,16 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from recommender.api.errors import error_body
 from recommender.config import Settings
 
+_DEFAULTS = Settings()
+
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with a header size limit and read deadlines, set from
     the settings once per worker process (``app_from_environment``)."""
 
-    max_header_bytes: int = Settings().max_header_bytes
-    header_timeout: float = Settings().header_timeout_seconds
-    body_timeout: float = Settings().body_timeout_seconds
+    max_header_bytes: int = _DEFAULTS.max_header_bytes
+    header_timeout: float = _DEFAULTS.header_timeout_seconds
+    body_timeout: float = _DEFAULTS.body_timeout_seconds
 
     @classmethod
     def configure(cls, *, max_header_bytes: int, header_timeout: float, body_timeout: float) -> None:

@@ -26,7 +26,7 @@ from recommender.embed import Embedder
 from recommender.filters import NO_FILTERS, Filters
 from recommender.lexical import entity_terms
 from recommender.rank.related import Hit, Policy, combine, rank_related, recency_adjust, related_to_row
-from recommender.rank.search import search, validate_query
+from recommender.rank.search import search
 from recommender.rank.signals import Query, query_for_row
 from recommender.rules import ListRules, Rule
 from recommender.store import Store, StoredArticle
@@ -299,7 +299,7 @@ class Lists:
     # -- search -----------------------------------------------------------
 
     def search(self, query: str, k: int, filters: Filters, options: ListOptions) -> list[Item]:
-        query = validate_query(query)
+        """``query`` as ``rank.search.validate_query`` returns it (``Engine.search`` checks it first)."""
         vector = self.embedder.embed([query])[0]
         policy = self._policy(ListRules.of(self.store.global_rules(), for_search=True), options)
         hits = search(self.version, vector, query, k + DELETED_MARGIN, self.settings,
