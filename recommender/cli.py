@@ -269,6 +269,7 @@ def cmd_ingest(files: tuple[Path, ...], as_json: bool) -> int:
     epilog=_examples("""
         recommender reindex                 # incremental: only changed articles are embedded
         recommender reindex --json          # summary as JSON, for cron and CI
+        recommender reindex --full          # build a new version now, replacing the segments
         recommender reindex --force         # rebuild the index even if nothing changed
         recommender reindex --dry-run       # what would be embedded, deleted and published
         recommender reindex --engine ray    # embed on Ray: $RAY_ADDRESS, a `ray start` cluster, or a local one
@@ -283,12 +284,20 @@ def cmd_ingest(files: tuple[Path, ...], as_json: bool) -> int:
         paragraphs of an updated article, a syndicated copy) are not embedded
         again. Readers keep the old index until the new one is complete.
 
+        A few writes since the live version are published as a segment beside
+        it, in seconds whatever the archive's size; once the segments hold
+        segment_merge_fraction of the archive (or with --full), a full build
+        replaces them.
+
         exit codes: 0 done; 3 published, but some articles could not be embedded
         (they are listed, left out and retried next run); 1 nothing could be
         embedded or the index could not be built.
     """),
 )
-@click.option("--force", is_flag=True, help="publish a new version even if nothing changed")
+@click.option("--force", is_flag=True, help="publish a new version even if nothing changed (and retrain the "
+              "inverted files)")
+@click.option("--full", is_flag=True, help="build a new version from every article, replacing the segments, "
+              "instead of publishing the writes as a segment")
 @click.option("--dry-run", is_flag=True, help="say what would be embedded and published; change nothing")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object")
 @click.option("--no-progress", is_flag=True, help="hide the progress bar")
@@ -301,10 +310,9 @@ def cmd_ingest(files: tuple[Path, ...], as_json: bool) -> int:
               help="model copies embedding at once with --engine ray (default: the cluster's CPUs / 2; each uses 2 "
               "threads)")
 @common_options
-def cmd_reindex(force: bool, dry_run: bool, as_json: bool, no_progress: bool, engine: str,
+def cmd_reindex(force: bool, full: bool, dry_run: bool, as_json: bool, no_progress: bool, engine: str,
                 ray_address: str | None, ray_workers: int | None) -> int:
     from recommender.pipeline import EmbeddingError, reindex
-    from recommender.service import reindex_lock
     from recommender.store import Store
 
     settings = _settings()
@@ -318,7 +326,7 @@ def cmd_reindex(force: bool, dry_run: bool, as_json: bool, no_progress: bool, en
     elif ray_address is not None or ray_workers is not None:
         print("error: --ray-address and --ray-workers need --engine ray", file=sys.stderr)
         return EXIT_USAGE
-    with Store.open(settings.store_path) as store, reindex_lock(settings.data_dir):
+    with Store.open(settings.store_path) as store:
         if store.count() == 0:
             print(f"error: no articles in {settings.store_path}; run `recommender ingest FILE` first", file=sys.stderr)
             return EXIT_FAILURE
@@ -326,7 +334,7 @@ def cmd_reindex(force: bool, dry_run: bool, as_json: bool, no_progress: bool, en
             with progress_bar("embedding", "doc", enabled=not no_progress) as on_progress:
                 report = reindex(
                     settings, store, lambda: load(settings), on_progress=on_progress,
-                    force=force, dry_run=dry_run, engine=embed_engine,
+                    force=force, full=full, dry_run=dry_run, engine=embed_engine,
                 )
         except EmbeddingError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -339,6 +347,8 @@ def cmd_reindex(force: bool, dry_run: bool, as_json: bool, no_progress: bool, en
         print(f"would embed {report.to_embed} of {report.articles} articles, {report.deleted} deleted; {action}")
     else:
         state = f"published {report.version}" if report.published else f"unchanged, still serving {report.version}"
+        if report.segment:
+            state = f"published segment {report.segment} beside {report.version}"
         print(
             f"{report.embedded} embedded, {report.skipped} skipped, {report.deleted} deleted, "
             f"{report.articles} articles in {report.seconds:.1f}s ({report.docs_per_second} docs/s); {state}"

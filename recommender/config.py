@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     faiss_factory: str = Field("", description=_text("""A FAISS index factory string (e.g. "IVF4096,Flat"); empty picks by
     size."""))
     keep_versions: int = Field(3, ge=1, description="Published index versions kept on disk; older ones are removed.")
+    segment_merge_fraction: float = Field(0.05, ge=0.0, le=1.0, description=_text("""Writes since the live version
+    are published as small segments beside it (seconds at any archive size) until the segments hold this share of
+    the archive; then a full build replaces version and segments (in the background when serving). 0 makes every
+    reindex a full build."""))
     api_key: str = Field("", description="Bearer key for the write endpoints; with none set they answer 403.")
     cors_origins: str = Field("", description=_text("""Comma-separated origins allowed to call the API from a browser (the
     widget's host pages)."""))

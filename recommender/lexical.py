@@ -137,10 +137,35 @@ def stem_words(words: Sequence[str]) -> list[str]:
 
 
 class Bm25Model:
-    def __init__(self, vocabulary: dict[str, int], matrix: sp.csc_matrix, *, stem: bool = True):
+    def __init__(self, vocabulary: dict[str, int], matrix: sp.csc_matrix, *, stem: bool = True,
+                 idf: np.ndarray | None = None, avgdl: float = 1.0, k1: float = 1.2, b: float = 0.75):
         self.vocabulary = vocabulary  # stem (or term) -> column
         self.matrix = matrix  # documents x stems, BM25 term weights
         self.stem = stem
+        self.idf = idf if idf is not None else np.zeros(len(vocabulary))
+        self.avgdl, self.k1, self.b = avgdl, k1, b
+
+    def with_rows(self, rows: sp.spmatrix) -> Bm25Model:
+        """A model over other documents' rows, weighed with these statistics."""
+        return Bm25Model(self.vocabulary, sp.csc_matrix(rows, dtype=np.float32), stem=self.stem, idf=self.idf,
+                         avgdl=self.avgdl, k1=self.k1, b=self.b)
+
+    def transform_counts(self, counts: Sequence[Counter]) -> sp.csr_matrix:
+        """BM25 rows of new documents, weighed with this model's statistics (unknown stems dropped)."""
+        rows, cols, weights = [], [], []
+        for i, c in enumerate(counts):
+            length = sum(c.values())
+            merged: Counter[int] = Counter()
+            stems = stem_words(list(c)) if self.stem else list(c)
+            for stem, n in zip(stems, c.values()):
+                if stem in self.vocabulary:
+                    merged[self.vocabulary[stem]] += n
+            norm = self.k1 * (1 - self.b + self.b * length / max(self.avgdl, 1e-9))
+            for col, tf in merged.items():
+                rows.append(i)
+                cols.append(col)
+                weights.append(self.idf[col] * tf * (self.k1 + 1) / (tf + norm))
+        return sp.csr_matrix((np.array(weights, np.float32), (rows, cols)), shape=(len(counts), len(self.vocabulary)))
 
     @classmethod
     def from_counts(cls, counts: Sequence[Counter], *, k1: float = 1.2, b: float = 0.75, stem: bool = True) -> Bm25Model:
@@ -169,7 +194,8 @@ class Bm25Model:
         norm = k1 * (1 - b + b * lengths[row] / max(float(lengths.mean()) if n else 1.0, 1e-9))
         weights = (idf[col] * tf * (k1 + 1) / (tf + norm)).astype(np.float32)
         matrix = sp.csc_matrix((weights, (row, col)), shape=(n, len(vocabulary)), dtype=np.float32)
-        return cls(vocabulary, matrix, stem=stem)
+        avgdl = max(float(lengths.mean()) if n else 1.0, 1e-9)
+        return cls(vocabulary, matrix, stem=stem, idf=idf, avgdl=avgdl, k1=k1, b=b)
 
     def query_columns(self, text: str) -> np.ndarray:
         stems = stem_words(tokenize(text)) if self.stem else tokenize(text)
@@ -186,17 +212,18 @@ class Bm25Model:
         sp.save_npz(files.matrix, self.matrix, compressed=False)
         stems = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
         files.vocabulary.write_text(json.dumps(stems, ensure_ascii=False), encoding="utf-8")
+        np.save(files.idf, np.concatenate([self.idf, [self.avgdl, self.k1, self.b]]))
 
     @classmethod
     def load(cls, files: KeywordFiles) -> Bm25Model:
         matrix = sp.load_npz(files.matrix).tocsc()
         stems = json.loads(files.vocabulary.read_text(encoding="utf-8"))
-        return cls({s: i for i, s in enumerate(stems)}, matrix)
+        stats = np.load(files.idf)
+        return cls({s: i for i, s in enumerate(stems)}, matrix, idf=stats[:-3], avgdl=float(stats[-3]),
+                   k1=float(stats[-2]), b=float(stats[-1]))
 
 
-def build_keyword_models(titles: Sequence[str], bodies: Sequence[str]) -> tuple[TfidfModel, Bm25Model, TfidfModel]:
-    """Tokenize each article once; TF-IDF reads title + body, BM25 counts the
-    title twice; the entity model holds the names, places and numbers."""
+def _article_counts(titles: Sequence[str], bodies: Sequence[str]) -> tuple[list[Counter], list[Counter], list[Counter]]:
     tfidf_counts, bm25_counts, entity_counts = [], [], []
     for title, body in zip(titles, bodies):
         text = keyword_text(body)
@@ -205,7 +232,22 @@ def build_keyword_models(titles: Sequence[str], bodies: Sequence[str]) -> tuple[
         tfidf_counts.append(title_counts + body_counts)
         bm25_counts.append(title_counts + title_counts + body_counts)
         entity_counts.append(entity_terms(text))
+    return tfidf_counts, bm25_counts, entity_counts
+
+
+def build_keyword_models(titles: Sequence[str], bodies: Sequence[str]) -> tuple[TfidfModel, Bm25Model, TfidfModel]:
+    """Tokenize each article once; TF-IDF reads title + body, BM25 counts the
+    title twice; the entity model holds the names, places and numbers."""
+    tfidf_counts, bm25_counts, entity_counts = _article_counts(titles, bodies)
     return TfidfModel.from_counts(tfidf_counts), Bm25Model.from_counts(bm25_counts), TfidfModel.from_counts(entity_counts)
+
+
+def keyword_rows(
+    tfidf: TfidfModel, bm25: Bm25Model, entities: TfidfModel, titles: Sequence[str], bodies: Sequence[str]
+) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
+    """The three models' rows for new articles, with the models' statistics frozen."""
+    tfidf_counts, bm25_counts, entity_counts = _article_counts(titles, bodies)
+    return tfidf.transform_counts(tfidf_counts), bm25.transform_counts(bm25_counts), entities.transform_counts(entity_counts)
 
 
 _NAME = re.compile(r"(?<![\w'’])([A-Z][\w'’-]*\w|\d[\d,.:]*\d|\d)(?![\w'’])")

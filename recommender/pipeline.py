@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -16,15 +19,27 @@ import numpy as np
 
 from recommender import __version__
 from recommender.config import Settings
-from recommender.copies import WordHashes, shingles, story_labels
+from recommender.copies import WordHashes, copy_pairs, is_copy, shingles, story_labels
 from recommender.embed import BACKEND, Embedder, model_id_for, resolve_precision
 from recommender.errors import ConfigError, RecommenderError
+from recommender.filters import FilterColumns
 from recommender.index import VectorIndex
-from recommender.lexical import build_keyword_models
+from recommender.lexical import build_keyword_models, keyword_rows
 from recommender.rank.model import DEFAULT_MODEL as DEFAULT_RANKER
 from recommender.rank.model import Ranker
-from recommender.store import CHUNK_HASH_BYTES, Store
-from recommender.text import chunk_article
+from recommender.segments import (
+    MAX_SEGMENTS,
+    Segment,
+    SegmentManifest,
+    Views,
+    merge_segments,
+    new_segment_name,
+    prune_segments,
+    save_segment,
+    write_current,
+)
+from recommender.store import CHUNK_HASH_BYTES, Changes, Store, StoredArticle
+from recommender.text import chunk_article, tokenize
 from recommender.version import (
     FORMAT_VERSION,
     IndexVersion,
@@ -73,6 +88,10 @@ class ReindexReport:
     """Passages whose text already had a vector (an unchanged paragraph of an
     updated article, a syndicated copy): not embedded again."""
     engine: str = "local"
+    segment: str | None = None
+    """The segment published, when the writes went beside the live version."""
+    merge_due: bool = False
+    """Segments have grown enough that a full build should replace them (see ``merge_due``)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,47 +139,144 @@ def reindex(
     *,
     on_progress: Callable[[int, int], None] | None = None,
     force: bool = False,
+    full: bool = False,
     dry_run: bool = False,
     engine: EmbedEngine | None = None,
     batch_docs: int = EMBED_BATCH_DOCS,
+    views: Views | None = None,
 ) -> ReindexReport:
-    """Embed what changed, then build and publish a new version if anything did.
-    With ``dry_run``, only report what would be done. ``engine`` runs the
-    embedding step (default: in this process, with ``load_embedder``), in jobs
-    of ``batch_docs`` articles. ``on_progress(done, total)`` is called as
-    articles are embedded."""
+    """Publish what the store holds. Writes since the live version go into a
+    segment beside it (seconds, whatever the archive's size) while segments
+    stay under ``segment_merge_fraction`` of the version; otherwise, or with
+    ``full`` or ``force`` (which also retrains the inverted files), a new
+    version is built from every article and swapped in. With ``dry_run``,
+    only report what would be done. ``engine`` runs the embedding step
+    (default: in this process, with ``load_embedder``), in jobs of
+    ``batch_docs`` articles; ``on_progress(done, total)`` is called as
+    articles are embedded. ``views`` shares a reader's loaded version (the
+    server's) with the writer."""
     started = time.perf_counter()
     key = embedding_key(settings)
     engine = engine or LocalEngine(load_embedder)
-    report = ReindexReport(articles=store.count(), dry_run=dry_run, engine=getattr(engine, "name", "local"))
+    report = ReindexReport(dry_run=dry_run, engine=getattr(engine, "name", "local"))
     legacy = _legacy_embedding_key(settings)
-    cached = key
     if not dry_run:
         store.rename_embeddings(legacy, key)
-    elif not store.has_embeddings(key):  # the run would move the legacy vectors first
-        cached = legacy
-    stale = store.stale_embeddings(cached)
-    report.to_embed = len(stale)
-    report.skipped = report.articles - len(stale)
-
-    hashes = store.content_hashes()
-    corpus_hash = _corpus_hash(hashes)
     previous = read_current_manifest(settings.index_root)
-    if previous is not None:
-        report.deleted = _count_deleted(settings, previous, hashes)
-        report.version = previous.version
-    report.reason = _rebuild_reason(previous, corpus_hash, key, settings, force)
+    if not (full or force) and _takes_segments(previous, key, settings):
+        assert previous is not None
+        views = views or Views(settings.index_root, previous.model_id)
+        with data_lock(settings.data_dir, WRITE_LOCK):
+            view = views.current()
+            if view is not None and view.seq is not None:
+                changes = store.changes_since(view.seq)
+                pending = _pending(views)
+                report.version = view.name
+                report.articles = store.count()
+                if not changes and not pending:
+                    report.skipped = report.articles
+                    return _finish(report, started)
+                if not _too_big(view, len(changes) + len(pending), settings):
+                    report.reason = f"{len(changes) + len(pending)} articles changed since the last publish: a segment"
+                    if not dry_run:
+                        _publish_segment(settings, store, key, engine, views, view, changes, pending, report,
+                                         on_progress=on_progress, batch_docs=batch_docs)
+                    return _finish(report, started)
+    return _finish(_full_reindex(settings, store, key, engine, report, previous, force=force, dry_run=dry_run,
+                                 on_progress=on_progress, batch_docs=batch_docs), started)
 
-    if not dry_run:
-        if stale:
-            _embed(settings, store, engine, stale, key, report, on_progress=on_progress, batch_docs=batch_docs)
-        if report.reason:
-            report.version = _build_and_publish(settings, store, key, retrain=force)
-            report.published = True
-            store.prune_embeddings(key)
+
+def _finish(report: ReindexReport, started: float) -> ReindexReport:
     report.seconds = round(time.perf_counter() - started, 3)
     report.docs_per_second = round(report.embedded / report.seconds, 2) if report.seconds else 0.0
     return report
+
+
+def _full_reindex(
+    settings: Settings, store: Store, key: str, engine: EmbedEngine, report: ReindexReport, previous: Manifest | None,
+    *, force: bool, dry_run: bool, on_progress: Callable[[int, int], None] | None, batch_docs: int,
+) -> ReindexReport:
+    """Embed what is stale in the whole store and build a new version, if the
+    live one does not hold the store's articles. The build does not hold the
+    write lock (segments keep being published meanwhile); the swap does."""
+    with data_lock(settings.data_dir, MERGE_LOCK):
+        report.articles = store.count()
+        cached = key
+        if dry_run and not store.has_embeddings(key):  # the run would move the legacy vectors first
+            cached = _legacy_embedding_key(settings)
+        stale = store.stale_embeddings(cached)
+        report.to_embed = len(stale)
+        report.skipped = report.articles - len(stale)
+        hashes = store.content_hashes()
+        corpus_hash = _corpus_hash(hashes)
+        if previous is not None:
+            report.deleted = _count_deleted(settings, previous, hashes)
+            report.version = previous.version
+        report.reason = _rebuild_reason(previous, corpus_hash, key, settings, force)
+        if dry_run:
+            return report
+        if stale:
+            _embed(settings, store, engine, stale, key, report, on_progress=on_progress, batch_docs=batch_docs)
+        if report.reason:
+            report.version = _build_and_publish(settings, store, key, engine, retrain=force, pending=report.failed)
+            report.published = True
+            store.prune_embeddings(key)
+    return report
+
+
+def _takes_segments(previous: Manifest | None, key: str, settings: Settings) -> bool:
+    """Whether writes can go beside the live version: it is of this format,
+    model and settings, and knows up to which write it holds the store."""
+    return (
+        previous is not None and settings.segment_merge_fraction > 0
+        and previous.format_version == FORMAT_VERSION and previous.embedding_key == key
+        and previous.build_settings == build_settings(settings)
+        and previous.snapshot is not None and previous.snapshot.seq is not None
+    )
+
+
+def _too_big(view: IndexVersion, changed: int, settings: Settings) -> bool:
+    """A segment would hold more than ``segment_merge_fraction`` of the version."""
+    in_segments = len(view) - (view.base_rows if view.base_rows is not None else len(view))
+    return in_segments + changed > max(1.0, settings.segment_merge_fraction * max(view.live_count, 1))
+
+
+def merge_due(view: IndexVersion, settings: Settings) -> bool:
+    """Whether a full build should replace the version and its segments: they
+    hold more than ``segment_merge_fraction`` of it, or the idf has drifted:
+    the segments' articles use many words the version's vocabulary lacks
+    (over ``MERGE_OOV_SHARE`` of their words, once ``MERGE_OOV_MIN_ROWS`` are in)."""
+    if not view.segments:
+        return False
+    rows = len(view) - (view.base_rows or 0)
+    if rows > settings.segment_merge_fraction * max(view.live_count, 1):
+        return True
+    return rows >= MERGE_OOV_MIN_ROWS and view.oov_share > MERGE_OOV_SHARE
+
+
+MERGE_OOV_SHARE = 0.1
+MERGE_OOV_MIN_ROWS = 200
+WRITE_LOCK = "reindex.lock"
+"""Held to publish (a segment, or the swap to a new version): short."""
+MERGE_LOCK = "merge.lock"
+"""Held by a full build, one at a time: long, and segments are published meanwhile."""
+
+
+@contextmanager
+def data_lock(data_dir: Path, name: str, *, blocking: bool = True) -> Iterator[bool]:
+    """A lock file in the data folder, across processes and threads (each
+    holder opens the file itself). Non-blocking, it yields False when taken."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / name, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _rebuild_reason(previous: Manifest | None, corpus_hash: str, key: str, settings: Settings, force: bool) -> str:
@@ -324,6 +440,165 @@ def _save_job(store: Store, key: str, job: EmbedJob, results: EmbedResult, state
     report.embedded += len(rows)
 
 
+def _pending(views: Views) -> list[int]:
+    """Articles the last publish could not embed: retried by the next segment."""
+    segments = views.segment_objects()
+    if segments:
+        return list(segments[-1].manifest.pending)
+    return list(views.base.manifest.pending) if views.base is not None else []
+
+
+def _publish_segment(
+    settings: Settings, store: Store, key: str, engine: EmbedEngine, views: Views, view: IndexVersion,
+    changes: Changes, pending: list[int], report: ReindexReport,
+    *, on_progress: Callable[[int, int], None] | None, batch_docs: int,
+) -> None:
+    """Embed the changed articles, write them as a segment beside the live
+    version and point CURRENT at it (under the write lock)."""
+    wanted = sorted(set(changes.changed) | set(pending))
+    stale = store.stale_among(key, wanted)
+    report.to_embed = len(stale)
+    report.skipped = report.articles - len(stale)
+    if stale:
+        _embed(settings, store, engine, stale, key, report, on_progress=on_progress, batch_docs=batch_docs)
+    segment = build_segment(settings, store, key, views.base_of(view), view, wanted, changes.deleted, changes.seq)
+    report.failed = sorted(set(report.failed) | set(segment.manifest.pending))
+    segments = [*views.segment_objects(), segment]
+    save_segment(settings.index_root, segment)
+    # Tiered merging of the newest segments: a segment is merged into the one
+    # before it once it holds half as much, so there are few segments and
+    # each row is rewritten a few times at most.
+    while len(segments) >= 2 and (_size(segments[-1]) * 2 >= _size(segments[-2]) or len(segments) > MAX_SEGMENTS):
+        merged = merge_segments(segments[-2:], new_segment_name())
+        save_segment(settings.index_root, merged)
+        segments[-2:] = [merged]
+    names = [s.name for s in segments]
+    write_current(settings.index_root, view.name, names)
+    prune_segments(settings.index_root, view.name, names)
+    report.segment, report.published, report.version = names[-1], True, view.name
+    report.merge_due = merge_due(views.load(view.name, tuple(names)), settings)
+    log.info("published segment %s beside %s: %d articles, %d deleted", segment.name, view.name,
+             len(segment), len(segment.deleted))
+
+
+def _size(segment: Segment) -> int:
+    return len(segment) + len(segment.deleted)
+
+
+def build_segment(
+    settings: Settings, store: Store, key: str, base: IndexVersion, view: IndexVersion,
+    changed: Sequence[int], deleted: Sequence[int], seq: int,
+) -> Segment:
+    """The segment for these writes over ``view`` (``base`` is its version):
+    rows for the changed articles that have current vectors, weighed with the
+    version's keyword statistics; the rest (not embedded yet) is pending.
+    Deleted articles, and changed ones deleted meanwhile, are deletions."""
+    with store.snapshot():
+        embedded = store.current_embeddings(key, changed)
+        stored = store.get_many(list(changed))
+    doc_ids = [d for d in changed if d in embedded and d in stored]
+    pending = [d for d in changed if d in stored and d not in embedded]
+    gone = [d for d in changed if d not in stored]
+    dim = base.manifest.dimension
+    blocks = [embedded[d][1] for d in doc_ids]
+    lengths = np.array([len(b) for b in blocks], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    chunk_vectors = np.ascontiguousarray(np.vstack(blocks) if blocks else np.zeros((0, dim)), dtype=np.float32)
+    doc_vectors = article_vectors(chunk_vectors, offsets) if blocks else np.zeros((0, dim), np.float32)
+    articles = [stored[d].article for d in doc_ids]
+    titles, bodies = [a.title for a in articles], [a.body for a in articles]
+    tfidf, bm25, entities = keyword_rows(base.tfidf, base.bm25, base.entities, titles, bodies)
+    return Segment(
+        manifest=SegmentManifest(
+            name=new_segment_name(), base=base.name, seq=seq, rows=len(doc_ids),
+            deleted=len(set(deleted) | set(pending) | set(gone)), chunks=len(chunk_vectors),
+            built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), pending=tuple(pending),
+            oov_share=_oov_share(base, titles, bodies),
+        ),
+        doc_ids=np.asarray(doc_ids, dtype=np.int64),
+        deleted=np.asarray(sorted(set(deleted) | set(pending) | set(gone)), dtype=np.int64),
+        doc_vectors=doc_vectors, chunk_vectors=chunk_vectors, chunk_offsets=offsets,
+        published_days=published_days([a.published for a in articles]),
+        story_doc_ids=segment_stories(view, store, [stored[d] for d in doc_ids], doc_vectors),
+        tfidf=tfidf, entities=entities, bm25=bm25,
+        columns=FilterColumns.build(articles),
+    )
+
+
+STORY_NEIGHBORS = 10
+"""A new article's copies are looked for among its nearest articles by vector
+(a copy shares most of its text, so it is among them); the shingle rule decides."""
+
+
+def segment_stories(view: IndexVersion, store: Store, articles: Sequence[StoredArticle], vectors: np.ndarray) -> np.ndarray:
+    """Each new article's story, as the doc_id of the story's original: the
+    story of an indexed copy (by the copy rule of ``recommender.copies``, or a
+    shared canonical URL) among its nearest articles; else, among the new
+    articles that copy one another, the earliest published one."""
+    n = len(articles)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    words = WordHashes()
+    sets = [shingles(a.article.body, words) for a in articles]
+    urls = [_canonical_url(a.article.metadata.get("canonical_url") or a.article.url) for a in articles]
+    own = {a.doc_id for a in articles}
+    _, ids = view.docs.search(vectors, min(STORY_NEIGHBORS, len(view.docs)))
+    neighbor_ids = sorted({int(d) for d in ids.ravel().tolist() if d >= 0} - own)
+    live = set(view.doc_ids[view.rows_of(np.asarray(neighbor_ids, dtype=np.int64))].tolist())
+    neighbors = store.get_many([d for d in neighbor_ids if d in live])
+    neighbor_sets = {d: shingles(s.article.body, words) for d, s in neighbors.items()}
+    external: dict[int, int] = {}
+    for i, row_ids in enumerate(ids.tolist()):
+        for d in row_ids:
+            if d not in neighbors:
+                continue
+            theirs = neighbor_sets[d]
+            other = neighbors[d].article
+            overlap = len(np.intersect1d(sets[i], theirs, assume_unique=True))
+            same_url = bool(urls[i]) and urls[i] == _canonical_url(other.metadata.get("canonical_url") or other.url)
+            if same_url or is_copy(overlap, len(sets[i]), len(theirs)):
+                row = view.row_of(d)
+                assert row is not None  # live, checked above
+                external[i] = int(view.doc_ids[view.story_ids[row]])
+                break
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    pairs = copy_pairs(sets).tolist()
+    first_url: dict[str, int] = {}
+    for i, url in enumerate(urls):
+        if url:
+            pairs.append([first_url.setdefault(url, i), i])
+    for i, j in pairs:
+        a, b = find(i), find(j)
+        parent[max(a, b)] = min(a, b)
+    order = sorted(range(n), key=lambda i: (articles[i].article.published or "~", articles[i].doc_id))
+    story: dict[int, int] = {}
+    for i in order:  # an indexed copy's story first, else the earliest published new copy
+        root = find(i)
+        if i in external:
+            story[root] = external[i]
+    for i in order:
+        story.setdefault(find(i), articles[i].doc_id)
+    return np.array([story[find(i)] for i in range(n)], dtype=np.int64)
+
+
+def _oov_share(base: IndexVersion, titles: Sequence[str], bodies: Sequence[str]) -> float:
+    """The share of the articles' words missing from the version's vocabulary."""
+    total = missing = 0
+    vocabulary = base.tfidf.vocabulary
+    for title, body in zip(titles, bodies):
+        tokens = tokenize(title + " " + body[:20_000])
+        total += len(tokens)
+        missing += sum(1 for t in tokens if t not in vocabulary)
+    return missing / total if total else 0.0
+
+
 def _previous_training(settings: Settings, key: str, which: str) -> VectorIndex | None:
     """The published version's ``docs`` or ``chunks`` index, to reuse its inverted-file centroids."""
     previous = read_current_manifest(settings.index_root)
@@ -336,7 +611,10 @@ def _previous_training(settings: Settings, key: str, which: str) -> VectorIndex 
     return VectorIndex.load(path, factory, mmap=False)
 
 
-def _build_and_publish(settings: Settings, store: Store, key: str, *, retrain: bool = False) -> str:
+def _build_and_publish(
+    settings: Settings, store: Store, key: str, engine: EmbedEngine, *, retrain: bool = False,
+    pending: Sequence[int] = (),
+) -> str:
     # One snapshot for the vectors, the articles and the watermark: a write
     # that lands meanwhile is in none of them, so the version's corpus_hash
     # (derived from the content hashes the vectors were made from) tells the
@@ -370,6 +648,7 @@ def _build_and_publish(settings: Settings, store: Store, key: str, *, retrain: b
     urls = [stored[d].article.metadata.get("canonical_url") or stored[d].article.url for d in doc_ids]
     published = [stored[d].article.published for d in doc_ids]
     bodies = [stored[d].article.body for d in doc_ids]
+    columns = FilterColumns.build([stored[d].article for d in doc_ids])
     tfidf, bm25, entities = build_keyword_models(titles, bodies)
     words = WordHashes()
     story_ids = story_labels(
@@ -408,13 +687,32 @@ def _build_and_publish(settings: Settings, store: Store, key: str, *, retrain: b
         snapshot=Snapshot(**asdict(mark), left_out=mark.articles - len(ids)),
         chunk_words=settings.chunk_words,
         max_chunks=settings.max_chunks,
+        pending=sorted(set(pending) - set(doc_ids)),
     )
-    IndexVersion(
+    version = IndexVersion(
         name=name, path=staging, manifest=manifest, docs=docs, chunks=chunks, doc_ids=ids, doc_vectors=doc_vectors,
         story_ids=story_ids, published_days=published_days(published), chunk_vectors=chunk_vectors,
         chunk_offsets=offsets, tfidf=tfidf, bm25=bm25, entities=entities, ranker=ranker_model(settings),
-    ).save(staging)
-    publish(settings.index_root, name, staging, keep=settings.keep_versions)
+        columns=[columns], seq=mark.seq,
+    )
+    version.save(staging)
+
+    def catch_up() -> list[str]:
+        """The writes made during the build, as a segment of the new version."""
+        changes = store.changes_since(mark.seq or 0)
+        if not changes:
+            return []
+        stale = store.stale_among(key, changes.changed)
+        if stale:
+            _embed(settings, store, engine, stale, key, ReindexReport(), on_progress=None)
+        segment = build_segment(settings, store, key, version, version, changes.changed, changes.deleted, changes.seq)
+        save_segment(settings.index_root, segment)
+        return [segment.name]
+
+    with data_lock(settings.data_dir, WRITE_LOCK):
+        publish(settings.index_root, name, staging, keep=settings.keep_versions, catch_up=catch_up)
+    if mark.seq is not None:
+        store.prune_tombstones(mark.seq)
     log.info("published index %s: %d articles, %d passages", name, len(ids), len(chunk_vectors))
     return name
 

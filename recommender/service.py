@@ -4,11 +4,9 @@ the embedder and the list cache (``Engine``), the live version's reload
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -22,19 +20,22 @@ from recommender.index import set_query_threads
 from recommender.rank.lists import Item, ListCache, ListOptions, Lists, now_iso
 from recommender.rank.search import validate_query
 from recommender.rules import Rule
+from recommender.segments import Views
 from recommender.store import Store, StoredArticle, UpsertCounts, is_embargoed
-from recommender.version import IndexVersion, current_version_name
+from recommender.version import IndexVersion, current_state
 
 log = logging.getLogger(__name__)
 
 
 class LiveIndex:
-    """The published version readers use. ``refresh`` loads a newer version
-    beside the old one and swaps the reference, so no reader waits."""
+    """The published view readers use: the version and segments CURRENT
+    names. ``refresh`` loads a newer one beside the old one and swaps the
+    reference, so no reader waits."""
 
     def __init__(self, index_root: Path, model_id: str):
         self.index_root = index_root
         self.model_id = model_id
+        self.views = Views(index_root, model_id)
         self._version: IndexVersion | None = None
         self._lock = threading.Lock()
         self.error: Exception | None = None
@@ -57,14 +58,21 @@ class LiveIndex:
     def version_or_none(self) -> IndexVersion | None:
         return self._version
 
+    @property
+    def pending(self) -> int:
+        """Changed articles the served view left out (not embedded yet)."""
+        segments = self.views.segment_objects()
+        return len(segments[-1].manifest.pending) if segments else 0
+
     def refresh(self) -> bool:
-        """Load the version CURRENT names, if it is not the one in use."""
+        """Load the version and segments CURRENT names, if they are not the ones in use."""
         with self._lock:
-            name = current_version_name(self.index_root)
-            if name is None or (self._version is not None and self._version.name == name):
+            name, segments = current_state(self.index_root)
+            served = self._version
+            if name is None or (served is not None and served.name == name and served.segments == segments):
                 return False
             try:
-                version = IndexVersion.load(self.index_root, model_id=self.model_id, name=name).warm()
+                version = self.views.load(name, segments)
             except IndexMismatch as exc:
                 self.error = exc
                 log.error("%s", exc)
@@ -72,8 +80,9 @@ class LiveIndex:
             except (FileNotFoundError, OSError, ValueError, KeyError, TypeError) as exc:  # pruned or mid-swap: next poll
                 log.warning("could not load index %s: %s", name, exc)
                 return False
+            if served is None or served.name != name:
+                log.info("serving index %s (%d articles)", name, len(version))
             self._version, self.error = version, None
-            log.info("serving index %s (%d articles)", name, len(version))
             return True
 
     def watch(self, interval: float) -> None:
@@ -191,7 +200,10 @@ class Engine:
         """Articles the served version lacks: added, changed or deleted since
         its snapshot, plus those left out of it (not embedded). None for a
         version published before snapshots were recorded."""
-        snapshot = self.live.current.manifest.snapshot
+        view = self.live.current
+        if view.seq is not None:  # writes are numbered: count those after the view's
+            return self.stores.get().count_changes_since(view.seq) + self.live.pending
+        snapshot = view.manifest.snapshot
         if snapshot is None:
             return None
         return self.stores.get().behind(snapshot.watermark) + snapshot.left_out
@@ -235,6 +247,7 @@ class Reindexer:
         self._wanted = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reindexer", daemon=True)
+        self._merge: threading.Thread | None = None
         self.last_error: str | None = None
 
     def start(self) -> Reindexer:
@@ -256,6 +269,8 @@ class Reindexer:
         self._stop.set()
         self._wanted.set()
         self._thread.join(timeout=60)
+        if self._merge is not None:
+            self._merge.join(timeout=60)
 
     def _run(self) -> None:
         from recommender.pipeline import reindex
@@ -268,9 +283,11 @@ class Reindexer:
                 self._stop.wait(self.debounce)  # let a burst of writes land first
                 self._wanted.clear()
                 try:
-                    with reindex_lock(self.settings.data_dir):
-                        if store.count():
-                            reindex(self.settings, store, lambda: self.engine.embedder, on_progress=_log_progress())
+                    if store.count():
+                        report = reindex(self.settings, store, lambda: self.engine.embedder,
+                                         on_progress=_log_progress(), views=self.engine.live.views)
+                        if report.merge_due:
+                            self._merge_in_background()
                     self.last_error = None
                     if self.on_run is not None:
                         self.on_run()
@@ -278,6 +295,33 @@ class Reindexer:
                     self.last_error = type(exc).__name__  # the details go to the log, not to clients
                     log.exception("background reindex failed")
                 self.engine.live.refresh()
+
+    def _merge_in_background(self) -> None:
+        """A full build replacing the version and its segments, in a thread of
+        its own, so that writes keep being published as segments meanwhile.
+        One build at a time across processes (the merge lock)."""
+        from recommender.pipeline import MERGE_LOCK, data_lock
+
+        if self._merge is not None and self._merge.is_alive():
+            return
+        with data_lock(self.settings.data_dir, MERGE_LOCK, blocking=False) as free:
+            if not free:  # another process is merging
+                return
+
+        def merge() -> None:
+            from recommender.pipeline import reindex
+
+            try:
+                with Store.open(self.settings.store_path) as store:
+                    reindex(self.settings, store, lambda: self.engine.embedder, full=True)
+                self.engine.live.refresh()
+                if self.on_run is not None:
+                    self.on_run()
+            except Exception:  # the segments keep serving
+                log.exception("background merge failed")
+
+        self._merge = threading.Thread(target=merge, name="merge", daemon=True)
+        self._merge.start()
 
 
 def _log_progress(step: float = 0.1) -> Callable[[int, int], None]:
@@ -291,14 +335,3 @@ def _log_progress(step: float = 0.1) -> Callable[[int, int], None]:
             log.info("background reindex: %d of %d articles embedded", done, total)
 
     return report
-
-
-@contextmanager
-def reindex_lock(data_dir: Path) -> Iterator[None]:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / "reindex.lock", "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS articles (
     metadata     TEXT NOT NULL DEFAULT '{}',
     content_hash TEXT NOT NULL,
     record_hash  TEXT NOT NULL,
-    updated_at   REAL NOT NULL  -- when the title or body last changed (see Store.behind)
+    updated_at   REAL NOT NULL, -- when the title or body last changed (see Store.behind)
+    seq          INTEGER NOT NULL DEFAULT 0  -- the write that last changed the record (see Store.changes_since)
 );
 CREATE VIRTUAL TABLE IF NOT EXISTS articles_fts USING fts5(
     title, body, content='articles', content_rowid='doc_id',
@@ -85,6 +86,9 @@ CREATE INDEX IF NOT EXISTS articles_by_section ON articles (section);
 CREATE INDEX IF NOT EXISTS articles_by_section_published ON articles (section, published);
 CREATE INDEX IF NOT EXISTS articles_by_updated ON articles (updated_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS articles_by_seq ON articles (seq);
+CREATE TABLE IF NOT EXISTS tombstones (doc_id INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS tombstones_by_seq ON tombstones (seq);
 """
 
 CHUNK_HASH_BYTES = 8
@@ -144,6 +148,7 @@ class Store:
         counts = UpsertCounts()
         with self._transaction() as db:
             now = time.time()  # stamped under the write lock: later commits get later stamps
+            seq = None
             for article in articles:
                 record_hash = article.record_hash
                 row = db.execute("SELECT record_hash FROM articles WHERE id = ?", (article.id,)).fetchone()
@@ -154,22 +159,24 @@ class Store:
                     counts.added += 1
                 else:
                     counts.updated += 1
+                seq = seq or _next_seq(db)
                 db.execute(
                     """INSERT INTO articles (id, title, body, url, published, section, tags, lang,
-                                             metadata, content_hash, record_hash, updated_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                             metadata, content_hash, record_hash, updated_at, seq)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                        ON CONFLICT(id) DO UPDATE SET
                          title=excluded.title, body=excluded.body, url=excluded.url,
                          published=excluded.published, section=excluded.section, tags=excluded.tags,
                          lang=excluded.lang, metadata=excluded.metadata,
                          content_hash=excluded.content_hash, record_hash=excluded.record_hash,
+                         seq=excluded.seq,
                          updated_at=CASE WHEN articles.content_hash = excluded.content_hash
                                          THEN articles.updated_at ELSE excluded.updated_at END""",
                     (
                         article.id, article.title, article.body, article.url, article.published,
                         article.section, json.dumps(list(article.tags), ensure_ascii=False), article.lang,
                         json.dumps(article.metadata, ensure_ascii=False, default=str),
-                        article.content_hash, record_hash, now,
+                        article.content_hash, record_hash, now, seq,
                     ),
                 )
         return counts
@@ -183,6 +190,7 @@ class Store:
                     continue
                 db.execute("DELETE FROM embeddings WHERE doc_id = ?", (row[0],))
                 db.execute("DELETE FROM articles WHERE doc_id = ?", (row[0],))
+                db.execute("INSERT OR REPLACE INTO tombstones (doc_id, seq) VALUES (?, ?)", (row[0], _next_seq(db)))
                 deleted += 1
         return deleted
 
@@ -226,11 +234,6 @@ class Store:
         sql += " ORDER BY score DESC LIMIT ?"
         params.append(int(limit))
         return [(int(r), float(s)) for r, s in self.connection.execute(sql, params)]
-
-    def doc_ids_matching(self, filters: Filters) -> np.ndarray:
-        where, params = filters.sql()
-        rows = self.connection.execute(f"SELECT doc_id FROM articles WHERE {where} ORDER BY doc_id", params)
-        return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
     # -- editorial rules -------------------------------------------------
 
@@ -351,6 +354,36 @@ class Store:
         )
         return [r[0] for r in rows]
 
+    def stale_among(self, model_key: str, doc_ids: Sequence[int]) -> list[int]:
+        """Those of ``doc_ids`` whose embedding is missing or outdated (primary-key reads)."""
+        stale: list[int] = []
+        for start in range(0, len(doc_ids), 500):
+            part = [int(d) for d in doc_ids[start : start + 500]]
+            rows = self.connection.execute(
+                f"""SELECT a.doc_id FROM articles a
+                    LEFT JOIN embeddings e ON e.model_key = ? AND e.doc_id = a.doc_id
+                    WHERE a.doc_id IN ({",".join("?" * len(part))})
+                    AND (e.content_hash IS NULL OR e.content_hash != a.content_hash)""",
+                (model_key, *part),
+            )
+            stale.extend(r[0] for r in rows)
+        return sorted(stale)
+
+    def current_embeddings(self, model_key: str, doc_ids: Sequence[int]) -> dict[int, tuple[str, np.ndarray]]:
+        """doc_id -> (content hash, chunk vectors) of those of ``doc_ids`` whose embedding is current."""
+        found: dict[int, tuple[str, np.ndarray]] = {}
+        for start in range(0, len(doc_ids), 500):
+            part = [int(d) for d in doc_ids[start : start + 500]]
+            rows = self.connection.execute(
+                f"""SELECT e.doc_id, e.content_hash, e.n_chunks, e.dim, e.vectors FROM embeddings e
+                    JOIN articles a ON a.doc_id = e.doc_id AND a.content_hash = e.content_hash
+                    WHERE e.model_key = ? AND e.doc_id IN ({",".join("?" * len(part))})""",
+                (model_key, *part),
+            )
+            for doc_id, content_hash, n_chunks, dim, blob in rows:
+                found[doc_id] = (content_hash, np.frombuffer(blob, dtype=np.float32).reshape(n_chunks, dim))
+        return found
+
     def save_embeddings(
         self, model_key: str, items: Iterable[tuple[int, str, np.ndarray] | tuple[int, str, np.ndarray, bytes]]
     ) -> None:
@@ -448,7 +481,36 @@ class Store:
         doc_id, updated, count = self.connection.execute(
             "SELECT max(doc_id), max(updated_at), count(*) FROM articles"
         ).fetchone()
-        return Watermark(max_doc_id=int(doc_id or 0), content_updated_at=float(updated or 0.0), articles=int(count))
+        return Watermark(max_doc_id=int(doc_id or 0), content_updated_at=float(updated or 0.0), articles=int(count),
+                         seq=self.seq())
+
+    def seq(self) -> int:
+        """The number of the latest write (upsert or delete); 0 before any."""
+        row = self.connection.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        return int(row[0]) if row else 0
+
+    def changes_since(self, seq: int) -> Changes:
+        """What the writes numbered after ``seq`` did, up to the latest one:
+        range reads of ``articles_by_seq`` and ``tombstones_by_seq`` whatever
+        the archive's size (no ORDER BY: it would make SQLite walk the primary key)."""
+        db = self.connection
+        latest = self.seq()
+        bounds = (int(seq), latest)
+        changed = sorted(r[0] for r in db.execute("SELECT doc_id FROM articles WHERE seq > ? AND seq <= ?", bounds))
+        deleted = sorted(r[0] for r in db.execute("SELECT doc_id FROM tombstones WHERE seq > ? AND seq <= ?", bounds))
+        return Changes(changed, deleted, latest)
+
+    def count_changes_since(self, seq: int) -> int:
+        """Articles added, changed or deleted by the writes after ``seq`` (index range counts)."""
+        db = self.connection
+        changed = db.execute("SELECT count(*) FROM articles WHERE seq > ?", (int(seq),)).fetchone()[0]
+        deleted = db.execute("SELECT count(*) FROM tombstones WHERE seq > ?", (int(seq),)).fetchone()[0]
+        return int(changed + deleted)
+
+    def prune_tombstones(self, seq: int) -> int:
+        """Forget deletions at or before ``seq`` (a full build has applied them)."""
+        with self._transaction() as db:
+            return db.execute("DELETE FROM tombstones WHERE seq <= ?", (seq,)).rowcount
 
     def behind(self, mark: Watermark) -> int:
         """Articles added, changed (title or body) or deleted since ``mark``:
@@ -478,6 +540,22 @@ class Watermark:
     max_doc_id: int
     content_updated_at: float
     articles: int
+    seq: int | None = None
+    """The latest write's number (see :meth:`Store.changes_since`); None in
+    snapshots recorded before writes were numbered."""
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Writes after a given write number: articles added or changed in any
+    field (metadata too), articles deleted, and the latest number."""
+
+    changed: list[int]
+    deleted: list[int]
+    seq: int
+
+    def __len__(self) -> int:
+        return len(self.changed) + len(self.deleted)
 
 
 class _Transaction:
@@ -532,12 +610,30 @@ def _bump(db: sqlite3.Connection, key: str) -> None:
     db.execute("INSERT INTO meta (key, value) VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET value = value + 1", (key,))
 
 
+def _next_seq(db: sqlite3.Connection) -> int:
+    """The next write number, taken inside the write transaction (so numbers
+    only grow in commit order)."""
+    _bump(db, "seq")
+    return int(db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
+
+
 def _migrate(connection: sqlite3.Connection) -> None:
     """Bring a store made by an older release up to the current schema."""
+    _add_column(connection, "articles", "seq", "INTEGER NOT NULL DEFAULT 0")
     columns = {row[1] for row in connection.execute("PRAGMA table_info(embeddings)")}
     if columns and "chunk_hashes" not in columns:
         try:
             connection.execute("ALTER TABLE embeddings ADD COLUMN chunk_hashes BLOB")
+        except sqlite3.OperationalError as exc:  # another worker migrated it first
+            if "duplicate column" not in str(exc):
+                raise
+
+
+def _add_column(connection: sqlite3.Connection, table: str, column: str, declaration: str) -> None:
+    columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+    if columns and column not in columns:
+        try:
+            connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         except sqlite3.OperationalError as exc:  # another worker migrated it first
             if "duplicate column" not in str(exc):
                 raise

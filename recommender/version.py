@@ -13,10 +13,13 @@
         entities.npz, entities_idf.npy, entities_vocabulary.json   names, places, numbers (related)
         bm25.npz, bm25_vocabulary.json          stemmed BM25 (search)
         ranker.json                             the related ranking model and its calibration
+        columns.npz                             what request filters read (language, section, tags, date)
+        segments/<name>/                        writes since the build (``recommender.segments``)
 
 A reader resolves CURRENT once and keeps that folder; a writer builds a new
 folder, then swaps CURRENT with os.replace, so readers see the old version or
-the new one, never a half-written one.
+the new one, never a half-written one. CURRENT's first line names the
+version, the lines after it the version's live segments.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
@@ -35,13 +39,15 @@ import numpy as np
 import scipy.sparse as sp
 
 from recommender.errors import IndexMismatch, IndexNotFound
+from recommender.filters import FilterColumns, Filters
 from recommender.index import VectorIndex
 from recommender.lexical import Bm25Model, KeywordFiles, TfidfModel
 from recommender.rank.model import Ranker
 from recommender.store import Watermark
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 STATS_SAMPLE = 2048
+FILTER_CACHE = 8
 CURRENT = "CURRENT"
 VERSIONS = "versions"
 STAGING = "staging"
@@ -96,6 +102,10 @@ class Layout:
         return self.folder / "ranker.json"
 
     @property
+    def columns(self) -> Path:
+        return self.folder / "columns.npz"
+
+    @property
     def tfidf(self) -> KeywordFiles:
         return self._keyword("tfidf")
 
@@ -126,10 +136,12 @@ class Snapshot:
     content_updated_at: float
     articles: int
     left_out: int = 0
+    seq: int | None = None
+    """The store's latest write number (None: recorded before writes were numbered)."""
 
     @property
     def watermark(self) -> Watermark:
-        return Watermark(self.max_doc_id, self.content_updated_at, self.articles)
+        return Watermark(self.max_doc_id, self.content_updated_at, self.articles, self.seq)
 
 
 @dataclass(frozen=True)
@@ -158,6 +170,8 @@ class Manifest:
     build_settings: dict[str, Any] = field(default_factory=dict)
     snapshot: Snapshot | None = None
     """None for versions published before snapshots were recorded."""
+    pending: list[int] = field(default_factory=list)
+    """doc_ids that could not be embedded: left out, retried by the next segment."""
 
     @property
     def built_timestamp(self) -> float:
@@ -205,16 +219,63 @@ class IndexVersion:
     bm25: Bm25Model
     entities: TfidfModel
     ranker: Ranker
+    columns: list[FilterColumns]
+    """The filter columns of the rows, part by part (the version's, then each segment's)."""
+    segments: tuple[str, ...] = ()
+    seq: int | None = None
+    """The store's write number up to which this view holds the writes."""
+    alive: np.ndarray | None = None
+    """Per row, False where a segment has replaced or deleted the article; None: every row is live."""
+    base_rows: int | None = None
+    lookup: tuple[np.ndarray, np.ndarray] | None = None
+    """The live rows' doc_ids, sorted, and their rows (None: ``doc_ids`` is sorted and every row live)."""
+    base_sample: np.ndarray | None = None
+    oov_share: float = 0.0
+    """The share of the segments' words missing from the version's vocabulary."""
+    _masks: dict[Filters, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.doc_ids)
 
+    @property
+    def state(self) -> str:
+        """Names what readers see: the version and its latest segment (cache keys)."""
+        return f"{self.name}+{self.segments[-1]}" if self.segments else self.name
+
+    @property
+    def live_count(self) -> int:
+        return len(self) if self.alive is None else int(np.count_nonzero(self.alive))
+
+    def live(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` less the dead ones."""
+        return rows if self.alive is None else rows[self.alive[rows]]
+
+    def filter_rows(self, filters: Filters) -> np.ndarray:
+        """The sorted live rows that ``filters`` allow, from the in-memory
+        columns; the last few filters' rows are kept (the implicit language
+        filter is the same for most lists)."""
+        rows = self._masks.get(filters)
+        if rows is None:
+            mask = np.concatenate([part.mask(filters) for part in self.columns])
+            if self.alive is not None:
+                mask &= self.alive
+            rows = np.flatnonzero(mask)
+            if len(self._masks) >= FILTER_CACHE:
+                self._masks.pop(next(iter(self._masks)), None)
+            self._masks[filters] = rows
+        return rows
+
+    def languages(self) -> set[str]:
+        return {lang for part in self.columns for lang in part.langs}
+
     @cached_property
     def sample_rows(self) -> np.ndarray:
         """A fixed sample of rows on which each query's score distribution is estimated."""
-        n = len(self.doc_ids)
+        n = self.live_count
         if n <= STATS_SAMPLE:
-            return np.arange(n)
+            return np.arange(len(self)) if self.alive is None else np.flatnonzero(self.alive)
+        if self.base_sample is not None:  # the version's own sample, less the dead rows
+            return self.live(self.base_sample)
         return np.sort(np.random.default_rng(0).choice(n, STATS_SAMPLE, replace=False))
 
     @cached_property
@@ -231,16 +292,16 @@ class IndexVersion:
         return self
 
     def row_of(self, doc_id: int) -> int | None:
-        row = int(np.searchsorted(self.doc_ids, doc_id))
-        return row if row < len(self.doc_ids) and self.doc_ids[row] == doc_id else None
+        rows = self.rows_of(np.array([doc_id], dtype=np.int64))
+        return int(rows[0]) if len(rows) else None
 
     def rows_of(self, doc_ids: np.ndarray) -> np.ndarray:
-        """Rows for doc_ids that are in this version (others are dropped)."""
+        """The live rows of the doc_ids that are in this view (others are dropped)."""
         doc_ids = np.asarray(doc_ids, dtype=np.int64)
-        rows = np.searchsorted(self.doc_ids, doc_ids)
-        rows = np.minimum(rows, max(len(self.doc_ids) - 1, 0))
-        keep = self.doc_ids[rows] == doc_ids if len(self.doc_ids) else np.zeros(len(doc_ids), bool)
-        return rows[keep]
+        ids, rows = (self.doc_ids, None) if self.lookup is None else self.lookup
+        at = np.minimum(np.searchsorted(ids, doc_ids), max(len(ids) - 1, 0))
+        keep = ids[at] == doc_ids if len(ids) else np.zeros(len(doc_ids), bool)
+        return at[keep] if rows is None else rows[at[keep]]
 
     def chunk_owner(self, chunk_positions: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.chunk_offsets, chunk_positions, side="right") - 1
@@ -261,6 +322,8 @@ class IndexVersion:
         self.entities.save(files.entities)
         self.bm25.save(files.bm25)
         self.ranker.save(files.ranker)
+        (columns,) = self.columns
+        columns.save(files.columns)
         self.manifest.write(files.manifest)  # last: a folder with a manifest is complete
 
     @classmethod
@@ -301,15 +364,22 @@ class IndexVersion:
             bm25=Bm25Model.load(files.bm25),
             entities=TfidfModel.load(files.entities),
             ranker=Ranker.load(files.ranker),
+            columns=[FilterColumns.load(files.columns)],
+            seq=manifest.snapshot.seq if manifest.snapshot else None,
         )
 
 
 def current_version_name(index_root: Path) -> str | None:
+    return current_state(index_root)[0]
+
+
+def current_state(index_root: Path) -> tuple[str | None, tuple[str, ...]]:
+    """The live version and its segments, as CURRENT names them (one read of one file)."""
     try:
-        name = (index_root / CURRENT).read_text(encoding="utf-8").strip()
+        lines = (index_root / CURRENT).read_text(encoding="utf-8").split()
     except FileNotFoundError:
-        return None
-    return name or None
+        return None, ()
+    return (lines[0], tuple(lines[1:])) if lines else (None, ())
 
 
 def read_current_manifest(index_root: Path) -> Manifest | None:
@@ -333,8 +403,14 @@ def new_staging_dir(index_root: Path) -> tuple[str, Path]:
     return name, staging
 
 
-def publish(index_root: Path, name: str, staging: Path, *, keep: int = 3) -> Path:
-    """Move a fully written staging folder into place and point CURRENT at it."""
+def publish(
+    index_root: Path, name: str, staging: Path, *, keep: int = 3,
+    catch_up: Callable[[], Sequence[str]] | None = None,
+) -> Path:
+    """Move a fully written staging folder into place and point CURRENT at it.
+    ``catch_up`` writes segments for the placed version (the writes made
+    while it was built) and names them; CURRENT names them too."""
+    from recommender.segments import write_current
     for file in staging.iterdir():
         _fsync(file)
     versions = index_root / VERSIONS
@@ -342,11 +418,7 @@ def publish(index_root: Path, name: str, staging: Path, *, keep: int = 3) -> Pat
     final = versions / name
     os.replace(staging, final)
     _fsync_dir(versions)
-    pointer = index_root / f".{CURRENT}.{os.getpid()}.tmp"
-    pointer.write_text(name + "\n", encoding="utf-8")
-    _fsync(pointer)
-    os.replace(pointer, index_root / CURRENT)
-    _fsync_dir(index_root)
+    write_current(index_root, name, catch_up() if catch_up else ())
     _prune(versions, keep=max(1, keep), live=name)
     _remove_abandoned_staging(index_root / STAGING)
     return final

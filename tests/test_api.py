@@ -178,7 +178,7 @@ def test_503_before_any_index(settings):
         assert_error(client.get("/v1/articles/x/related"), 503)
 
 
-def test_metadata_change_is_reflected_in_filtered_lists_at_once(client):
+def test_metadata_change_is_reflected_in_filtered_lists_within_seconds(client):
     def world():
         items = client.get("/v1/articles/football-0/related", params={"k": 6, "section": "world"}).json()["items"]
         return [i["id"] for i in items]
@@ -188,4 +188,7 @@ def test_metadata_change_is_reflected_in_filtered_lists_at_once(client):
     r = client.put("/v1/articles/talks-2", json={"title": article["title"], "body": article["body"],
                                                  "section": "local", "published": article["published"]}, headers=AUTH)
     assert r.json()["updated"] == 1
-    assert "talks-2" not in world()  # no new index version needed: filters read the store
+    # A change of metadata alone is a write like any other: the background
+    # reindexer publishes it as a segment, and the filters read its columns.
+    wait_for(lambda: "talks-2" not in world(), timeout=30)
+    assert client.get("/v1/articles/talks-2/related", params={"k": 3, "section": "local"}).status_code == 200

@@ -9,9 +9,10 @@ from recommender.articles import parse_article
 from recommender.embed import SentenceTransformerEmbedder
 from recommender.errors import IndexMismatch, IndexNotFound
 from recommender.pipeline import EmbeddingError, embedding_key, reindex
+from recommender.segments import load_view
 from recommender.store import Store
 from recommender.text import chunk_article
-from recommender.version import IndexVersion, current_version_name
+from recommender.version import IndexVersion, current_state, current_version_name
 from tests.helpers import PoisonEmbedder
 
 
@@ -71,7 +72,7 @@ def test_rerun_embeds_only_changes(settings, store, embedder, corpus):
     third = reindex(settings, store, lambda: embedder)
     assert (third.embedded, third.deleted, third.published) == (1, 1, True)
     assert embedder.texts - before == 1  # one short article, one passage
-    assert len(IndexVersion.load(settings.index_root)) == 29
+    assert load_view(settings.index_root).live_count == 29
 
 
 def test_killed_job_resumes_where_it_stopped(settings, store, embedder):
@@ -94,9 +95,14 @@ def test_publish_is_atomic_when_build_fails(settings, store, embedder, monkeypat
 
     monkeypatch.setattr(pipeline, "publish", crash)
     with pytest.raises(OSError):
-        reindex(settings, store, lambda: embedder)
+        reindex(settings, store, lambda: embedder, full=True)
     assert current_version_name(settings.index_root) == good
-    assert len(IndexVersion.load(settings.index_root)) == 30
+    assert load_view(settings.index_root).live_count == 30
+
+    monkeypatch.setattr(pipeline, "write_current", crash)  # a segment written, CURRENT not replaced
+    with pytest.raises(OSError):
+        reindex(settings, store, lambda: embedder)
+    assert current_state(settings.index_root) == (good, ())
 
 
 def test_old_versions_are_pruned_but_live_one_kept(settings, store, embedder):
@@ -143,7 +149,7 @@ def test_unchanged_passages_and_copies_are_not_embedded_again(settings, store, e
     assert report.embedded == 2 and report.published
     assert embedder.texts - texts_before == report.passages_embedded == 1  # only the new paragraph
     assert report.passages_reused == per_article[0] + per_article[1]
-    assert len(IndexVersion.load(settings.index_root)) == 31
+    assert load_view(settings.index_root).live_count == 31
     # The copy's vectors are the original's; the updated article has one passage more.
     vectors = dict(store.iter_embeddings(embedding_key(settings)))
     original, copied = store.get(corpus[1]["id"]).doc_id, store.get("syndicated-copy").doc_id
@@ -156,11 +162,11 @@ def test_one_bad_article_is_left_out_reported_and_retried(settings, store, embed
     report = reindex(settings, store, lambda: PoisonEmbedder(embedder.inner), batch_docs=8)
     assert report.failed == [store.get("bad").doc_id]
     assert report.embedded == 30 and report.published
-    assert len(IndexVersion.load(settings.index_root)) == 30
+    assert load_view(settings.index_root).live_count == 30
 
     retry = reindex(settings, store, lambda: embedder, batch_docs=8)
     assert retry.to_embed == 1 and retry.embedded == 1 and retry.failed == [] and retry.published
-    assert len(IndexVersion.load(settings.index_root)) == 31
+    assert load_view(settings.index_root).live_count == 31
 
 
 def test_a_broken_model_stops_the_run(settings, store, embedder):
@@ -225,7 +231,7 @@ def test_only_failing_articles_left_still_publishes_deletes(settings, store, emb
     store.upsert([parse_article({"id": "bad", "title": "POISON", "body": "The model chokes on this one."})])
     report = reindex(settings, store, lambda: PoisonEmbedder(embedder.inner))
     assert report.published and len(report.failed) == 1
-    assert len(IndexVersion.load(settings.index_root)) == 29
+    assert load_view(settings.index_root).live_count == 29
 
 
 def test_embedding_key_names_what_makes_the_vectors_and_old_vectors_move_to_it(settings, store, embedder):

@@ -102,7 +102,6 @@ class ListCache:
     def __init__(self, size: int):
         self.size = size
         self._lists: OrderedDict[Hashable, list[Hit]] = OrderedDict()
-        self._languages: dict[str, set[str]] = {}
         self._lock = Lock()
 
     def __len__(self) -> int:
@@ -120,17 +119,6 @@ class ListCache:
             self._lists[key] = hits
             while len(self._lists) > self.size:
                 self._lists.popitem(last=False)
-
-    def languages(self, version: IndexVersion, store: Store) -> set[str]:
-        """Languages in the store, read once per index version."""
-        with self._lock:
-            found = self._languages.get(version.name)
-        if found is None:
-            found = store.languages()
-            with self._lock:
-                self._languages = {version.name: found}
-        return found
-
 
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
@@ -182,7 +170,7 @@ class Lists:
         rules = ListRules.of(self.store.rules(stored.article.id, applying=True))
         key = None
         if not requested:
-            key = (self.version.name, stored.doc_id, stored.content_hash, k, self.store.rules_generation(),
+            key = (self.version.state, stored.doc_id, stored.content_hash, k, self.store.rules_generation(),
                    self.hidden, options, filters, today() if options.half_life_days else None)
             cached = self.cache.get(key)
             if cached is not None:
@@ -291,8 +279,7 @@ class Lists:
         request opts out, the source article's language."""
         filters = within_age(filters, options)
         lang = stored.article.lang
-        if (not options.cross_language and lang and not filters.lang
-                and self.cache.languages(self.version, self.store) - {lang}):
+        if not options.cross_language and lang and not filters.lang and self.version.languages() - {lang}:
             filters = filters.with_defaults(same_language=lang)
         return filters
 
@@ -346,9 +333,8 @@ class Lists:
         return rows, np.array([total[r] for r in rows.tolist()], dtype=np.float64)
 
     def _allowed_rows(self, filters: Filters) -> np.ndarray | None:
-        if not filters:
-            return None
-        return np.sort(self.version.rows_of(self.store.doc_ids_matching(filters)))
+        """Read from the version's in-memory columns: no store scan per request."""
+        return self.version.filter_rows(filters) if filters else None
 
     def _drop_copies_of(self, body: str, hits: list[Hit], policy: Policy) -> list[Hit]:
         """A text not in the index yet has no story label: its copies among

@@ -132,22 +132,32 @@ def rank_candidates(
     while True:
         rows = candidates(pool)
         if allowed_rows is not None:
-            rows = rows[np.isin(rows, allowed_rows, assume_unique=True)]
+            rows = rows[in_sorted(rows, allowed_rows)]
         hits, floored = rank(rows)
         if len(hits) >= k or floored or pool >= n:
             return hits
         pool = min(n, pool * 4)
 
 
+def in_sorted(rows: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Whether each row is in ``allowed`` (sorted, unique): a binary search
+    per row, so a filter allowing most of a large archive costs the
+    candidates' number, not the archive's (``np.isin`` sorts both)."""
+    if not len(allowed):
+        return np.zeros(len(rows), dtype=bool)
+    at = np.minimum(np.searchsorted(allowed, rows), len(allowed) - 1)
+    return allowed[at] == rows
+
+
 def _candidates(version: IndexVersion, query: Query, pool: int) -> np.ndarray:
     n = len(version)
     if pool >= n:
-        return np.arange(n)
+        return version.live(np.arange(n))
     _, ids = version.docs.search(query.vector.reshape(1, -1), pool + 1)
     dense_rows = version.rows_of(ids[0][ids[0] >= 0])
     lexical = version.tfidf.scores(_strongest_terms(query.terms, QUERY_TERMS))
     lexical_rows = np.argpartition(-lexical, pool - 1)[:pool]
-    return np.union1d(dense_rows, lexical_rows[lexical[lexical_rows] > 0])
+    return np.union1d(dense_rows, version.live(lexical_rows[lexical[lexical_rows] > 0]))
 
 
 def _strongest_terms(terms: sp.csr_matrix, m: int) -> sp.csr_matrix:
@@ -170,7 +180,7 @@ def _select(
     """Best first, one article per story, never the article itself or a copy
     of it, nothing below the confidence floor. Also says whether the floor
     turned a candidate away."""
-    keep = np.ones(len(rows), dtype=bool)
+    keep = np.ones(len(rows), dtype=bool) if version.alive is None else version.alive[rows]
     if policy.excluded_rows is not None and len(policy.excluded_rows):
         keep &= ~np.isin(rows, policy.excluded_rows)
     floored = False

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from recommender.config import Settings
 from recommender.errors import InvalidInput
-from recommender.rank.related import NO_POLICY, QUERY_TERMS, Hit, Policy, _strongest_terms, rank_candidates
+from recommender.rank.related import NO_POLICY, QUERY_TERMS, Hit, Policy, _strongest_terms, in_sorted, rank_candidates
 from recommender.text import tokenize
 from recommender.version import IndexVersion
 
@@ -52,7 +52,8 @@ def search(
     w = settings.search_semantic_weight
 
     def shown(rows: np.ndarray) -> np.ndarray:
-        """Rows less those the policy excludes (blocks, embargo)."""
+        """Rows less the dead ones and those the policy excludes (blocks, embargo)."""
+        rows = version.live(rows)
         if policy.excluded_rows is not None and len(policy.excluded_rows):
             rows = rows[~np.isin(rows, policy.excluded_rows)]
         return rows
@@ -79,7 +80,7 @@ def search(
             extra = np.argpartition(-found, pool - 1)[:pool] if pool < len(found) else np.arange(n)
             extra = shown(extra[found[extra] > 0])
             if allowed_rows is not None:  # new rows meet the request's filters too
-                extra = extra[np.isin(extra, allowed_rows)]
+                extra = extra[in_sorted(extra, allowed_rows)]
             extra = np.setdiff1d(extra, rows)
             if len(extra):
                 rows = np.union1d(rows, extra)  # sorted, as pair_scores wants
@@ -107,7 +108,8 @@ def search(
         _, chunk_ids = version.chunks.search(vector.reshape(1, -1), min(len(version.chunks), 3 * pool))
         dense_rows = np.unique(version.chunk_owner(chunk_ids[0][chunk_ids[0] >= 0]))
         keyword_rows = np.argpartition(-keyword, pool - 1)[:pool] if pool < n else np.arange(n)
-        return np.union1d(dense_rows, keyword_rows[keyword[keyword_rows] > 0]).astype(np.int64)
+        rows = np.union1d(dense_rows, keyword_rows[keyword[keyword_rows] > 0]).astype(np.int64)
+        return version.live(rows)
 
     return rank_candidates(n, k, settings, allowed_rows, candidates, rank)
 

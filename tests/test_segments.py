@@ -1,0 +1,368 @@
+"""Segments: writes published beside the live version, in seconds.
+
+A segment plus its version ranks as a full rebuild with the version's
+keyword statistics frozen; the in-memory filters select what the SQL they
+replace selects; a killed writer leaves the old state or the new one; readers
+never fail while segments and full builds are published; a replica copied
+file by file (CURRENT last) never serves a torn state."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from recommender import pipeline
+from recommender.articles import parse_article
+from recommender.embed import SentenceTransformerEmbedder
+from recommender.filters import FilterColumns, Filters
+from recommender.lexical import TfidfModel, keyword_rows
+from recommender.pipeline import reindex
+from recommender.rank.related import related_to_row
+from recommender.rank.search import search
+from recommender.segments import load_view
+from recommender.service import Engine
+from recommender.store import Store
+from recommender.version import CURRENT, IndexVersion, current_state
+from tests.helpers import make_corpus, wait_for
+
+
+@pytest.fixture
+def embedder(settings):
+    return SentenceTransformerEmbedder.load(settings.model)
+
+
+@pytest.fixture
+def segmented(settings):
+    """Settings under which the tests' few writes go into segments."""
+    return settings.replace(segment_merge_fraction=0.5)
+
+
+def publish(settings, store, embedder, rows=(), deleted=(), **kwargs):
+    if rows:
+        store.upsert([parse_article(r) for r in rows])
+    if deleted:
+        store.delete(list(deleted))
+    return reindex(settings, store, lambda: embedder, **kwargs)
+
+
+def writes(corpus):
+    """An update, a metadata change, a wire copy, new articles, a deletion."""
+    by_id = {r["id"]: r for r in corpus}
+    return [
+        dict(by_id["talks-2"], body=by_id["talks-2"]["body"] + " kalvos brandt updated"),
+        dict(by_id["bridge-1"], section="world"),
+        dict(by_id["talks-1"], id="wire-talks-1", published="2025-12-30"),
+        *[dict(r, id="new-" + r["id"], published="2026-01-0" + str(1 + i)) for i, r in
+          enumerate(make_corpus(per_topic=1, seed=11))],
+    ], ["drought-3"]
+
+
+def test_writes_go_into_a_segment_and_deletes_leave_at_once(segmented, corpus, embedder):
+    with Store.open(segmented.store_path) as store:
+        first = publish(segmented, store, embedder, corpus)
+        rows, deleted = writes(corpus)
+        report = publish(segmented, store, embedder, rows, deleted)
+        assert report.segment and report.version == first.version and report.published
+        assert report.embedded == 1 + 1 + 5  # the update, the copy, the new ones; the metadata change keeps its vectors
+        name, segments = current_state(segmented.index_root)
+        assert name == first.version and segments == (report.segment,)
+        view = load_view(segmented.index_root)
+        assert view.live_count == store.count() == 30 - 1 + 1 + 5
+        assert store.get("drought-3") is None and view.row_of(store.get("talks-2").doc_id) >= 30
+        # Nothing changed: nothing published, and no full-table read either.
+        assert not publish(segmented, store, embedder).published
+
+
+def test_segment_plus_version_ranks_as_a_rebuild_with_frozen_idf(segmented, corpus, embedder, monkeypatch):
+    with Store.open(segmented.store_path) as store:
+        publish(segmented, store, embedder, corpus)
+        rows, deleted = writes(corpus)
+        publish(segmented, store, embedder, rows, deleted)
+        view = load_view(segmented.index_root)
+        base = IndexVersion.load(segmented.index_root, name=view.name)
+
+        def frozen(titles, bodies):
+            t, b, e = keyword_rows(base.tfidf, base.bm25, base.entities, titles, bodies)
+            return (TfidfModel(base.tfidf.vocabulary, base.tfidf.idf, t), base.bm25.with_rows(b),
+                    TfidfModel(base.entities.vocabulary, base.entities.idf, e))
+
+        monkeypatch.setattr(pipeline, "build_keyword_models", frozen)
+        rebuilt_report = publish(segmented, store, embedder, full=True)
+        assert rebuilt_report.published and not rebuilt_report.segment
+        rebuilt = load_view(segmented.index_root)
+        assert not rebuilt.segments and rebuilt.live_count == view.live_count
+
+        def ranked(version, hits):
+            return sorted(((h.doc_id, round(h.score, 4)) for h in hits), key=lambda x: (-x[1], x[0]))
+
+        live = sorted(view.doc_ids[view.alive].tolist())
+        assert live == sorted(rebuilt.doc_ids.tolist())
+        wire = store.get("wire-talks-1").doc_id
+        original = store.get("talks-1").doc_id
+        assert view.story_ids[view.row_of(wire)] == view.row_of(original)  # the copy joined its original's story
+        for doc_id in live:
+            a = related_to_row(view, view.row_of(doc_id), 8, segmented)
+            b = related_to_row(rebuilt, rebuilt.row_of(doc_id), 8, segmented)
+            assert ranked(view, a) == ranked(rebuilt, b), doc_id
+            assert wire not in {h.doc_id for h in a} or original not in {h.doc_id for h in a}
+        for query in ["peace talks envoy", "bridge harbour cost", "kalvos brandt", "drought farmers"]:
+            vector = embedder.embed([query])[0]
+            assert ranked(view, search(view, vector, query, 8, segmented)) == \
+                ranked(rebuilt, search(rebuilt, vector, query, 8, segmented))
+
+
+def test_tiered_merging_keeps_segments_few(segmented, corpus, embedder):
+    with Store.open(segmented.store_path) as store:
+        publish(segmented, store, embedder, corpus)
+        extra = make_corpus(per_topic=4, seed=5)
+        for i, row in enumerate(extra):
+            publish(segmented, store, embedder, [dict(row, id=f"more-{i}")])
+            _, segments = current_state(segmented.index_root)
+            assert 1 <= len(segments) <= 6
+        view = load_view(segmented.index_root)
+        assert view.live_count == store.count() == 50
+        on_disk = {p.name for p in (segmented.index_root / "versions" / view.name / "segments").iterdir()}
+        assert set(view.segments) <= on_disk
+
+
+def sql_rows(store, version, filters: Filters) -> list[int]:
+    where, params = filters.sql()
+    doc_ids = [r[0] for r in store.connection.execute(f"SELECT doc_id FROM articles WHERE {where}", params)]
+    return sorted(version.rows_of(np.array(doc_ids, dtype=np.int64)).tolist())
+
+
+def test_filter_columns_select_what_the_sql_selects(tmp_path):
+    rng = np.random.default_rng(3)
+    dates = [None, "2024-05-31", "2024-05-31T10:00:00", "2024-05-31T23:59:59+05:30", "2024-06-01",
+             "2023-12-31T00:00:00+00:00", "2024-05-30"]
+    rows = []
+    for i in range(400):
+        rows.append({
+            "id": f"a{i}", "title": f"title {i}", "body": f"body number {i} with some words",
+            "lang": [None, "en", "fr", "de"][int(rng.integers(4))] or "en",
+            "section": [None, "world", "local", "sport"][int(rng.integers(4))],
+            "tags": sorted({["ukraine", "nato", "fire", "élections", "a,b"][int(t)] for t in rng.integers(0, 5, int(rng.integers(0, 4)))}),
+            "published": dates[int(rng.integers(len(dates)))],
+        })
+    with Store.open(tmp_path / "s.sqlite") as store:
+        store.upsert([parse_article(r) for r in rows])
+        store.connection.execute("UPDATE articles SET lang = NULL WHERE doc_id % 7 = 0")  # unknown language
+        articles = [s.article for s in store.iter_articles()]
+        doc_ids = np.array([s.doc_id for s in store.iter_articles()], dtype=np.int64)
+
+        class Rows:  # the version's row lookup over these articles
+            def rows_of(self, ids):
+                return np.searchsorted(doc_ids, ids)
+
+        columns = FilterColumns.build(articles)
+        columns.save(tmp_path / "columns.npz")
+        loaded = FilterColumns.load(tmp_path / "columns.npz")
+        cases = [Filters(), Filters(section="world"), Filters(lang="fr"), Filters(same_language="de"),
+                 Filters(same_language="xx"), Filters(tag="nato"), Filters(tag="élections"), Filters(tag="a,b"),
+                 Filters(tag="none"), Filters(since="2024-05-31"), Filters(until="2024-05-31"),
+                 Filters(since="2024-05-31T12:00:00"), Filters(until="2024-05-31T10:00:00"),
+                 Filters(section="local", tag="fire", since="2024-01-01", until="2024-06-01"),
+                 Filters(lang="en", same_language="en", tag="ukraine")]
+        for filters in cases:
+            expected = sql_rows(store, Rows(), filters)
+            for cols in (columns, loaded):
+                assert np.flatnonzero(cols.mask(filters)).tolist() == expected, filters
+        assert sum(len(sql_rows(store, Rows(), f)) for f in cases) > 400  # the cases select something
+
+
+def test_a_related_request_reads_the_store_by_index_only(segmented, corpus, embedder):
+    """The hot path's store reads are few, and none scans the articles table
+    (the language filter read every row before: 100 ms at 100k articles)."""
+    rows = [dict(r, lang="en") for r in corpus] + [dict(corpus[0], id="fr-1", lang="fr")]
+    with Store.open(segmented.store_path) as store:
+        publish(segmented, store, embedder, rows)
+        publish(segmented, store, embedder, [dict(corpus[1], id="fresh", lang="en")])
+    with Engine.open(segmented, lambda: embedder) as engine:
+        store = engine.stores.get()
+        statements: list[str] = []
+        store.connection.set_trace_callback(statements.append)
+        engine.related("talks-1", 5)  # uncached
+        uncached = list(statements)
+        statements.clear()
+        engine.related("talks-1", 5)  # cached
+        cached = list(statements)
+        engine.related("talks-1", 5, Filters.parse(section="world", since="2025-01-01"))
+        store.connection.set_trace_callback(None)
+        assert 0 < len(cached) <= len(uncached) <= 12
+        for sql in set(uncached + statements):
+            plan = " ".join(str(r[-1]) for r in store.connection.execute("EXPLAIN QUERY PLAN " + sql))
+            assert "SCAN articles" not in plan, (sql, plan)
+
+
+def test_readers_never_fail_while_segments_and_full_builds_publish(segmented, corpus, embedder):
+    with Store.open(segmented.store_path) as store:
+        publish(segmented, store, embedder, corpus)
+    failures: list[BaseException] = []
+    reads = [0]
+    stop = threading.Event()
+    with Engine.open(segmented, lambda: embedder) as engine:
+        engine.live.watch(0.02)
+
+        def reader(seed: int) -> None:
+            rng = np.random.default_rng(seed)
+            while not stop.is_set():
+                try:
+                    article = corpus[int(rng.integers(len(corpus)))]["id"]
+                    assert engine.related(article, 5)
+                    engine.search("peace talks envoy", 5)
+                    reads[0] += 1
+                except BaseException as exc:  # noqa: BLE001 - any failed read fails the test
+                    failures.append(exc)
+
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        try:
+            with Store.open(segmented.store_path) as store:
+                for i, row in enumerate(make_corpus(per_topic=2, seed=9)):
+                    update = dict(corpus[i % len(corpus)], body=corpus[i % len(corpus)]["body"] + f" updated {i}")
+                    publish(segmented, store, embedder, [dict(row, id=f"w-{i}"), update], full=i % 4 == 3)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+    assert not failures, failures[:3]
+    assert reads[0] > 10
+
+
+WRITER = """
+import sys
+from recommender.articles import parse_article
+from recommender.config import Settings
+from recommender.embed import SentenceTransformerEmbedder
+from recommender.pipeline import reindex
+from recommender.store import Store
+settings = Settings.load({"data_dir": sys.argv[1], "model": sys.argv[2], "segment_merge_fraction": 1.0}, environ={})
+embedder = SentenceTransformerEmbedder.load(settings.model)
+start = int(sys.argv[3])
+with Store.open(settings.store_path) as store:
+    for i in range(start, start + 10_000):
+        body = "peace envoy talks w%03d w%03d mediators ceasefire border ministers region treaty." % (i % 400, (7 * i) % 400)
+        store.upsert([parse_article({"id": f"live-{i}", "title": f"talks {i}", "body": body * 3})])
+        if i % 3 == 0:
+            store.delete([f"live-{i - 1}"])
+        reindex(settings, store, lambda: embedder)
+        print(i, flush=True)
+"""
+
+
+def test_sigkill_while_publishing_segments_leaves_a_whole_state(settings, corpus, embedder, tmp_path):
+    with Store.open(settings.store_path) as store:
+        publish(settings, store, embedder, corpus)
+    rng = np.random.default_rng(1)
+    start = 0
+    for _ in range(6):
+        process = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(settings.data_dir), str(settings.model), str(start)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        acknowledged = start - 1
+        for _ in range(int(rng.integers(2, 6))):
+            acknowledged = int(process.stdout.readline())
+        time.sleep(float(rng.uniform(0.0, 0.05)))  # land anywhere in the next publish
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        process.stdout.close()
+        view = load_view(settings.index_root)  # every segment CURRENT names is whole
+        live = view.doc_ids[view.live(np.arange(len(view)))]
+        assert len(np.unique(live)) == len(live)
+        with Store.open(settings.store_path) as store:
+            acked = store.get(f"live-{acknowledged}")
+            # An acknowledged publish is served (unless a later, unacknowledged one deleted it).
+            assert acked is None or acked.doc_id in set(live.tolist())
+        with sqlite3.connect(settings.store_path) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        start = acknowledged + 1
+    assert start > 6
+    with Store.open(settings.store_path) as store:
+        publish(settings, store, embedder)
+        view = load_view(settings.index_root)
+        assert sorted(view.doc_ids[view.live(np.arange(len(view)))].tolist()) == sorted(store.content_hashes())
+
+
+def copy_store(source, target) -> None:
+    """A live SQLite file is copied with its backup API (or litestream), not file by file."""
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+
+
+def copy_as_rsync(source, target, pause: float) -> None:
+    """Copy every file of an index folder, each through a temporary name then
+    a rename (as rsync does), in path order, with CURRENT last; files the
+    source no longer has are removed at the end (``--delete-after``)."""
+    files = sorted(p.relative_to(source) for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
+    current = [f for f in files if f.name == CURRENT]
+    for rel in [f for f in files if f.name != CURRENT] + current:
+        dest = target / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists() and dest.stat().st_size == (source / rel).stat().st_size and rel.name != CURRENT:
+            continue  # unchanged (version and segment files never change)
+        tmp = dest.parent / f".{dest.name}.partial"
+        shutil.copyfile(source / rel, tmp)
+        os.replace(tmp, dest)
+        time.sleep(pause)
+    for path in sorted(target.rglob("*"), reverse=True):
+        rel = path.relative_to(target)
+        if not (source / rel).exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def test_a_replica_copied_file_by_file_never_serves_a_torn_state(segmented, corpus, embedder, tmp_path):
+    replica = segmented.replace(data_dir=tmp_path / "replica", api_key="")
+    with Store.open(segmented.store_path) as store:
+        publish(segmented, store, embedder, corpus)
+    replica.data_dir.mkdir()
+    copy_store(segmented.store_path, replica.store_path)
+    copy_as_rsync(segmented.index_root, replica.index_root, 0.0)
+    failures: list[BaseException] = []
+    seen: set[str] = set()
+    stop = threading.Event()
+    with Engine.open(replica, lambda: embedder) as engine:
+        def reader() -> None:
+            while not stop.is_set():
+                try:
+                    engine.live.refresh()
+                    version = engine.live.current
+                    seen.add(version.state)
+                    assert engine.related("talks-1", 5)
+                    engine.search("peace talks", 5)
+                except BaseException as exc:  # noqa: BLE001 - any failed read fails the test
+                    failures.append(exc)
+                time.sleep(0.005)
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        try:
+            states = [engine.live.current.state]
+            with Store.open(segmented.store_path) as store:
+                for i, full in enumerate([False, False, True, False]):
+                    row = dict(make_corpus(per_topic=1, seed=20 + i)[0], id=f"replica-{i}")  # on talks-5's topic
+                    publish(segmented, store, embedder, [row], full=full)
+                    name, segments = current_state(segmented.index_root)
+                    states.append(f"{name}+{segments[-1]}" if segments else name)
+                    copy_store(segmented.store_path, replica.store_path)  # the store first: it holds the articles
+                    copy_as_rsync(segmented.index_root, replica.index_root, 0.002)
+                    assert wait_for(lambda: engine.live.current.state == states[-1], timeout=10)
+            related = [i.id for i in engine.related("talks-5", 10)]
+        finally:
+            stop.set()
+            thread.join()
+    assert not failures, failures[:3]
+    assert seen <= set(states) and len(seen) >= 2
+    assert any(r.startswith("replica-") for r in related)
+    assert json.loads((replica.index_root / "versions" / states[-1].split("+")[0] / "manifest.json").read_text())
