@@ -11,7 +11,8 @@
         chunk_vectors.npy, chunk_offsets.npy
         tfidf.npz, tfidf_idf.npy, tfidf_vocabulary.json            TF-IDF (related)
         entities.npz, entities_idf.npy, entities_vocabulary.json   names, places, numbers (related)
-        bm25.npz, bm25_vocabulary.json          stemmed BM25 (search)
+        bm25.npz, bm25_idf.npy, bm25_vocabulary.json               stemmed BM25 (search)
+        bm25_parameters.json                                       its avgdl, k1 and b (to weigh new articles)
         ranker.json                             the related ranking model and its calibration
 
 A reader resolves CURRENT once and keeps that folder; a writer builds a new
@@ -40,7 +41,7 @@ from recommender.lexical import Bm25Model, KeywordFiles, TfidfModel
 from recommender.rank.model import Ranker
 from recommender.store import Watermark
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 STATS_SAMPLE = 2048
 CURRENT = "CURRENT"
 VERSIONS = "versions"
@@ -109,7 +110,7 @@ class Layout:
 
     def _keyword(self, name: str) -> KeywordFiles:
         return KeywordFiles(self.folder / f"{name}.npz", self.folder / f"{name}_vocabulary.json",
-                            self.folder / f"{name}_idf.npy")
+                            self.folder / f"{name}_idf.npy", self.folder / f"{name}_parameters.json")
 
     @classmethod
     def of(cls, index_root: Path, name: str) -> Layout:
