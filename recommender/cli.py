@@ -32,7 +32,7 @@ MAIN_HELP = """\
 Semantic related articles and search for a news archive.
 
 Everything lives in one data folder (default: indexes/default, or
-$RECOMMENDER_DATA_DIR, or --data-dir): a SQLite store with full-text search
+$RECOMMENDER_DATA_DIR, or --data-dir): a SQLite store of the articles
 and the published FAISS index. No server is needed.
 
 typical session:

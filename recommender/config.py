@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     max_chunks: int = Field(16, ge=1, description=_text("""Passages embedded per article; the rest of a very long body is
     read only by the keyword index."""))
     search_semantic_weight: float = Field(0.4, ge=0.0, le=1.0, description=_text("""Weight of the vector score in the
-    search blend; the rest is BM25 (FTS5)."""))
+    search blend; the rest is stemmed BM25 (recommender.lexical)."""))
     search_feedback_docs: int = Field(3, ge=0, description=_text("""Search: the best first-stage hits read as feedback
     (pseudo-relevance feedback): articles like them move up. 0 turns it off."""))
     search_feedback_weight: float = Field(0.5, ge=0.0, description=_text("""Search: the weight of that feedback, in

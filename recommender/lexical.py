@@ -12,14 +12,16 @@ version and saved beside it.
 from __future__ import annotations
 
 import json
-import math
 import re
 import threading
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from array import array
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import chain, repeat
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -30,11 +32,91 @@ from recommender.text import STOPWORDS, keyword_text, tokenize
 @dataclass(frozen=True)
 class KeywordFiles:
     """Where one keyword model is saved; the names are the index layout's
-    (``recommender.version.Layout``). BM25 has no idf file."""
+    (``recommender.version.Layout``). Only BM25 writes ``parameters``."""
 
     matrix: Path
     vocabulary: Path
     idf: Path
+    parameters: Path
+
+
+# -- counting ------------------------------------------------------------------
+# Documents are counted without a Python step per token: each document's terms
+# become ids through ``map`` over a dict (a C loop), the ids of all documents
+# go into one array, and scipy sums them into a sparse count matrix. Whatever
+# depends on a term alone (its stem, its column, whether it is kept) is then
+# worked out once per distinct term, not once per occurrence.
+
+
+def _term_index() -> defaultdict[str, int]:
+    """Term -> id in order of first sight: looking up a new term gives it the next id."""
+    index: defaultdict[str, int] = defaultdict()
+    index.default_factory = index.__len__
+    return index
+
+
+class _Tally:
+    """The term ids of documents, added one document at a time."""
+
+    def __init__(self, index: defaultdict[str, int]):
+        self.index = index
+        self.ids = array("q")
+        self.lengths = array("q")
+
+    def add(self, terms: Iterable[str]) -> None:
+        size = len(self.ids)
+        self.ids.extend(map(self.index.__getitem__, terms))
+        self.lengths.append(len(self.ids) - size)
+
+    def counts(self) -> sp.csr_matrix:
+        """Documents x term ids (all of ``index``, shared tallies agree): occurrences."""
+        ids = np.frombuffer(self.ids, dtype=np.int64) if self.ids else np.zeros(0, np.int64)
+        lengths = np.frombuffer(self.lengths, dtype=np.int64) if self.lengths else np.zeros(0, np.int64)
+        rows = np.repeat(np.arange(len(lengths)), lengths)
+        return _csr(np.ones(len(ids), np.int64), rows, ids, (len(lengths), len(self.index)))
+
+
+def _csr(data: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """Canonical CSR (indices sorted in each row, duplicates summed)."""
+    matrix = sp.csr_matrix((data, (rows, cols)), shape=shape)
+    matrix.sum_duplicates()
+    return matrix
+
+
+def _counter_matrix(counts: Sequence[Counter]) -> tuple[sp.csr_matrix, list[str]]:
+    """Counters as a count matrix over their terms (column i: the i-th term)."""
+    index = _term_index()
+    ids = np.fromiter(map(index.__getitem__, chain.from_iterable(counts)), dtype=np.int64)
+    data = np.fromiter(chain.from_iterable(c.values() for c in counts), dtype=np.int64, count=len(ids))
+    rows = np.repeat(np.arange(len(counts)), np.fromiter(map(len, counts), dtype=np.int64, count=len(counts)))
+    return _csr(data, rows, ids, (len(counts), len(index))), list(index)
+
+
+def _remap(counts: sp.csr_matrix, columns: np.ndarray, n_columns: int) -> sp.csr_matrix:
+    """Counts over new columns: column i of ``counts`` adds to ``columns[i]``, or is dropped where that is -1."""
+    cols = columns[counts.indices]
+    keep = cols >= 0
+    rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+    return _csr(counts.data[keep], rows[keep], cols[keep], (counts.shape[0], n_columns))
+
+
+def _columns(terms: Sequence[str | None], vocabulary: dict[str, int]) -> np.ndarray:
+    """The vocabulary column of each term; -1 for a term outside it (or None)."""
+    column = cast("Callable[[str | None, int], int]", vocabulary.get)  # None is never a key
+    return np.fromiter(map(column, terms, repeat(-1)), dtype=np.int64, count=len(terms))
+
+
+def _merge(counts: sp.csr_matrix, terms: Sequence[str | None]) -> tuple[sp.csr_matrix, dict[str, int]]:
+    """Counts over the sorted distinct ``terms`` (several columns may share a
+    term, e.g. a stem; a None term is dropped), and that vocabulary."""
+    distinct = sorted({t for t in terms if t is not None})
+    vocabulary = dict(zip(distinct, range(len(distinct))))
+    return _remap(counts, _columns(terms, vocabulary), len(vocabulary)), vocabulary
+
+
+def _lengths(counts: sp.csr_matrix) -> np.ndarray:
+    """Tokens per document (float64)."""
+    return np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
 
 
 class TfidfModel:
@@ -46,46 +128,50 @@ class TfidfModel:
 
     @classmethod
     def build(cls, texts: Iterable[str], *, min_df: int = 1) -> TfidfModel:
-        return cls.from_counts([Counter(tokenize(t)) for t in texts], min_df=min_df)
+        tally = _Tally(_term_index())
+        for text in texts:
+            tally.add(tokenize(text))
+        return cls.from_matrix(tally.counts(), list(tally.index), min_df=min_df)
 
     @classmethod
     def from_counts(cls, counts: Sequence[Counter], *, min_df: int = 1) -> TfidfModel:
-        df: Counter[str] = Counter()
-        for c in counts:
-            df.update(c.keys())
-        vocabulary = {term: i for i, term in enumerate(sorted(t for t, n in df.items() if n >= min_df))}
-        n_docs = len(counts)
-        idf = np.array(
-            [math.log((1 + n_docs) / (1 + df[t])) + 1.0 for t in vocabulary], dtype=np.float32
-        )
-        matrix = cls._weigh(counts, vocabulary, idf)
-        return cls(vocabulary, idf, matrix)
+        return cls.from_matrix(*_counter_matrix(counts), min_df=min_df)
+
+    @classmethod
+    def from_matrix(cls, counts: sp.csr_matrix, terms: Sequence[str | None], *, min_df: int = 1) -> TfidfModel:
+        """``counts``: documents x ``terms`` occurrences; columns whose term is
+        None are left out, columns sharing a term are added together."""
+        counts, vocabulary = _merge(counts, terms)
+        df = np.bincount(counts.indices, minlength=len(vocabulary))
+        if min_df > 1:
+            counts, vocabulary = _merge(counts, [t if n >= min_df else None for t, n in zip(vocabulary, df.tolist())])
+            df = np.bincount(counts.indices, minlength=len(vocabulary))
+        idf = (np.log((1 + counts.shape[0]) / (1 + df)) + 1.0).astype(np.float32)
+        return cls(vocabulary, idf, cls._weigh(counts, idf))
 
     @staticmethod
-    def _weigh(counts: Sequence[Counter], vocabulary: dict[str, int], idf: np.ndarray) -> sp.csr_matrix:
-        indptr = [0]
-        indices: list[int] = []
-        data: list[float] = []
-        for c in counts:
-            row = sorted((vocabulary[t], 1.0 + math.log(n)) for t, n in c.items() if t in vocabulary)
-            indices.extend(i for i, _ in row)
-            data.extend(w for _, w in row)
-            indptr.append(len(indices))
-        matrix = sp.csr_matrix(
-            (np.array(data, np.float32), np.array(indices, np.int32), np.array(indptr, np.int64)),
-            shape=(len(counts), len(vocabulary)),
-        )
+    def _weigh(counts: sp.csr_matrix, idf: np.ndarray) -> sp.csr_matrix:
+        """Sublinear TF-IDF rows, L2-normalized, of canonical counts over the vocabulary's columns."""
+        tf = (1.0 + np.log(counts.data.astype(np.float64))).astype(np.float32)
+        matrix = sp.csr_matrix((tf, counts.indices, counts.indptr), shape=counts.shape)
         matrix = matrix.multiply(idf.reshape(1, -1)).tocsr().astype(np.float32)
         norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
         return sp.csr_matrix(sp.diags(1.0 / np.maximum(norms, 1e-12)) @ matrix, dtype=np.float32)
 
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         """TF-IDF rows for texts outside the corpus (a draft, a query)."""
-        return self.transform_counts([Counter(tokenize(t)) for t in texts])
+        tally = _Tally(_term_index())
+        for text in texts:
+            tally.add(tokenize(text))
+        return self.rows(tally.counts(), list(tally.index))
 
     def transform_counts(self, counts: Sequence[Counter]) -> sp.csr_matrix:
-        return self._weigh(counts, self.vocabulary, self.idf)
+        """Rows of documents outside the corpus with this vocabulary and idf; unknown terms are dropped."""
+        return self.rows(*_counter_matrix(counts))
 
+    def rows(self, counts: sp.csr_matrix, terms: Sequence[str | None]) -> sp.csr_matrix:
+        """:meth:`transform_counts` of a count matrix over ``terms`` (as :meth:`from_matrix` takes)."""
+        return self._weigh(_remap(counts, _columns(terms, self.vocabulary), len(self.vocabulary)), self.idf)
     @cached_property
     def terms(self) -> list[str]:
         """Column -> term."""
@@ -137,65 +223,51 @@ def stem_words(words: Sequence[str]) -> list[str]:
 
 
 class Bm25Model:
-    def __init__(self, vocabulary: dict[str, int], matrix: sp.csc_matrix, *, stem: bool = True,
-                 idf: np.ndarray | None = None, avgdl: float = 1.0, k1: float = 1.2, b: float = 0.75):
+    """``idf`` (per column), ``avgdl``, ``k1`` and ``b`` are the statistics the
+    build weighed its documents with; new documents are weighed with them
+    (:meth:`transform_counts`), so their rows score as the build's own do."""
+
+    def __init__(self, vocabulary: dict[str, int], matrix: sp.csc_matrix, idf: np.ndarray, *, avgdl: float,
+                 k1: float = 1.2, b: float = 0.75, stem: bool = True):
         self.vocabulary = vocabulary  # stem (or term) -> column
         self.matrix = matrix  # documents x stems, BM25 term weights
+        self.idf = idf  # float64, per column
+        self.avgdl = avgdl
+        self.k1 = k1
+        self.b = b
         self.stem = stem
-        self.idf = idf if idf is not None else np.zeros(len(vocabulary))
-        self.avgdl, self.k1, self.b = avgdl, k1, b
-
-    def with_rows(self, rows: sp.spmatrix) -> Bm25Model:
-        """A model over other documents' rows, weighed with these statistics."""
-        return Bm25Model(self.vocabulary, sp.csc_matrix(rows, dtype=np.float32), stem=self.stem, idf=self.idf,
-                         avgdl=self.avgdl, k1=self.k1, b=self.b)
-
-    def transform_counts(self, counts: Sequence[Counter]) -> sp.csr_matrix:
-        """BM25 rows of new documents, weighed with this model's statistics (unknown stems dropped)."""
-        rows, cols, weights = [], [], []
-        for i, c in enumerate(counts):
-            length = sum(c.values())
-            merged: Counter[int] = Counter()
-            stems = stem_words(list(c)) if self.stem else list(c)
-            for stem, n in zip(stems, c.values()):
-                if stem in self.vocabulary:
-                    merged[self.vocabulary[stem]] += n
-            norm = self.k1 * (1 - self.b + self.b * length / max(self.avgdl, 1e-9))
-            for col, tf in merged.items():
-                rows.append(i)
-                cols.append(col)
-                weights.append(self.idf[col] * tf * (self.k1 + 1) / (tf + norm))
-        return sp.csr_matrix((np.array(weights, np.float32), (rows, cols)), shape=(len(counts), len(self.vocabulary)))
 
     @classmethod
     def from_counts(cls, counts: Sequence[Counter], *, k1: float = 1.2, b: float = 0.75, stem: bool = True) -> Bm25Model:
         """``stem``: Snowball stems (the served search); off, the tokens as
         they are (the evaluation's plain BM25 baseline)."""
-        terms = sorted({t for c in counts for t in c})
-        stem_of = dict(zip(terms, stem_words(terms) if stem else terms))
-        vocabulary = {s: i for i, s in enumerate(sorted(set(stem_of.values())))}
-        rows: list[int] = []
-        cols: list[int] = []
-        tfs: list[float] = []
-        for i, c in enumerate(counts):
-            merged: Counter[int] = Counter()
-            for term, n in c.items():
-                merged[vocabulary[stem_of[term]]] += n
-            rows.extend([i] * len(merged))
-            cols.extend(merged.keys())
-            tfs.extend(merged.values())
-        n = len(counts)
-        lengths = np.array([sum(c.values()) for c in counts], dtype=np.float64)
-        tf = np.array(tfs, dtype=np.float64)
-        col = np.array(cols, dtype=np.int64)
-        row = np.array(rows, dtype=np.int64)
-        df = np.bincount(col, minlength=len(vocabulary))
+        return cls.from_matrix(*_counter_matrix(counts), k1=k1, b=b, stem=stem)
+
+    @classmethod
+    def from_matrix(cls, counts: sp.csr_matrix, terms: Sequence[str], *, k1: float = 1.2, b: float = 0.75,
+                    stem: bool = True) -> Bm25Model:
+        """``counts``: documents x ``terms`` occurrences (distinct terms); each
+        distinct term is stemmed once."""
+        merged, vocabulary = _merge(counts, stem_words(terms) if stem else terms)
+        lengths = _lengths(counts)
+        n = counts.shape[0]
+        df = np.bincount(merged.indices, minlength=len(vocabulary))
         idf = np.log(1.0 + (n - df + 0.5) / (df + 0.5))
-        norm = k1 * (1 - b + b * lengths[row] / max(float(lengths.mean()) if n else 1.0, 1e-9))
-        weights = (idf[col] * tf * (k1 + 1) / (tf + norm)).astype(np.float32)
-        matrix = sp.csc_matrix((weights, (row, col)), shape=(n, len(vocabulary)), dtype=np.float32)
         avgdl = max(float(lengths.mean()) if n else 1.0, 1e-9)
-        return cls(vocabulary, matrix, stem=stem, idf=idf, avgdl=avgdl, k1=k1, b=b)
+        weights = _bm25_weights(merged, lengths, idf, avgdl, k1, b)
+        return cls(vocabulary, weights.tocsc(), idf, avgdl=avgdl, k1=k1, b=b, stem=stem)
+
+    def transform_counts(self, counts: Sequence[Counter]) -> sp.csr_matrix:
+        """BM25 rows of documents outside the corpus, weighed with this model's
+        vocabulary, idf and average length; unknown stems are dropped, but a
+        document's length counts all its tokens, as the build's does."""
+        return self.rows(*_counter_matrix(counts))
+
+    def rows(self, counts: sp.csr_matrix, terms: Sequence[str]) -> sp.csr_matrix:
+        """:meth:`transform_counts` of a count matrix over distinct ``terms``."""
+        stems = stem_words(terms) if self.stem else terms
+        merged = _remap(counts, _columns(stems, self.vocabulary), len(self.vocabulary))
+        return _bm25_weights(merged, _lengths(counts), self.idf, self.avgdl, self.k1, self.b)
 
     def query_columns(self, text: str) -> np.ndarray:
         stems = stem_words(tokenize(text)) if self.stem else tokenize(text)
@@ -210,68 +282,97 @@ class Bm25Model:
 
     def save(self, files: KeywordFiles) -> None:
         sp.save_npz(files.matrix, self.matrix, compressed=False)
+        np.save(files.idf, self.idf)
         stems = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
         files.vocabulary.write_text(json.dumps(stems, ensure_ascii=False), encoding="utf-8")
-        np.save(files.idf, np.concatenate([self.idf, [self.avgdl, self.k1, self.b]]))
+        parameters = {"avgdl": self.avgdl, "k1": self.k1, "b": self.b, "stem": self.stem}
+        files.parameters.write_text(json.dumps(parameters), encoding="utf-8")
 
     @classmethod
     def load(cls, files: KeywordFiles) -> Bm25Model:
         matrix = sp.load_npz(files.matrix).tocsc()
         stems = json.loads(files.vocabulary.read_text(encoding="utf-8"))
-        stats = np.load(files.idf)
-        return cls({s: i for i, s in enumerate(stems)}, matrix, idf=stats[:-3], avgdl=float(stats[-3]),
-                   k1=float(stats[-2]), b=float(stats[-1]))
+        p = json.loads(files.parameters.read_text(encoding="utf-8"))
+        return cls({s: i for i, s in enumerate(stems)}, matrix, np.load(files.idf),
+                    avgdl=float(p["avgdl"]), k1=float(p["k1"]), b=float(p["b"]), stem=bool(p["stem"]))
 
 
-def _article_counts(titles: Sequence[str], bodies: Sequence[str]) -> tuple[list[Counter], list[Counter], list[Counter]]:
-    tfidf_counts, bm25_counts, entity_counts = [], [], []
+def _bm25_weights(counts: sp.csr_matrix, lengths: np.ndarray, idf: np.ndarray, avgdl: float, k1: float,
+                  b: float) -> sp.csr_matrix:
+    """Okapi BM25 term weights of canonical counts over the model's columns."""
+    tf = counts.data.astype(np.float64)
+    row = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+    norm = k1 * (1 - b + b * lengths[row] / avgdl)
+    weights = (idf[counts.indices] * tf * (k1 + 1) / (tf + norm)).astype(np.float32)
+    return sp.csr_matrix((weights, counts.indices, counts.indptr), shape=counts.shape)
+
+
+def _tally_articles(titles: Sequence[str], bodies: Sequence[str]) -> tuple[sp.csr_matrix, sp.csr_matrix, list[str],
+                                                                            sp.csr_matrix, list[str]]:
+    """Tokenize each article once: (title counts, body counts, their terms,
+    name counts, the names as written)."""
+    words, names = _term_index(), _term_index()
+    title_tally, body_tally, name_tally = _Tally(words), _Tally(words), _Tally(names)
     for title, body in zip(titles, bodies):
         text = keyword_text(body)
-        title_counts = Counter(tokenize(title))
-        body_counts = Counter(tokenize(text))
-        tfidf_counts.append(title_counts + body_counts)
-        bm25_counts.append(title_counts + title_counts + body_counts)
-        entity_counts.append(entity_terms(text))
-    return tfidf_counts, bm25_counts, entity_counts
+        title_tally.add(tokenize(title))
+        body_tally.add(tokenize(text))
+        name_tally.add(_name_words(text))
+    return title_tally.counts(), body_tally.counts(), list(words), name_tally.counts(), list(names)
 
 
 def build_keyword_models(titles: Sequence[str], bodies: Sequence[str]) -> tuple[TfidfModel, Bm25Model, TfidfModel]:
-    """Tokenize each article once; TF-IDF reads title + body, BM25 counts the
-    title twice; the entity model holds the names, places and numbers."""
-    tfidf_counts, bm25_counts, entity_counts = _article_counts(titles, bodies)
-    return TfidfModel.from_counts(tfidf_counts), Bm25Model.from_counts(bm25_counts), TfidfModel.from_counts(entity_counts)
+    """TF-IDF reads title + body, BM25 counts the title twice; the entity
+    model holds the names, places and numbers."""
+    title, body, terms, names, written = _tally_articles(titles, bodies)
+    tfidf = TfidfModel.from_matrix(title + body, terms)
+    bm25 = Bm25Model.from_matrix(title * 2 + body, terms)
+    return tfidf, bm25, TfidfModel.from_matrix(names, [_entity_term(w) for w in written])
 
 
-def keyword_rows(
-    tfidf: TfidfModel, bm25: Bm25Model, entities: TfidfModel, titles: Sequence[str], bodies: Sequence[str]
-) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
-    """The three models' rows for new articles, with the models' statistics frozen."""
-    tfidf_counts, bm25_counts, entity_counts = _article_counts(titles, bodies)
-    return tfidf.transform_counts(tfidf_counts), bm25.transform_counts(bm25_counts), entities.transform_counts(entity_counts)
+def keyword_rows(tfidf: TfidfModel, bm25: Bm25Model, entities: TfidfModel, titles: Sequence[str],
+                 bodies: Sequence[str]) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
+    """The TF-IDF, BM25 and entity rows of new articles, tokenized as
+    :func:`build_keyword_models` tokenizes and weighed with the models'
+    frozen vocabularies and statistics (unknown terms dropped)."""
+    title, body, terms, names, written = _tally_articles(titles, bodies)
+    return (tfidf.rows(title + body, terms), bm25.rows(title * 2 + body, terms),
+            entities.rows(names, [_entity_term(w) for w in written]))
 
 
-_NAME = re.compile(r"(?<![\w'’])([A-Z][\w'’-]*\w|\d[\d,.:]*\d|\d)(?![\w'’])")
+_NAME = re.compile(r"(?=[A-Z\d])(?<![\w'’])([A-Z][\w'’-]*\w|\d[\d,.:]*\d|\d)(?![\w'’])")
+"""The leading lookahead changes no match; it lets the scan skip to the
+characters a name or number can start with (2-3 times faster)."""
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;\"“”]\s+|\n)\s*[\"'“‘(\[]?$")
 
 
+def _name_words(text: str) -> list[str]:
+    """Capitalized words that do not open a sentence (an opening word is
+    capitalized whatever it is), and numbers, as written."""
+    return [match.group(1) for match in _NAME.finditer(text)
+            if not (text[match.start()].isupper() and _opens_sentence(text, match.start()))]
+
+
+def _opens_sentence(text: str, start: int) -> bool:
+    return start == 0 or _SENTENCE_START.search(text[max(0, start - 3) : start]) is not None
+
+
+def _entity_term(word: str) -> str | None:
+    """A name or number as a term: lower-cased, without trailing punctuation;
+    None for a stopword."""
+    term = word.lower().rstrip(".,:")
+    return term if term and term not in STOPWORDS and len(term) < 40 else None
+
+
 def entity_terms(text: str) -> Counter:
-    """Names, places and numbers of a body: capitalized words that do not
-    open a sentence (an opening word is capitalized whatever it is), and
-    numbers. Lower-cased, stopwords left out; a proxy for named entities that
-    costs one regular expression and needs no model."""
+    """Names, places and numbers of a body, lower-cased, stopwords left out;
+    a proxy for named entities that costs one regular expression and needs no model."""
     found: Counter[str] = Counter()
-    for match in _NAME.finditer(text):
-        word = match.group(1)
-        if word[0].isupper():
-            before = text[max(0, match.start() - 3) : match.start()]
-            if match.start() == 0 or _SENTENCE_START.search(before):
-                continue
-        word = word.lower().rstrip(".,:")
-        if word and word not in STOPWORDS and len(word) < 40:
-            found[word] += 1
+    for word, n in Counter(_name_words(text)).items():
+        term = _entity_term(word)
+        if term is not None:
+            found[term] += n
     return found
-
-
 
 
 SNIPPET_SCAN_WORDS = 600

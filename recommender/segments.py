@@ -283,7 +283,7 @@ class StackedTfidf(TfidfModel):
 
 class StackedBm25(Bm25Model):
     def __init__(self, base: Bm25Model, rows: Sequence[sp.csr_matrix]):
-        super().__init__(base.vocabulary, base.matrix, stem=base.stem)
+        super().__init__(base.vocabulary, base.matrix, base.idf, avgdl=base.avgdl, k1=base.k1, b=base.b, stem=base.stem)
         self.base = base
         self.extra = sp.vstack(rows, format="csc")
 

@@ -1,4 +1,4 @@
-"""The SQLite store: articles, their hashes, a full-text index (FTS5) and the
+"""The SQLite store: articles, their hashes, the editorial rules and the
 embedding cache. It is the source of truth; the FAISS index is derived from it."""
 
 from __future__ import annotations
@@ -44,20 +44,6 @@ CREATE TABLE IF NOT EXISTS articles (
     updated_at   REAL NOT NULL, -- when the title or body last changed (see Store.behind)
     seq          INTEGER NOT NULL DEFAULT 0  -- the write that last changed the record (see Store.changes_since)
 );
-CREATE VIRTUAL TABLE IF NOT EXISTS articles_fts USING fts5(
-    title, body, content='articles', content_rowid='doc_id',
-    tokenize='porter unicode61 remove_diacritics 2'
-);
-CREATE TRIGGER IF NOT EXISTS articles_ai AFTER INSERT ON articles BEGIN
-    INSERT INTO articles_fts(rowid, title, body) VALUES (new.doc_id, new.title, new.body);
-END;
-CREATE TRIGGER IF NOT EXISTS articles_ad AFTER DELETE ON articles BEGIN
-    INSERT INTO articles_fts(articles_fts, rowid, title, body) VALUES ('delete', old.doc_id, old.title, old.body);
-END;
-CREATE TRIGGER IF NOT EXISTS articles_au AFTER UPDATE OF title, body ON articles BEGIN
-    INSERT INTO articles_fts(articles_fts, rowid, title, body) VALUES ('delete', old.doc_id, old.title, old.body);
-    INSERT INTO articles_fts(rowid, title, body) VALUES (new.doc_id, new.title, new.body);
-END;
 CREATE TABLE IF NOT EXISTS embeddings (
     model_key    TEXT NOT NULL,
     doc_id       INTEGER NOT NULL,
@@ -217,23 +203,6 @@ class Store:
     def content_hashes(self) -> dict[int, str]:
         return dict(self.connection.execute("SELECT doc_id, content_hash FROM articles"))
 
-    # -- keyword search (FTS5, BM25) -------------------------------------
-
-    def keyword_search(
-        self, match: str, limit: int, *, doc_ids: Sequence[int] | None = None
-    ) -> list[tuple[int, float]]:
-        """(doc_id, BM25 score) pairs, best first; higher is better. ``match`` is
-        an FTS5 query. With ``doc_ids``, only those articles are scored."""
-        sql = "SELECT rowid, -bm25(articles_fts, 2.0, 1.0) AS score FROM articles_fts WHERE articles_fts MATCH ?"
-        params: list[object] = [match]
-        if doc_ids is not None:
-            if not doc_ids:
-                return []
-            sql += f" AND rowid IN ({','.join('?' * len(doc_ids))})"
-            params.extend(int(d) for d in doc_ids)
-        sql += " ORDER BY score DESC LIMIT ?"
-        params.append(int(limit))
-        return [(int(r), float(s)) for r, s in self.connection.execute(sql, params)]
 
     # -- editorial rules -------------------------------------------------
 
@@ -620,13 +589,16 @@ def _next_seq(db: sqlite3.Connection) -> int:
 def _migrate(connection: sqlite3.Connection) -> None:
     """Bring a store made by an older release up to the current schema."""
     _add_column(connection, "articles", "seq", "INTEGER NOT NULL DEFAULT 0")
-    columns = {row[1] for row in connection.execute("PRAGMA table_info(embeddings)")}
-    if columns and "chunk_hashes" not in columns:
-        try:
-            connection.execute("ALTER TABLE embeddings ADD COLUMN chunk_hashes BLOB")
-        except sqlite3.OperationalError as exc:  # another worker migrated it first
-            if "duplicate column" not in str(exc):
-                raise
+    # The full-text index (FTS5) no request read cost every upsert; the
+    # evaluation's FTS5 baseline builds its own (recommender.evaluate).
+    if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'articles_fts'").fetchone():
+        connection.executescript("""
+        DROP TRIGGER IF EXISTS articles_ai;
+        DROP TRIGGER IF EXISTS articles_ad;
+        DROP TRIGGER IF EXISTS articles_au;
+        DROP TABLE IF EXISTS articles_fts;
+        """)
+    _add_column(connection, "embeddings", "chunk_hashes", "BLOB")
 
 
 def _add_column(connection: sqlite3.Connection, table: str, column: str, declaration: str) -> None:

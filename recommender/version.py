@@ -11,7 +11,8 @@
         chunk_vectors.npy, chunk_offsets.npy
         tfidf.npz, tfidf_idf.npy, tfidf_vocabulary.json            TF-IDF (related)
         entities.npz, entities_idf.npy, entities_vocabulary.json   names, places, numbers (related)
-        bm25.npz, bm25_vocabulary.json          stemmed BM25 (search)
+        bm25.npz, bm25_idf.npy, bm25_vocabulary.json               stemmed BM25 (search)
+        bm25_parameters.json                                       its avgdl, k1 and b (to weigh new articles)
         ranker.json                             the related ranking model and its calibration
         columns.npz                             what request filters read (language, section, tags, date)
         segments/<name>/                        writes since the build (``recommender.segments``)
@@ -119,7 +120,7 @@ class Layout:
 
     def _keyword(self, name: str) -> KeywordFiles:
         return KeywordFiles(self.folder / f"{name}.npz", self.folder / f"{name}_vocabulary.json",
-                            self.folder / f"{name}_idf.npy")
+                            self.folder / f"{name}_idf.npy", self.folder / f"{name}_parameters.json")
 
     @classmethod
     def of(cls, index_root: Path, name: str) -> Layout:

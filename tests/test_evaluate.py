@@ -26,6 +26,15 @@ def test_bm25_prefers_rare_matching_terms():
     assert scores.argmax() == 0 and scores[2] == 0
 
 
+def test_fts5_baseline_stems_and_weighs_the_title():
+    fts = evaluate.Fts5Bm25([(7, "Talks", "Ilham Aliev met the mediators"), (9, "harbour costs", "bridge"),
+                             (11, "bridge", "harbour costs")])
+    assert [d for d, _ in fts.search('"aliev"', 10)] == [7]
+    assert [d for d, _ in fts.search('"mediator"', 10)] == [7]  # porter stemming
+    assert [d for d, _ in fts.search('"bridge"', 10)] == [11, 9]  # the same words: the title weighs more
+    assert fts.search('"ferry"', 10) == [] and len(fts.search('"bridge" OR "aliev"', 1)) == 1
+
+
 def test_eval_related_and_search_report_shape(tmp_path, corpus, settings):
     dataset = write_jsonl(tmp_path / "set.jsonl", corpus)
     report = evaluate.evaluate_related(settings, dataset)
@@ -44,6 +53,7 @@ def test_eval_related_and_search_report_shape(tmp_path, corpus, settings):
     report = evaluate.evaluate_search(settings, dataset, queries)
     assert set(report["systems"]["recommender"]) == {"map", "ndcg@10", "mrr", "recall@100"}
     assert report["systems"]["recommender"]["mrr"] == 1.0
+    assert report["systems"]["bm25_fts5_porter"]["mrr"] == 1.0
 
 
 def test_story_map_counts_the_first_copy_and_charges_the_rest():

@@ -8,6 +8,7 @@ import pytest
 from recommender.articles import parse_article
 from recommender.embed import SentenceTransformerEmbedder
 from recommender.errors import ArticleNotFound, InvalidInput
+from recommender.evaluate import Fts5Bm25
 from recommender.pipeline import reindex
 from recommender.rank import features, query_for_row, related
 from recommender.rank.related import related_to_row
@@ -139,8 +140,9 @@ def test_search_survives_query_syntax(engine, query):
     assert len(found) == 5
     bm25 = engine.live.current.bm25
     np.testing.assert_array_equal(bm25.scores(query), bm25.scores(words))
-    keyword = engine.stores.get().keyword_search(fts_query(query), 5)
-    assert keyword == engine.stores.get().keyword_search(fts_query(words), 5)
+    fts = Fts5Bm25((s.doc_id, s.article.title, s.article.body) for s in engine.stores.get().iter_articles())
+    keyword = fts.search(fts_query(query), 5)
+    assert keyword == fts.search(fts_query(words), 5)
     if "bridge" in query:
         assert found[0].startswith("bridge-") and keyword and all(
             engine.stores.get().get_many([d])[d].article.id.startswith("bridge-") for d, _ in keyword[:3])

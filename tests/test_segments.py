@@ -93,7 +93,8 @@ def test_segment_plus_version_ranks_as_a_rebuild_with_frozen_idf(segmented, corp
 
         def frozen(titles, bodies):
             t, b, e = keyword_rows(base.tfidf, base.bm25, base.entities, titles, bodies)
-            return (TfidfModel(base.tfidf.vocabulary, base.tfidf.idf, t), base.bm25.with_rows(b),
+            return (TfidfModel(base.tfidf.vocabulary, base.tfidf.idf, t), Bm25Model(base.bm25.vocabulary, b.tocsc(), base.bm25.idf, avgdl=base.bm25.avgdl,
+                                                                   k1=base.bm25.k1, b=base.bm25.b),
                     TfidfModel(base.entities.vocabulary, base.entities.idf, e))
 
         monkeypatch.setattr(pipeline, "build_keyword_models", frozen)

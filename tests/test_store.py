@@ -22,17 +22,28 @@ def test_upsert_counts_and_stable_doc_ids(tmp_path):
         assert store.count() == 3
 
 
-def test_full_text_index_follows_updates_and_deletes(tmp_path):
-    with Store.open(tmp_path / "s.sqlite") as store:
-        store.upsert([art(1, body="Ilham Aliev met the mediators"), art(2, body="harbour bridge costs")])
-        d1 = store.get("1").doc_id
-        assert [d for d, _ in store.keyword_search('"aliev"', 10)] == [d1]
-        store.upsert([art(1, body="the minister met the mediators")])
-        assert store.keyword_search('"aliev"', 10) == []
-        assert [d for d, _ in store.keyword_search('"mediator"', 10)] == [d1]  # porter stemming
-        assert store.delete(["1", "missing"]) == 1
-        assert store.keyword_search('"mediators"', 10) == []
-        assert store.get("1") is None
+def test_a_store_with_the_old_full_text_index_loses_it_and_keeps_its_articles(tmp_path):
+    """Stores made before the FTS5 table was dropped: its triggers would make
+    every upsert write the index again; opening removes table and triggers."""
+    import sqlite3
+
+    path = tmp_path / "s.sqlite"
+    with Store.open(path) as store:
+        store.upsert([art(1, body="Ilham Aliev met the mediators")])
+        store.connection.executescript("""
+            CREATE VIRTUAL TABLE articles_fts USING fts5(title, body, content='articles', content_rowid='doc_id');
+            CREATE TRIGGER articles_ai AFTER INSERT ON articles BEGIN
+                INSERT INTO articles_fts(rowid, title, body) VALUES (new.doc_id, new.title, new.body);
+            END;
+            CREATE TRIGGER articles_ad AFTER DELETE ON articles BEGIN SELECT 1; END;
+            CREATE TRIGGER articles_au AFTER UPDATE OF title, body ON articles BEGIN SELECT 1; END;
+        """)
+    with Store.open(path) as store:
+        names = {r[0] for r in store.connection.execute("SELECT name FROM sqlite_master")}
+        assert not {"articles_fts", "articles_ai", "articles_ad", "articles_au"} & names
+        store.upsert([art(2, body="harbour bridge costs")])
+        assert store.get("1").article.body == "Ilham Aliev met the mediators" and store.count() == 2
+    assert "articles_fts" not in {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
 
 
 def test_embedding_cache_is_keyed_by_content_hash_and_model(tmp_path):
