@@ -25,7 +25,7 @@ from recommender import pipeline
 from recommender.articles import parse_article
 from recommender.embed import SentenceTransformerEmbedder
 from recommender.filters import FilterColumns, Filters
-from recommender.lexical import TfidfModel, keyword_rows
+from recommender.lexical import Bm25Model, TfidfModel, keyword_rows
 from recommender.pipeline import reindex
 from recommender.rank.related import related_to_row
 from recommender.rank.search import search
@@ -92,10 +92,11 @@ def test_segment_plus_version_ranks_as_a_rebuild_with_frozen_idf(segmented, corp
         base = IndexVersion.load(segmented.index_root, name=view.name)
 
         def frozen(titles, bodies):
-            t, b, e = keyword_rows(base.tfidf, base.bm25, base.entities, titles, bodies)
-            return (TfidfModel(base.tfidf.vocabulary, base.tfidf.idf, t), Bm25Model(base.bm25.vocabulary, b.tocsc(), base.bm25.idf, avgdl=base.bm25.avgdl,
-                                                                   k1=base.bm25.k1, b=base.bm25.b),
-                    TfidfModel(base.entities.vocabulary, base.entities.idf, e))
+            tfidf, bm25, entities = keyword_rows(base.tfidf, base.bm25, base.entities, titles, bodies)
+            stats = base.bm25
+            return (TfidfModel(base.tfidf.vocabulary, base.tfidf.idf, tfidf),
+                    Bm25Model(stats.vocabulary, bm25.tocsc(), stats.idf, avgdl=stats.avgdl, k1=stats.k1, b=stats.b),
+                    TfidfModel(base.entities.vocabulary, base.entities.idf, entities))
 
         monkeypatch.setattr(pipeline, "build_keyword_models", frozen)
         rebuilt_report = publish(segmented, store, embedder, full=True)
