@@ -279,7 +279,7 @@ def open_query_model(settings: Settings, reference: SentenceTransformerEmbedder,
         export_query_model(reference.model, target)
     embedder = OnnxQueryEmbedder(target, resolve_model_path(settings.model), reference.model_id)
     min_cosine = embedder.check_against(reference)
-    if min_cosine < MIN_COSINE:
+    if not min_cosine >= MIN_COSINE:  # NaN (a damaged weight) fails too
         raise ValueError(f"its vectors differ from torch's (min cosine {min_cosine:.6f} < {MIN_COSINE})")
     log.info("query model %s checked against torch: min cosine %.6f", target, min_cosine)
     return embedder
