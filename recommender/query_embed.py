@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -216,6 +217,9 @@ class OnnxQueryEmbedder:
         self.do_lower_case = bool(meta["do_lower_case"])
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self._tokenizer_lock = threading.Lock()
+        """A fast tokenizer call sets its padding and truncation on the shared Rust
+        object ("Already borrowed" when two threads do it at once); the session runs unlocked."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -231,8 +235,9 @@ class OnnxQueryEmbedder:
         for start in range(0, len(texts), self.batch_size):
             rows = order[start:start + self.batch_size]
             batch = [texts[i].lower() if self.do_lower_case else texts[i] for i in rows]
-            encoded = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_seq_length,
-                                     return_tensors="np")
+            with self._tokenizer_lock:
+                encoded = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_seq_length,
+                                         return_tensors="np")
             feed = {name: np.asarray(encoded[name], dtype=np.int64) for name in self.input_names}
             out[rows] = self.session.run(None, feed)[0]
         return out

@@ -90,6 +90,19 @@ def test_onnx_vectors_match_torch(minilm):
 
 
 @pytest.mark.slow
+def test_threads_embed_at_once(minilm):
+    """Requests run in a thread pool: one session and one tokenizer serve them all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, _, onnx = minilm
+    texts = TEXTS[:-1] * 8
+    expected = onnx.embed(texts)
+    with ThreadPoolExecutor(8) as pool:
+        got = np.concatenate(list(pool.map(lambda text: onnx.embed([text]), texts)))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.slow
 def test_the_export_is_reused_not_written_again(minilm, caplog):
     settings, reference, _ = minilm
     target = export_file(settings)
