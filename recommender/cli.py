@@ -545,9 +545,63 @@ def cmd_search(query: str, k: int, as_json: bool) -> int:
     from recommender.api import present
     from recommender.service import Engine
 
-    with Engine.open(_settings()) as engine:
+    settings = _settings()
+    if settings.query_backend == "auto":  # one query: checking the ONNX model costs more than it saves
+        settings = settings.replace(query_backend="torch")
+    with Engine.open(settings) as engine:
         items = present.search_items(engine.search(query, k), query)
     return _print_items({"query": query, "items": items}, as_json)
+
+
+@cli.command(
+    "export-query-model",
+    short_help="Export the model to ONNX for search queries and check it against torch.",
+    help="Export the model to ONNX for search queries and check it against torch.",
+    epilog=_examples("""
+        recommender export-query-model            # export if missing, then check and time it
+        recommender export-query-model --force    # export again (a refused or damaged file)
+        recommender export-query-model --json
+
+        The file is written under the data folder (models/onnx/<key>/model.onnx;
+        the key names the model and the torch, transformers, sentence-transformers,
+        onnx and onnxruntime versions). `recommender serve` exports it itself at
+        start when it is missing; this command does it ahead, and says whether the
+        export passes the check (every sample text's vector within cosine 0.999
+        of torch's) and how long one query takes each way here.
+
+        exit codes: 0 exported and checked; 1 the model cannot be exported, or its
+        vectors differ from torch's (serve then embeds queries on torch).
+    """),
+)
+@click.option("--force", is_flag=True, help="export again even if an export exists")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@common_options
+def cmd_export_query_model(force: bool, as_json: bool) -> int:
+    from recommender.embed import SentenceTransformerEmbedder
+    from recommender.query_embed import export_file, export_query_model, median_seconds, open_query_model
+
+    settings = _settings()
+    reference = _embedder_loader()(settings)
+    if not isinstance(reference, SentenceTransformerEmbedder):
+        print("error: the embedder is not a sentence-transformers model", file=sys.stderr)
+        return EXIT_FAILURE
+    target = export_file(settings)
+    try:
+        if force:
+            export_query_model(reference.model, target, force=True)
+        embedder = open_query_model(settings, reference)
+    except Exception as exc:  # not exportable, a failed export, vectors that differ
+        print(f"error: the query model was refused: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    onnx_seconds, torch_seconds = median_seconds([embedder, reference])
+    result = {"path": str(target), "min_cosine": embedder.min_cosine,
+              "onnx_ms": round(onnx_seconds * 1e3, 3), "torch_ms": round(torch_seconds * 1e3, 3)}
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{target}\nmin cosine to torch {embedder.min_cosine:.6f}; one query: "
+              f"{result['onnx_ms']:.2f} ms on onnxruntime, {result['torch_ms']:.2f} ms on torch")
+    return EXIT_OK
 
 
 def _print_items(payload: dict, as_json: bool) -> int:

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     normalized in float32), or "auto", which picks bfloat16 where the CPU has native bf16 units (AMX or
     AVX512-BF16) and float32 elsewhere. Queries and drafts always embed in float32. See docs/performance.md for
     the speed and the MAP check."""))
+    query_backend: Literal["auto", "torch", "onnx"] = Field("auto", description=_text("""What embeds search queries:
+    "torch" (the model as loaded), "onnx" (the model exported to ONNX and run on onnxruntime, one thread) or
+    "auto", which takes onnx where onnxruntime is installed, the export is checked against torch and it is the
+    faster here. An export whose vectors differ from torch's is refused, with a warning, for torch. Bulk
+    embedding and drafts always run on torch."""))
     chunk_words: int = Field(180, ge=1, description=_text("""Bodies are cut into passages of about this many words (MiniLM
     reads ~256 word pieces); the first passage carries the title."""))
     max_chunks: int = Field(16, ge=1, description=_text("""Passages embedded per article; the rest of a very long body is

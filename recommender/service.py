@@ -17,6 +17,7 @@ from recommender.embed import load_embedder as load_embedder_from
 from recommender.errors import ArticleNotFound, IndexMismatch, IndexNotFound, RuleNotFound
 from recommender.filters import NO_FILTERS, Filters
 from recommender.index import set_query_threads
+from recommender.query_embed import load_query_embedder
 from recommender.rank.lists import Item, ListCache, ListOptions, Lists, now_iso
 from recommender.rank.search import validate_query
 from recommender.rules import Rule
@@ -139,6 +140,8 @@ class Engine:
         self.settings = settings
         self.live = live
         self.embedder = LazyEmbedder(load_embedder)
+        self.query_embedder = LazyEmbedder(partial(load_query_embedder, settings, self.embedder.get))
+        """Search queries' embedder: ONNX where it is checked and faster (``settings.query_backend``)."""
         self.stores = ThreadStores(settings.store_path)
         self.cache = ListCache(settings.related_cache_size)
 
@@ -193,7 +196,8 @@ class Engine:
     ) -> list[Item]:
         query = validate_query(query)  # a bad query is 422 even before any index (503)
         version = self.live.current
-        lists = Lists(self.settings, version, self.stores.get(), self.embedder, self.cache)
+        lists = Lists(self.settings, version, self.stores.get(), self.embedder, self.cache,
+                      query_embedder=self.query_embedder)
         return lists.search(query, k, filters, options or ListOptions.from_settings(self.settings))
 
     def behind(self) -> int | None:

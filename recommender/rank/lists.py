@@ -146,6 +146,8 @@ class Lists:
     embedder: Embedder
     cache: ListCache
     now: str = field(default_factory=now_iso)
+    query_embedder: Embedder | None = None
+    """Embeds search queries (an ONNX session); None: ``embedder``."""
 
     @cached_property
     def hidden(self) -> tuple[int, ...]:
@@ -287,7 +289,7 @@ class Lists:
 
     def search(self, query: str, k: int, filters: Filters, options: ListOptions) -> list[Item]:
         """``query`` as ``rank.search.validate_query`` returns it (``Engine.search`` checks it first)."""
-        vector = self.embedder.embed([query])[0]
+        vector = (self.query_embedder or self.embedder).embed([query])[0]
         policy = self._policy(ListRules.of(self.store.global_rules(), for_search=True), options)
         hits = search(self.version, vector, query, k + DELETED_MARGIN, self.settings,
                       allowed_rows=self._allowed_rows(within_age(filters, options)), policy=policy)

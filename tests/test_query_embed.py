@@ -1,0 +1,232 @@
+"""Search queries on onnxruntime: the export of the packaged MiniLM matches
+torch, a damaged export is refused for torch, the setting's choices, and
+search gives the same results on either backend."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from importlib import resources
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from recommender.api import create_app
+from recommender.cli import main
+from recommender.config import Settings
+from recommender.embed import SentenceTransformerEmbedder, load_embedder
+from recommender.errors import ConfigError
+from recommender.ingest import ingest_files
+from recommender.pipeline import reindex
+from recommender.query_embed import (
+    MIN_COSINE,
+    OnnxQueryEmbedder,
+    export_file,
+    load_query_embedder,
+    open_query_model,
+)
+from recommender.service import Engine
+from recommender.store import Store
+
+LONG = " ".join(
+    "Negotiators from both sides met again on Thursday in the mountain town, where the envoy said a ceasefire "
+    "along the border could hold if the ministers agreed on who would monitor it.".split() * 12
+)
+TEXTS = [
+    "harbour bridge",
+    "Irena Kalvos",
+    "who pays for the new crossing over the harbour",
+    "Wer bezahlt die neue Brücke über den Hafen?",
+    "¿Quién paga el nuevo puente del puerto?",
+    "ceasefire 停火 谈判",
+    "مفاوضات وقف إطلاق النار",
+    "Переговоры о перемирии на границе",
+    "🌉 bridge cost 2025 €1.2bn",
+    "x",
+    LONG,
+]
+
+QUERIES = [
+    "Irena Kalvos",
+    "who pays for the new crossing over the harbour",
+    "farmers and the drought",
+    "interest rates and inflation",
+    "ceasefire talks in the mountains",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory):
+    """The packaged MiniLM on torch, its ONNX export, and the demo corpus indexed by torch."""
+    settings = Settings.load({"data_dir": tmp_path_factory.mktemp("onnx")}, environ={})
+    reference = load_embedder(settings)
+    onnx = open_query_model(settings, reference)
+    ingest_files(settings, [resources.files("recommender") / "data" / "sample_articles.jsonl"])
+    with Store.open(settings.store_path) as store:
+        reindex(settings, store, lambda: reference)
+    return settings, reference, onnx
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1)
+
+
+@pytest.mark.slow
+def test_onnx_vectors_match_torch(minilm):
+    settings, reference, onnx = minilm
+    assert onnx.max_seq_length == 256 < len(onnx.tokenizer(LONG)["input_ids"])  # the long text is truncated
+    expected = reference.embed(TEXTS)
+    together = onnx.embed(TEXTS)
+    alone = np.concatenate([onnx.embed([text]) for text in TEXTS])
+    assert together.dtype == np.float32 and together.shape == (len(TEXTS), 384)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    for got in (together, alone):
+        cosines = _cosines(expected, got)
+        assert (cosines >= MIN_COSINE).all(), dict(zip(TEXTS, cosines))
+    assert onnx.min_cosine is not None and onnx.min_cosine >= MIN_COSINE
+    assert onnx.embed([]).shape == (0, 384)
+
+
+@pytest.mark.slow
+def test_threads_embed_at_once(minilm):
+    """Requests run in a thread pool: one session and one tokenizer serve them all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, _, onnx = minilm
+    texts = TEXTS[:-1] * 8
+    expected = onnx.embed(texts)
+    with ThreadPoolExecutor(8) as pool:
+        got = np.concatenate(list(pool.map(lambda text: onnx.embed([text]), texts)))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_export_is_reused_not_written_again(minilm, caplog):
+    settings, reference, _ = minilm
+    target = export_file(settings)
+    assert target.parent.parent == settings.data_dir / "models" / "onnx"
+    before = target.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="recommender.query_embed"):
+        again = load_query_embedder(settings.replace(query_backend="onnx"), lambda: reference)
+    assert isinstance(again, OnnxQueryEmbedder) and target.stat().st_mtime_ns == before
+    assert "exported" not in caplog.text and "min cosine" in caplog.text
+    assert not list(target.parent.glob("*.tmp"))
+
+
+def _damaged_copy(settings: Settings, tmp_path, damage) -> Settings:
+    """A data folder holding a copy of the good export, damaged by ``damage(bytes) -> bytes``."""
+    damaged = settings.replace(data_dir=tmp_path / "data", query_backend="onnx")
+    source, target = export_file(settings), export_file(damaged)
+    shutil.copytree(source.parent, target.parent)
+    target.write_bytes(damage(target.read_bytes()))
+    return damaged
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", [
+    pytest.param(lambda data: data[: len(data) // 2], id="truncated"),
+    pytest.param(lambda data: b"", id="empty"),
+    # Weights overwritten in place: the file still parses, the vectors are wrong (NaN for 0xff).
+    pytest.param(lambda data: data[: len(data) // 2] + b"\xff" * 4_000_000 + data[len(data) // 2 + 4_000_000:],
+                 id="nan-weights"),
+    pytest.param(lambda data: data[: len(data) // 2] + b"\x00" * 4_000_000 + data[len(data) // 2 + 4_000_000:],
+                 id="zeroed-weights"),
+])
+def test_a_damaged_export_is_refused_for_torch(minilm, tmp_path, caplog, damage):
+    settings, reference, _ = minilm
+    damaged = _damaged_copy(settings, tmp_path, damage)
+    size = export_file(damaged).stat().st_size
+    with caplog.at_level(logging.WARNING, logger="recommender.query_embed"):
+        chosen = load_query_embedder(damaged, lambda: reference)
+    assert chosen is reference
+    assert "refused" in caplog.text
+    assert export_file(damaged).stat().st_size == size  # refused, not silently replaced
+
+
+@pytest.mark.slow
+def test_torch_is_used_without_export_when_asked(minilm, tmp_path):
+    settings, reference, _ = minilm
+    chosen = load_query_embedder(settings.replace(data_dir=tmp_path / "data", query_backend="torch"),
+                                 lambda: reference)
+    assert chosen is reference and not (tmp_path / "data" / "models").exists()
+
+
+@pytest.mark.slow
+def test_auto_takes_onnx_here(minilm):
+    """One query is several times faster on onnxruntime than on torch (scripts/bench_query_embed.py)."""
+    settings, reference, _ = minilm
+    assert isinstance(load_query_embedder(settings, lambda: reference), OnnxQueryEmbedder)
+
+
+@pytest.mark.slow
+def test_search_gives_the_same_results_on_both_backends(minilm):
+    settings, reference, _ = minilm
+    results = {}
+    for backend in ("torch", "onnx"):
+        with Engine.open(settings.replace(query_backend=backend), lambda: reference) as engine:
+            results[backend] = [[(i.id, i.hit.score) for i in engine.search(q, 5)] for q in QUERIES]
+            kind = type(engine.query_embedder.get())
+            assert kind is (SentenceTransformerEmbedder if backend == "torch" else OnnxQueryEmbedder)
+    for query, by_torch, by_onnx in zip(QUERIES, results["torch"], results["onnx"]):
+        assert [i for i, _ in by_onnx] == [i for i, _ in by_torch], query
+        np.testing.assert_allclose([s for _, s in by_onnx], [s for _, s in by_torch], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_the_http_search_gives_the_same_results_on_both_backends(minilm):
+    settings, reference, _ = minilm
+    ids = {}
+    for backend in ("torch", "onnx"):
+        app = create_app(settings.replace(query_backend=backend), load_embedder=lambda: reference)
+        with TestClient(app) as client:
+            ids[backend] = [[i["id"] for i in client.get("/v1/search", params={"q": q, "k": 5}).json()["items"]]
+                            for q in QUERIES]
+    assert ids["onnx"] == ids["torch"] and all(ids["torch"])
+
+
+@pytest.mark.slow
+def test_the_command_exports_checks_and_times(minilm, tmp_path, capsys):
+    settings, reference, _ = minilm
+    data_dir = tmp_path / "data"
+    assert main(["export-query-model", "--json", "--data-dir", str(data_dir)], load_embedder=lambda s: reference) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["min_cosine"] >= MIN_COSINE and result["onnx_ms"] > 0 and result["torch_ms"] > 0
+    assert result["path"] == str(export_file(settings.replace(data_dir=data_dir)))
+    damaged = _damaged_copy(settings, tmp_path / "damaged", lambda data: data[:1000])
+    args = ["export-query-model", "--data-dir", str(damaged.data_dir)]
+    assert main(args, load_embedder=lambda s: reference) == 1
+    assert "refused" in capsys.readouterr().err
+    assert main([*args, "--force"], load_embedder=lambda s: reference) == 0  # written again, and it passes
+
+
+# -- without the model ------------------------------------------------------------
+
+
+def test_the_setting_choices(tmp_path):
+    assert Settings().query_backend == "auto"
+    assert Settings.load({}, environ={"RECOMMENDER_QUERY_BACKEND": "onnx"}).query_backend == "onnx"
+    with pytest.raises(ConfigError, match="setting 'query_backend' must be 'auto', 'torch' or 'onnx'"):
+        Settings.load({"query_backend": "openvino"}, environ={})
+
+
+@pytest.mark.parametrize("backend, level", [("auto", logging.INFO), ("onnx", logging.WARNING)])
+def test_a_model_that_cannot_be_exported_stays_on_torch(settings, caplog, backend, level):
+    """The tests' tiny model is a static word-embedding model, not a transformer."""
+    reference = SentenceTransformerEmbedder.load(settings.model)
+    with caplog.at_level(logging.INFO, logger="recommender.query_embed"):
+        chosen = load_query_embedder(settings.replace(query_backend=backend), lambda: reference)
+    assert chosen is reference and not (settings.data_dir / "models").exists()
+    records = [r for r in caplog.records if r.name == "recommender.query_embed"]
+    assert [r.levelno for r in records] == [level] and "StaticEmbedding" in records[0].getMessage()
+
+
+def test_new_model_files_get_a_new_export(settings, tiny_model_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    copied = settings.replace(model=str(model))
+    first = export_file(copied)
+    assert export_file(copied) == first and export_file(settings) != first  # another path, another key
+    (model / "modules.json").write_text((model / "modules.json").read_text() + "\n")
+    assert export_file(copied) != first
