@@ -178,7 +178,9 @@ def reindex(
                     return _finish(report, started)
                 if not _too_big(view, len(changes) + len(pending), settings):
                     report.reason = f"{len(changes) + len(pending)} articles changed since the last publish: a segment"
-                    if not dry_run:
+                    if dry_run:
+                        report.to_embed = len(store.stale_among(key, sorted(set(changes.changed) | set(pending))))
+                    else:
                         _publish_segment(settings, store, key, engine, views, view, changes, pending, report,
                                          on_progress=on_progress, batch_docs=batch_docs)
                     return _finish(report, started)

@@ -212,62 +212,60 @@ def _concat_columns(parts: Sequence[FilterColumns]) -> FilterColumns:
 
 
 class StackedRows:
-    """Row arrays read as one: the version's (memory-mapped) then each segment's."""
+    """Rows of two arrays read as one: the version's (memory-mapped), then the segments'."""
 
-    def __init__(self, parts: Sequence[np.ndarray]):
-        self.parts = list(parts)
-        self.starts = np.concatenate([[0], np.cumsum([len(p) for p in self.parts])]).astype(np.int64)
-        self.shape = (int(self.starts[-1]), *self.parts[0].shape[1:])
-        self.dtype = self.parts[0].dtype
+    def __init__(self, base: np.ndarray, extra: np.ndarray):
+        self.base, self.extra = base, extra
+        self.split = len(base)
+        self.shape = (len(base) + len(extra), *base.shape[1:])
+        self.dtype = base.dtype
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, index: Any) -> np.ndarray:
         if isinstance(index, (int, np.integer)):
-            at = int(np.searchsorted(self.starts, index, side="right")) - 1
-            return self.parts[at][int(index) - int(self.starts[at])]
+            return self.base[index] if index < self.split else self.extra[int(index) - self.split]
         rows = np.asarray(index, dtype=np.int64)
-        part = np.searchsorted(self.starts, rows, side="right") - 1
+        later = rows >= self.split
+        if not later.any():
+            return self.base[rows]
         out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
-        for p in np.unique(part).tolist():
-            at = part == p
-            out[at] = self.parts[p][rows[at] - self.starts[p]]
+        out[~later] = self.base[rows[~later]]
+        out[later] = self.extra[rows[later] - self.split]
         return out
 
 
 class StackedCsr:
-    """Sparse rows read as one matrix (the version's, then each segment's)."""
+    """Sparse rows of two matrices read as one (the version's, then the segments')."""
 
-    def __init__(self, parts: Sequence[sp.csr_matrix]):
-        self.parts = [p.tocsr() for p in parts]
-        self.starts = np.concatenate([[0], np.cumsum([p.shape[0] for p in self.parts])]).astype(np.int64)
-        self.shape = (int(self.starts[-1]), self.parts[0].shape[1])
+    def __init__(self, base: sp.csr_matrix, extra: sp.csr_matrix):
+        self.base, self.extra = base, extra.tocsr()
+        self.split = base.shape[0]
+        self.shape = (base.shape[0] + extra.shape[0], base.shape[1])
 
     def __getitem__(self, index: Any) -> sp.csr_matrix:
         if isinstance(index, (int, np.integer)):
-            at = int(np.searchsorted(self.starts, index, side="right")) - 1
-            return self.parts[at][int(index) - int(self.starts[at])]
+            return self.base[index] if index < self.split else self.extra[int(index) - self.split]
         rows = np.asarray(index, dtype=np.int64)
-        part = np.searchsorted(self.starts, rows, side="right") - 1
-        order = np.argsort(part, kind="stable")
-        blocks = [self.parts[p][rows[order][part[order] == p] - self.starts[p]] for p in np.unique(part).tolist()]
-        if not blocks:
-            return sp.csr_matrix((0, self.shape[1]), dtype=np.float32)
-        stacked = sp.vstack(blocks, format="csr")
-        return stacked if np.all(order[:-1] <= order[1:]) else stacked[np.argsort(order)]
+        later = rows >= self.split
+        if not later.any():
+            return self.base[rows]
+        stacked = sp.vstack([self.base[rows[~later]], self.extra[rows[later] - self.split]], format="csr")
+        order = np.concatenate([np.flatnonzero(~later), np.flatnonzero(later)])
+        return stacked[np.argsort(order, kind="stable")]
 
     def __matmul__(self, other: Any) -> sp.csr_matrix:
-        return sp.vstack([p @ other for p in self.parts], format="csr")
+        return sp.vstack([self.base @ other, self.extra @ other], format="csr")
 
 
 class StackedTfidf(TfidfModel):
     """A TF-IDF model whose rows are the version's and the segments' (one vocabulary, one idf)."""
 
     def __init__(self, base: TfidfModel, rows: Sequence[sp.csr_matrix]):
-        super().__init__(base.vocabulary, base.idf, StackedCsr([base.matrix, *rows]))
-        self.base = base
         self.extra = sp.vstack(rows, format="csr")
+        super().__init__(base.vocabulary, base.idf, StackedCsr(base.matrix, self.extra))
+        self.base = base
 
     @property
     def postings(self) -> sp.csr_matrix:
@@ -279,6 +277,18 @@ class StackedTfidf(TfidfModel):
 
     def scores(self, query: sp.csr_matrix) -> np.ndarray:
         return np.concatenate([self.base.scores(query), (self.extra @ query.T).toarray().ravel()])
+
+    def pair_scores(self, query: sp.csr_matrix, rows: np.ndarray | None = None,
+                    matrix: sp.csr_matrix | None = None) -> np.ndarray:
+        if matrix is not None or rows is None:
+            return super().pair_scores(query, rows, matrix)
+        split = self.base.matrix.shape[0]
+        later = rows >= split
+        out = np.empty(len(rows), dtype=np.float32)
+        out[~later] = self.base.pair_scores(query, rows[~later])
+        if later.any():
+            out[later] = (self.extra[rows[later] - split] @ query.T).toarray().ravel()
+        return out
 
 
 class StackedBm25(Bm25Model):
@@ -368,10 +378,10 @@ def compose(base: IndexVersion, segments: Sequence[Segment]) -> IndexVersion:
         chunks=StackedIndex(base.chunks, seg_chunk_vectors,  # type: ignore[arg-type]
                             np.arange(base_chunks, base_chunks + len(seg_chunk_vectors))),
         doc_ids=doc_ids,
-        doc_vectors=StackedRows([base.doc_vectors, seg_doc_vectors]),  # type: ignore[arg-type]
+        doc_vectors=StackedRows(base.doc_vectors, seg_doc_vectors),  # type: ignore[arg-type]
         story_ids=np.concatenate(story_ids),
         published_days=np.concatenate([base.published_days, *(s.published_days for s in segments)]),
-        chunk_vectors=StackedRows([base.chunk_vectors, seg_chunk_vectors]),  # type: ignore[arg-type]
+        chunk_vectors=StackedRows(base.chunk_vectors, seg_chunk_vectors),  # type: ignore[arg-type]
         chunk_offsets=np.concatenate(offsets).astype(np.int64),
         tfidf=StackedTfidf(base.tfidf, [s.tfidf for s in segments]),
         bm25=StackedBm25(base.bm25, [s.bm25 for s in segments]),

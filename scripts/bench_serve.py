@@ -1,20 +1,29 @@
 #!/usr/bin/env python
-"""Serving benchmark: `recommender serve` against a plain FastAPI + FAISS route.
+"""Serving benchmark: `recommender serve` against a plain FastAPI + FAISS route,
+on an archive that looks like a newsroom's.
 
-Builds (once) a data folder of at least 100k articles whose metadata and text
-are real (the development sets in ../shared/data, cycled with new ids until the
-count is reached) and whose vectors are synthetic but clustered (embedding
-100k articles on 2 cores would take over an hour; latency does not depend on
-what the vectors mean). The query side is real: searches embed the query with
-the packaged MiniLM.
+Builds (once) a data folder of N articles whose metadata and text are real
+(the development sets in ../shared/data) and, past the real records, new
+articles made from them with their paragraphs shuffled and names changed
+(not exact repeats). It has several detected languages (detection runs on
+the real text) plus 2% of articles given another ``lang`` explicitly,
+sections, tags (each article's most frequent names), about 1% of articles
+with a copy (a second id, the same text and a sign-off) and dates over ten
+years. The vectors are synthetic but clustered (embedding 100k articles on 2
+cores would take over an hour; latency does not depend on what the vectors
+mean), except for 60 probe articles embedded with the packaged MiniLM, whose
+follow-ups the freshness run publishes. Searches embed the query for real.
 
-Then, for each server in turn, it runs wrk over loopback for a bounded time:
-related lookups over 20,000 random article ids (almost every one a cache
-miss), over 200 "hot" ids (what a front page's widgets ask for: cache hits
-after the first round), and searches (the 83 real TIME queries). The
-baseline is a minimal FastAPI app, served the same way, whose routes call FAISS
-directly on the same index files: no keyword side, no blend, no dedup, no
-metadata. Prints one table and writes JSON.
+Then for each worker count, each server in turn: wrk over loopback for a
+bounded time on related lookups over 20,000 random ids (almost every one a
+cache miss), over 200 "hot" ids (cache hits after the first round) and
+searches (the 83 TIME queries), at each connection count. The baseline is a
+minimal FastAPI app on the same index files whose routes call FAISS
+directly. After the load, each worker's resident memory, less the pages of
+the memory-mapped vectors that workers share. Last, freshness: 50 times, PUT
+a follow-up of a probe article (its sentences reordered, every third word
+left out: a new text, not a copy) and poll the probe's related list and a
+search for its title until the follow-up is in both top 10s.
 
     python scripts/bench_serve.py --articles 100000 --seconds 15 --out docs/bench-serve.json
 
@@ -89,47 +98,131 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def build(data_dir: Path, data: Path, n_articles: int, dim: int = 384) -> None:
-    from recommender.articles import parse_article
-    from recommender.config import Settings
-    from recommender.pipeline import embedding_key, reindex
-    from recommender.store import Store
+PROBES = 60
+"""Articles embedded for real: the freshness run's follow-ups are of these."""
+NAME = re.compile(r"(?<=[a-z,;] )[A-Z][a-z]{3,}\b")
 
-    settings = Settings.load({"data_dir": data_dir}, environ={})
+
+def cpu_line() -> str:
+    """The CPU model and the flags that decide kernels (AVX-512, AMX, VNNI, BF16)."""
+    info = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"model name\s*:\s*(.*)", info)
+    flags = set(re.search(r"flags\s*:\s*(.*)", info).group(1).split())
+    keep = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "avx_vnni")))
+    return f"{model.group(1) if model else '?'}, {os.cpu_count()} cores; {' '.join(keep)}"
+
+
+def _records(data: Path) -> list[dict]:
     records = []
     for name in SETS:
         with open(data / f"{name}.jsonl", encoding="utf-8") as handle:
             records += [json.loads(line) for line in handle]
+    return [r for r in records if r.get("body") and r.get("title")]
+
+
+def _perturbed(body: str, rng: random.Random, names: list[str]) -> str:
+    """The text with its paragraphs (or sentences) shuffled and names changed."""
+    parts = body.split("\n\n") if body.count("\n\n") >= 2 else re.split(r"(?<=[.!?])\s+", body)
+    rng.shuffle(parts)
+    swap = {}
+
+    def rename(match: re.Match) -> str:
+        word = match.group(0)
+        if word not in swap:
+            swap[word] = rng.choice(names) if rng.random() < 0.5 else word
+        return swap[word]
+
+    return NAME.sub(rename, ("\n\n" if body.count("\n\n") >= 2 else " ").join(parts))
+
+
+def article_record(i: int, records: list[dict], names: list[str]) -> dict:
+    """Article number i of the archive: deterministic, so a build can resume."""
+    rng = random.Random(i)
+    if i % 100 == 99:  # about 1%: a copy of the article before, under another id
+        r = article_record(i - 1, records, names)
+        return dict(r, id=f"copy-{i}", url=f"https://wire.example/{i}", body=r["body"] + "\n\n(Agency copy.)")
+    r = dict(records[i % len(records)])
+    if i >= len(records):
+        r["id"] = f"{r['id']}~{i // len(records)}"
+        r["body"] = _perturbed(r["body"], rng, names)
+    r["section"] = r.get("category") or r.get("source") or "news"
+    r["url"] = f"https://news.example/{i}"
+    r["published"] = (r.get("published") or "")[:10] or f"{2015 + i % 11}-{1 + i % 12:02d}-{1 + i % 28:02d}"
+    if i % 50 == 7:  # 2%: another language given explicitly
+        r["lang"] = ["de", "fr", "es", "it", "pt"][i % 5]
+    from recommender.lexical import entity_terms
+
+    r["tags"] = [t for t, _ in entity_terms(r["body"][:3000]).most_common(2)]
+    return r
+
+
+def probe_ids(n_records: int) -> list[int]:
+    """Article numbers of the probes: real records, not copies, spread out."""
+    return [i for i in range(3, n_records, max(1, n_records // PROBES)) if i % 100 != 99 and i % 50 != 7][:PROBES]
+
+
+def build(data_dir: Path, data: Path, n_articles: int, dim: int = 384) -> dict:
+    """Make (or complete) the benchmark archive in ``data_dir`` and publish it;
+    returns what was measured (the full build's seconds)."""
+    from recommender.articles import parse_article
+    from recommender.config import Settings
+    from recommender.embed import load_embedder
+    from recommender.pipeline import embedding_key, reindex
+    from recommender.store import Store
+    from recommender.text import chunk_article
+
+    settings = Settings.load({"data_dir": data_dir}, environ={})
+    records = _records(data)
+    names = sorted({w for r in records[:3000] for w in NAME.findall(r["body"][:2000])})[:500]
     with Store.open(settings.store_path) as store:
-        if store.count() < n_articles:
-            print(f"storing {n_articles} articles from {len(records)} real records ...", file=sys.stderr)
+        have = store.count()
+        if have < n_articles:
+            print(f"storing {n_articles - have} articles from {len(records)} real records ...", file=sys.stderr)
             batch = []
-            for i in range(n_articles):
-                r = dict(records[i % len(records)])
-                if i >= len(records):
-                    r["id"] = f"{r['id']}~{i // len(records)}"
-                r["section"] = r.get("category") or r.get("source")
-                batch.append(parse_article(r))
+            for i in range(have, n_articles):
+                batch.append(parse_article(article_record(i, records, names)))
                 if len(batch) == 5000:
                     store.upsert(batch)
                     batch = []
+                    print(f"  {i + 1} stored", file=sys.stderr)
             store.upsert(batch)
         key = embedding_key(settings)
         stale = store.stale_embeddings(key)
+        probes = [store.get(article_record(i, records, names)["id"]) for i in probe_ids(len(records))]
+        real = {p.doc_id for p in probes if p is not None}
+        todo = [d for d in stale if d in real]
+        if todo:
+            print(f"embedding {len(todo)} probe articles with {settings.model} ...", file=sys.stderr)
+            embedder = load_embedder(settings)
+            found = store.get_many(todo)
+            store.save_embeddings(key, [
+                (d, found[d].content_hash, embedder.embed(chunk_article(found[d].article.title, found[d].article.body,
+                                                                        settings.chunk_words, settings.max_chunks)))
+                for d in todo
+            ])
+        stale = [d for d in stale if d not in real]
         if stale:
-            print(f"writing {len(stale)} synthetic clustered vectors ...", file=sys.stderr)
+            print(f"writing synthetic clustered vectors for {len(stale)} articles ...", file=sys.stderr)
             rng = np.random.default_rng(0)
             centres = rng.standard_normal((2000, dim)).astype(np.float32)
             hashes = store.content_hashes()
             for start in range(0, len(stale), 10000):
                 part = stale[start : start + 10000]
-                v = centres[rng.integers(0, len(centres), len(part))] + 0.6 * rng.standard_normal((len(part), dim))
-                v /= np.linalg.norm(v, axis=1, keepdims=True)
-                store.save_embeddings(key, [(d, hashes[d], v[j : j + 1].astype(np.float32)) for j, d in enumerate(part)])
+                rows = []
+                for d in part:  # the copies and new versions of one record lie near one another
+                    i = d - 1 - (d % 100 == 0)  # doc_ids count from 1 in article order; a copy follows its original
+                    centre = centres[(i % len(records)) % len(centres)]
+                    n = 1 + int(rng.integers(0, 4))
+                    v = centre + 0.6 * rng.standard_normal((n, dim))
+                    v /= np.linalg.norm(v, axis=1, keepdims=True)
+                    rows.append((d, hashes[d], v.astype(np.float32)))
+                store.save_embeddings(key, rows)
         started = time.perf_counter()
-        report = reindex(settings, store, lambda: None)
-        print(f"index: {report.articles} articles, published={report.published} in "
-              f"{time.perf_counter() - started:.0f}s", file=sys.stderr)
+        report = reindex(settings, store, lambda: None, full=True)
+        seconds = time.perf_counter() - started
+        print(f"index: {report.articles} articles, published={report.published} in {seconds:.0f}s", file=sys.stderr)
+        languages = dict(store.connection.execute("SELECT coalesce(lang, '?'), count(*) FROM articles GROUP BY lang"))
+    return {"full_build_seconds": round(seconds, 1) if report.published else None, "languages": languages}
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -190,82 +283,184 @@ def stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+def paraphrase(body: str) -> str:
+    """A follow-up's text: the sentences in another order, every third word
+    left out, so it shares the words (TF-IDF, BM25) but not the 5-grams (the
+    copy rule): a new article on the same story, not a copy."""
+    sentences = re.split(r"(?<=[.!?])\s+", body[:4000])
+    sentences = sentences[1:2] + sentences[:1] + sentences[2:]
+    words = " ".join(sentences).split()
+    return " ".join(w for j, w in enumerate(words) if j % 3 != 2)
+
+
+def freshness(base: str, key: str, probes: list[tuple[str, str, str]], runs: int, tag: str) -> dict:
+    """Seconds from an acknowledged PUT of a follow-up until it is in its
+    probe's related top 10 and in the top 10 of a search for the probe's title."""
+    import urllib.parse
+
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    related_s, search_s, both_s, missed = [], [], [], 0
+    for n in range(runs):
+        probe_id, title, body = probes[n % len(probes)]
+        new_id = f"fresh-{tag}-{n}"
+        payload = json.dumps({"title": title, "body": paraphrase(body), "section": "follow-ups",
+                              "published": time.strftime("%Y-%m-%d")}).encode()
+        request = urllib.request.Request(f"{base}/v1/articles/{urllib.parse.quote(new_id)}", data=payload,
+                                         method="PUT", headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as r:
+            assert r.status == 200
+        acked = time.monotonic()
+        seen: dict[str, float] = {}
+        urls = {"related": f"{base}/v1/articles/{urllib.parse.quote(probe_id, safe='')}/related?k=10",
+                "search": f"{base}/v1/search?" + urllib.parse.urlencode({"q": title, "k": 10})}
+        while len(seen) < 2 and time.monotonic() - acked < 30:
+            for kind, url in urls.items():
+                if kind not in seen:
+                    with urllib.request.urlopen(url, timeout=30) as r:
+                        if new_id in {i["id"] for i in json.load(r)["items"]}:
+                            seen[kind] = time.monotonic() - acked
+            time.sleep(0.02)
+        if len(seen) < 2:
+            missed += 1
+            continue
+        related_s.append(seen["related"])
+        search_s.append(seen["search"])
+        both_s.append(max(seen.values()))
+
+    def pct(values: list[float], q: float) -> float | None:
+        return round(float(np.percentile(values, q)), 3) if values else None
+
+    return {"runs": runs, "missed": missed,
+            **{f"{name}_p{q}_s": pct(values, q) for name, values in
+               (("both", both_s), ("related", related_s), ("search", search_s)) for q in (50, 99)}}
+
+
+def worker_memory(server: subprocess.Popen) -> list[dict]:
+    """Each worker's resident memory, and that part of it which is pages of
+    the memory-mapped vector files (shared by the workers, and by the page cache)."""
+    pids = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+    out = []
+    for pid in pids:
+        rss = mapped = 0
+        current = ""
+        try:
+            for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+                if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                    current = line.split()[-1] if len(line.split()) >= 6 else ""
+                elif line.startswith("Rss:"):
+                    kb = int(line.split()[1])
+                    rss += kb
+                    if current.endswith(("doc_vectors.npy", "chunk_vectors.npy")):
+                        mapped += kb
+        except OSError:
+            continue
+        out.append({"pid": int(pid), "rss_mb": round(rss / 1024), "vector_pages_mb": round(mapped / 1024),
+                    "rss_less_vectors_mb": round((rss - mapped) / 1024)})
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--data-dir", type=Path, default=ROOT / "indexes" / "bench")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="the benchmark archive (default: indexes/bench-<articles>)")
     parser.add_argument("--articles", type=int, default=100_000)
     parser.add_argument("--seconds", type=int, default=15, help="measured seconds per run (after a 2 s warm-up)")
-    parser.add_argument("--connections", type=int, nargs="+", default=[2, 8],
-                        help="concurrent connections; one run per level (default: 2 and 8)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--connections", type=int, nargs="+", default=[1, 2],
+                        help="concurrent connections; one run per level (default: 1 and 2)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="server processes (default: 1 and 2)")
+    parser.add_argument("--freshness", type=int, default=50, help="follow-ups published and polled per worker count")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("needs wrk: apt-get install wrk")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    build(args.data_dir, args.data, args.articles)
+    data_dir = args.data_dir or ROOT / "indexes" / f"bench-{args.articles}"
+    print(f"CPU: {cpu_line()}", file=sys.stderr)
+    built = build(data_dir, args.data, args.articles)
 
     from recommender.config import Settings
     from recommender.store import Store
     from recommender.version import Layout, Manifest, current_version_name
 
-    settings = Settings.load({"data_dir": args.data_dir}, environ={})
+    settings = Settings.load({"data_dir": data_dir}, environ={})
     version_dir = Layout.of(settings.index_root, current_version_name(settings.index_root)).folder
     manifest = Manifest.read(Layout(version_dir).manifest).to_dict()
     rng = random.Random(0)
+    records = _records(args.data)
+    names = sorted({w for r in records[:3000] for w in NAME.findall(r["body"][:2000])})[:500]
     with Store.open(settings.store_path) as store:
-        pairs = list(store.connection.execute("SELECT doc_id, id FROM articles"))
-    sample = rng.sample(pairs, 20000)  # mostly distinct ids: measures uncached related lists
+        pairs = list(store.connection.execute("SELECT doc_id, id FROM articles WHERE id NOT LIKE 'fresh-%'"))
+        probes = []
+        for i in probe_ids(len(records)):
+            found = store.get(article_record(i, records, names)["id"])
+            if found is not None and found.article.lang in (None, "en"):
+                probes.append((found.article.id, found.article.title, found.article.body))
+    sample = rng.sample(pairs, min(20000, len(pairs)))  # mostly distinct ids: measures uncached related lists
     queries = [json.loads(line)["query"] for line in open(args.data / "time_queries.jsonl", encoding="utf-8")]
     from urllib.parse import quote, urlencode
 
-    runs = {
-        "recommender": {
-            "command": [sys.executable, "-m", "recommender.cli", "serve", "--data-dir", str(args.data_dir),
-                        "--workers", str(args.workers)],
-            "ready": "/readyz",
-            "related": [f"/v1/articles/{quote(a, safe='')}/related?k=10" for _, a in sample],
-            "related, 200 hot ids": [f"/v1/articles/{quote(a, safe='')}/related?k=10" for _, a in sample[:200]],
-            "search": ["/v1/search?" + urlencode({"q": q, "k": 10}) for q in queries],
-        },
-        "plain FastAPI + FAISS": {
-            "command": [sys.executable, "-m", "uvicorn", "bench_baseline_app:app", "--workers", str(args.workers),
-                        "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"],
-            "ready": "/docs",
-            "related": [f"/related/{d}?k=10" for d, _ in sample],
-            "related, 200 hot ids": [f"/related/{d}?k=10" for d, _ in sample[:200]],
-            "search": ["/search?" + urlencode({"q": q, "k": 10}) for q in queries],
-        },
-    }
-    results = {}
+    key = "bench-key"
+    results: dict = {}
+    memory: dict = {}
+    fresh: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "bench_baseline_app.py").write_text(BASELINE_APP)
-        for name, run in runs.items():
-            port = free_port()
-            command = run["command"] + ["--port", str(port)]
-            env = {"BENCH_VERSION": str(version_dir), "PYTHONPATH": tmp, "TOKENIZERS_PARALLELISM": "false"}
-            if name == "plain FastAPI + FAISS":
-                command += ["--host", "127.0.0.1"]
-            print(f"serving {name} ...", file=sys.stderr)
-            process = serve(command, env, run["ready"], port)
-            try:
-                base = f"http://127.0.0.1:{port}"
-                results[name] = {
-                    f"{kind} c={c}": wrk(base, run[kind], args.seconds, c)
-                    for c in args.connections for kind in ("related", "related, 200 hot ids", "search")
-                }
-            finally:
-                stop(process)
-    report = {"articles": manifest["count"], "faiss_type": manifest["faiss_type"], "faiss_factory": manifest["faiss_factory"],
-              "workers": args.workers, "connections": args.connections, "seconds": args.seconds, "results": results}
-    print(f"\n{manifest['count']} articles, {manifest['faiss_factory']} ({manifest['faiss_type']}), "
-          f"{args.workers} workers, wrk -t1 -d{args.seconds}s over loopback, c = concurrent connections\n")
+        for workers in args.workers:
+            runs = {
+                "recommender": {
+                    "command": [sys.executable, "-m", "recommender.cli", "serve", "--data-dir", str(data_dir),
+                                "--workers", str(workers)],
+                    "ready": "/readyz",
+                    "related": [f"/v1/articles/{quote(a, safe='')}/related?k=10" for _, a in sample],
+                    "related, 200 hot ids": [f"/v1/articles/{quote(a, safe='')}/related?k=10" for _, a in sample[:200]],
+                    "search": ["/v1/search?" + urlencode({"q": q, "k": 10}) for q in queries],
+                },
+                "plain FastAPI + FAISS": {
+                    "command": [sys.executable, "-m", "uvicorn", "bench_baseline_app:app", "--workers", str(workers),
+                                "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"],
+                    "ready": "/docs",
+                    "related": [f"/related/{d}?k=10" for d, _ in sample],
+                    "related, 200 hot ids": [f"/related/{d}?k=10" for d, _ in sample[:200]],
+                    "search": ["/search?" + urlencode({"q": q, "k": 10}) for q in queries],
+                },
+            }
+            for name, run in runs.items():
+                port = free_port()
+                command = run["command"] + ["--port", str(port)]
+                env = {"BENCH_VERSION": str(version_dir), "PYTHONPATH": tmp, "TOKENIZERS_PARALLELISM": "false",
+                       "RECOMMENDER_API_KEY": key}
+                if name == "plain FastAPI + FAISS":
+                    command += ["--host", "127.0.0.1"]
+                print(f"serving {name} with {workers} workers ...", file=sys.stderr)
+                process = serve(command, env, run["ready"], port)
+                try:
+                    base = f"http://127.0.0.1:{port}"
+                    results[f"{name}, {workers} workers"] = {
+                        f"{kind} c={c}": wrk(base, run[kind], args.seconds, c)
+                        for c in args.connections for kind in ("related", "related, 200 hot ids", "search")
+                    }
+                    if name == "recommender":
+                        memory[f"{workers} workers"] = worker_memory(process)
+                        if args.freshness:
+                            print(f"freshness: {args.freshness} follow-ups ...", file=sys.stderr)
+                            fresh[f"{workers} workers"] = freshness(base, key, probes, args.freshness, f"w{workers}")
+                finally:
+                    stop(process)
+    report = {"cpu": cpu_line(), "articles": manifest["count"], "faiss_type": manifest["faiss_type"],
+              "faiss_factory": manifest["faiss_factory"], **built, "connections": args.connections,
+              "seconds": args.seconds, "results": results, "worker_memory": memory, "freshness": fresh}
+    print(f"\nCPU: {report['cpu']}")
+    print(f"{manifest['count']} articles, {manifest['faiss_factory']} ({manifest['faiss_type']}); languages "
+          f"{built['languages']}; full build {built['full_build_seconds']} s; wrk -t1 -d{args.seconds}s over "
+          "loopback, c = concurrent connections\n")
     print("| server | route, load | requests | req/s | p50 ms | p99 ms | non-2xx |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, kinds in results.items():
         for kind, r in kinds.items():
-            print(f"| {name} | {kind} | {r['requests']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_2xx']} |")
+            print(f"| {name} | {kind} | {r['requests']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                  f"{r['non_2xx']} |")
+    print(f"\nworker memory: {json.dumps(memory)}\nfreshness: {json.dumps(fresh)}")
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -6,7 +6,6 @@ process. Every test here failed before the fixes."""
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import sqlite3
 import time
@@ -21,9 +20,10 @@ from recommender.api import create_app
 from recommender.articles import parse_article
 from recommender.embed import SentenceTransformerEmbedder
 from recommender.pipeline import embedding_key, reindex
+from recommender.segments import load_view
 from recommender.service import Engine
 from recommender.store import Store
-from recommender.version import IndexVersion
+from recommender.version import IndexVersion, current_state, current_version_name
 from tests.helpers import AUTH, KEY, Server, build_index, make_corpus, write_jsonl
 
 FUTURE = "2999-01-01T00:00:00+00:00"
@@ -249,18 +249,20 @@ def test_write_landing_during_a_publish_is_published_by_the_next_run(settings, c
         wrap(name)
     monkeypatch.setattr(Store, "get_many", get_many)
     with Store.open(settings.store_path) as store:
-        report = reindex(settings, store, loader(settings))  # no KeyError for the deleted one
+        # A full build: it reads one snapshot, and publishes what landed meanwhile as a segment of the new version.
+        report = reindex(settings, store, loader(settings), full=True)  # no KeyError for the deleted one
         assert report.published and state["done"]
         monkeypatch.undo()
-        dry = reindex(settings, store, loader(settings), dry_run=True)
-        assert dry.reason and dry.to_embed == 1, dry  # the rewrite is seen as pending
-        again = reindex(settings, store, loader(settings))
-        assert again.published and again.embedded == 1
+        name, segments = current_state(settings.index_root)
+        assert name == report.version and len(segments) == 1  # the catch-up segment
         assert reindex(settings, store, loader(settings), dry_run=True).reason == ""
+        again = reindex(settings, store, loader(settings))
+        assert not again.published and again.embedded == 0
         stored = store.get(corpus[1]["id"])
-        row = IndexVersion.load(settings.index_root).row_of(stored.doc_id)
         (_, vectors), = [(d, v) for d, v in store.iter_embeddings(embedding_key(settings)) if d == stored.doc_id]
-    version = IndexVersion.load(settings.index_root)
+    version = load_view(settings.index_root)
+    row = version.row_of(stored.doc_id)
+    assert row >= version.base_rows  # the rewrite is the segment's row, the version's is dead
     np.testing.assert_allclose(version.chunk_vectors[version.chunk_offsets[row]], vectors[0], rtol=1e-6)
     assert version.row_of(store_doc_id(settings, corpus[2]["id"])) is None
 
@@ -338,7 +340,7 @@ def test_behind_counts_added_changed_and_deleted_articles(settings, corpus):
                       parse_article({**corpus[1], "section": "sport"})])  # not the text: nothing to embed
         store.delete([corpus[2]["id"]])
     with Engine.open(settings, loader(settings)) as engine:
-        assert engine.behind() == 4  # 2 added, 1 changed, 1 deleted
+        assert engine.behind() == 5  # 2 added, 2 changed (the text of one, the section of another), 1 deleted
         with Store.open(settings.store_path) as store:
             reindex(settings, store, loader(settings))
         engine.live.refresh()
@@ -508,8 +510,9 @@ def test_public_errors_name_no_paths_and_readyz_no_exception_text(settings, corp
         r = client.get("/v1/articles/x/related")
         assert r.status_code == 503 and str(settings.data_dir) not in r.text and "index" in r.json()["error"]["message"]
     build_index(settings, corpus)
-    shutil.rmtree(settings.index_root / "staging")
-    (settings.index_root / "staging").write_text("a file where the build folder goes")  # the next publish fails
+    version = current_version_name(settings.index_root)
+    # A file where the segments go: the next publish fails.
+    (settings.index_root / "versions" / version / "segments").write_text("a file where the segments go")
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         assert client.put("/v1/articles/n1", json={"title": "t", "body": "irena kalvos"}, headers=AUTH).status_code == 200
         deadline = time.monotonic() + 20

@@ -356,28 +356,37 @@ class Lists:
         """The hits' articles (read in one query); with the list's query,
         ranked items also carry their reasons."""
         found = self.store.get_many([h.doc_id for h in hits])
+        ranked = [h for h in hits if h.source == "auto"] if query is not None else []
+        why = dict(zip((h.doc_id for h in ranked), reasons(self.version, query, ranked))) if query is not None else {}
         items = []
         for hit in hits:
             stored = found.get(hit.doc_id)
             if stored is None:  # deleted since the index was published
                 continue
-            why = None
-            if hit.source == "auto" and query is not None:
-                why = reasons(self.version, query, self.version.row_of(hit.doc_id))
-            items.append(Item(stored.article, hit, why))
+            items.append(Item(stored.article, hit, why.get(hit.doc_id)))
         return items
 
 
-def reasons(version: IndexVersion, query: Query, row: int | None) -> Reasons | None:
-    """The names, places and numbers an item shares with the article (the
-    rarest first) and the days between them."""
-    if row is None:
-        return None
-    mine = query.entities
-    theirs = version.entities.matrix[row]
-    shared = np.intersect1d(mine.indices, theirs.indices, assume_unique=True)
+def reasons(version: IndexVersion, query: Query, hits: list[Hit]) -> list[Reasons | None]:
+    """Per hit, the names, places and numbers it shares with the article (the
+    rarest first) and the days between them; the hits' rows are read at once."""
+    rows = [version.row_of(h.doc_id) for h in hits]
+    known = [r for r in rows if r is not None]
+    if not known:
+        return [None] * len(hits)
+    block = version.entities.matrix[np.asarray(known, dtype=np.int64)]
+    mine = query.entities.indices
     terms = version.entities.terms
-    best = shared[np.argsort(-version.entities.idf[shared], kind="stable")[:REASON_TERMS]]
-    days = abs(float(version.published_days[row]) - query.day)
-    return Reasons(tuple(terms[i] for i in best.tolist()), None if np.isnan(days) else int(days))
-
+    out: list[Reasons | None] = []
+    i = 0
+    for row in rows:
+        if row is None:
+            out.append(None)
+            continue
+        theirs = block.indices[block.indptr[i] : block.indptr[i + 1]]
+        i += 1
+        shared = np.intersect1d(mine, theirs)
+        best = shared[np.argsort(-version.entities.idf[shared], kind="stable")[:REASON_TERMS]]
+        days = abs(float(version.published_days[row]) - query.day)
+        out.append(Reasons(tuple(terms[t] for t in best.tolist()), None if np.isnan(days) else int(days)))
+    return out
