@@ -46,6 +46,7 @@ from recommender.version import (
     Layout,
     Manifest,
     Snapshot,
+    current_state,
     current_version_name,
     new_staging_dir,
     publish,
@@ -144,6 +145,7 @@ def reindex(
     engine: EmbedEngine | None = None,
     batch_docs: int = EMBED_BATCH_DOCS,
     views: Views | None = None,
+    background_merge: bool = False,
 ) -> ReindexReport:
     """Publish what the store holds. Writes since the live version go into a
     segment beside it (seconds, whatever the archive's size) while segments
@@ -154,7 +156,10 @@ def reindex(
     (default: in this process, with ``load_embedder``), in jobs of
     ``batch_docs`` articles; ``on_progress(done, total)`` is called as
     articles are embedded. ``views`` shares a reader's loaded version (the
-    server's) with the writer."""
+    server's) with the writer. With ``background_merge`` (the server), writes
+    go into a segment even past ``segment_merge_fraction`` (up to
+    ``SEGMENT_HARD_LIMIT``): the caller runs the full build elsewhere when the
+    report says ``merge_due``, so freshness does not wait for it."""
     started = time.perf_counter()
     key = embedding_key(settings)
     engine = engine or LocalEngine(load_embedder)
@@ -176,7 +181,8 @@ def reindex(
                 if not changes and not pending:
                     report.skipped = report.articles
                     return _finish(report, started)
-                if not _too_big(view, len(changes) + len(pending), settings):
+                limit = SEGMENT_HARD_LIMIT if background_merge else settings.segment_merge_fraction
+                if not _too_big(view, len(changes) + len(pending), limit):
                     report.reason = f"{len(changes) + len(pending)} articles changed since the last publish: a segment"
                     if dry_run:
                         report.to_embed = len(store.stale_among(key, sorted(set(changes.changed) | set(pending))))
@@ -215,6 +221,9 @@ def _full_reindex(
             report.deleted = _count_deleted(settings, previous, hashes)
             report.version = previous.version
         report.reason = _rebuild_reason(previous, corpus_hash, key, settings, force)
+        segments = current_state(settings.index_root)[1]
+        if not report.reason and segments:  # metadata changes leave the corpus hash as it was
+            report.reason = f"{len(segments)} segments merged into a new version"
         if dry_run:
             return report
         if stale:
@@ -237,10 +246,15 @@ def _takes_segments(previous: Manifest | None, key: str, settings: Settings) -> 
     )
 
 
-def _too_big(view: IndexVersion, changed: int, settings: Settings) -> bool:
-    """A segment would hold more than ``segment_merge_fraction`` of the version."""
+def _too_big(view: IndexVersion, changed: int, fraction: float) -> bool:
+    """Segments would hold more than ``fraction`` of the version."""
     in_segments = len(view) - (view.base_rows if view.base_rows is not None else len(view))
-    return in_segments + changed > max(1.0, settings.segment_merge_fraction * max(view.live_count, 1))
+    return in_segments + changed > max(1.0, fraction * max(view.live_count, 1))
+
+
+SEGMENT_HARD_LIMIT = 0.5
+"""With a full build pending in the background, segments may grow to this
+share of the archive before a write waits for a full build."""
 
 
 def merge_due(view: IndexVersion, settings: Settings) -> bool:

@@ -289,7 +289,8 @@ class Reindexer:
                 try:
                     if store.count():
                         report = reindex(self.settings, store, lambda: self.engine.embedder,
-                                         on_progress=_log_progress(), views=self.engine.live.views)
+                                         on_progress=_log_progress(), views=self.engine.live.views,
+                                         background_merge=True)
                         if report.merge_due:
                             self._merge_in_background()
                     self.last_error = None

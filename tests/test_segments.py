@@ -30,9 +30,9 @@ from recommender.pipeline import reindex
 from recommender.rank.related import related_to_row
 from recommender.rank.search import search
 from recommender.segments import load_view
-from recommender.service import Engine
+from recommender.service import Engine, Reindexer
 from recommender.store import Store
-from recommender.version import CURRENT, IndexVersion, current_state
+from recommender.version import CURRENT, IndexVersion, current_state, current_version_name
 from tests.helpers import make_corpus, wait_for
 
 
@@ -368,3 +368,25 @@ def test_a_replica_copied_file_by_file_never_serves_a_torn_state(segmented, corp
     assert seen <= set(states) and len(seen) >= 2
     assert any(r.startswith("replica-") for r in related)
     assert json.loads((replica.index_root / "versions" / states[-1].split("+")[0] / "manifest.json").read_text())
+
+
+def test_the_server_publishes_segments_and_merges_them_in_the_background(settings, corpus, embedder):
+    served = settings.replace(api_key="k", segment_merge_fraction=0.05)  # 30 articles: the second write is past it
+    with Store.open(served.store_path) as store:
+        first = publish(served, store, embedder, corpus).version
+    with Engine.open(served, lambda: embedder) as engine:
+        reindexer = Reindexer(served, engine, debounce=0.05).start()
+        try:
+            for i, row in enumerate(make_corpus(per_topic=1, seed=31)[:4]):
+                engine.upsert([parse_article(dict(row, id=f"bg-{i}"))])
+                reindexer.request()
+                doc_id = engine.stores.get().get(f"bg-{i}").doc_id
+                assert wait_for(lambda d=doc_id: engine.live.current.row_of(d) is not None, timeout=30), i
+            assert wait_for(lambda: current_version_name(served.index_root) != first, timeout=60)
+            assert wait_for(lambda: engine.live.current.name != first, timeout=30)
+            reindexer.request()  # whatever the merge did not hold is published as a segment of the new version
+            assert wait_for(lambda: engine.live.current.live_count == 34, timeout=30)
+        finally:
+            reindexer.close()
+    view = load_view(served.index_root)
+    assert view.name != first and view.live_count == 34 and reindexer.last_error is None
