@@ -283,14 +283,14 @@ def stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def paraphrase(body: str) -> str:
+def paraphrase(body: str, variant: int = 0) -> str:
     """A follow-up's text: the sentences in another order, every third word
     left out, so it shares the words (TF-IDF, BM25) but not the 5-grams (the
     copy rule): a new article on the same story, not a copy."""
     sentences = re.split(r"(?<=[.!?])\s+", body[:4000])
     sentences = sentences[1:2] + sentences[:1] + sentences[2:]
     words = " ".join(sentences).split()
-    return " ".join(w for j, w in enumerate(words) if j % 3 != 2)
+    return " ".join(w for j, w in enumerate(words) if j % 3 != variant % 3)
 
 
 def freshness(base: str, key: str, probes: list[tuple[str, str, str]], runs: int, tag: str) -> dict:
@@ -303,7 +303,7 @@ def freshness(base: str, key: str, probes: list[tuple[str, str, str]], runs: int
     for n in range(runs):
         probe_id, title, body = probes[n % len(probes)]
         new_id = f"fresh-{tag}-{n}"
-        payload = json.dumps({"title": title, "body": paraphrase(body), "section": "follow-ups",
+        payload = json.dumps({"title": title, "body": paraphrase(body, n), "section": "follow-ups",
                               "published": time.strftime("%Y-%m-%d")}).encode()
         request = urllib.request.Request(f"{base}/v1/articles/{urllib.parse.quote(new_id)}", data=payload,
                                          method="PUT", headers=headers)
@@ -320,6 +320,10 @@ def freshness(base: str, key: str, probes: list[tuple[str, str, str]], runs: int
                         if new_id in {i["id"] for i in json.load(r)["items"]}:
                             seen[kind] = time.monotonic() - acked
             time.sleep(0.02)
+        delete = urllib.request.Request(f"{base}/v1/articles/{urllib.parse.quote(new_id)}", method="DELETE",
+                                        headers=headers)
+        with urllib.request.urlopen(delete, timeout=30):  # the next follow-up of this probe is not a copy of it
+            pass
         if len(seen) < 2:
             missed += 1
             continue
@@ -341,6 +345,11 @@ def worker_memory(server: subprocess.Popen) -> list[dict]:
     pids = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
     out = []
     for pid in pids:
+        try:
+            if "spawn_main" not in Path(f"/proc/{pid}/cmdline").read_text():
+                continue  # multiprocessing's resource tracker, not a worker
+        except OSError:
+            continue
         rss = mapped = 0
         current = ""
         try:
@@ -377,6 +386,11 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     data_dir = args.data_dir or ROOT / "indexes" / f"bench-{args.articles}"
     print(f"CPU: {cpu_line()}", file=sys.stderr)
+    if (data_dir / "store.sqlite").exists():  # follow-ups left by an interrupted run
+        from recommender.store import Store
+
+        with Store.open(data_dir / "store.sqlite") as store:
+            store.delete([r[0] for r in store.connection.execute("SELECT id FROM articles WHERE id LIKE 'fresh-%'")])
     built = build(data_dir, args.data, args.articles)
 
     from recommender.config import Settings
@@ -390,7 +404,7 @@ def main() -> int:
     records = _records(args.data)
     names = sorted({w for r in records[:3000] for w in NAME.findall(r["body"][:2000])})[:500]
     with Store.open(settings.store_path) as store:
-        pairs = list(store.connection.execute("SELECT doc_id, id FROM articles WHERE id NOT LIKE 'fresh-%'"))
+        pairs = list(store.connection.execute("SELECT doc_id, id FROM articles"))
         probes = []
         for i in probe_ids(len(records)):
             found = store.get(article_record(i, records, names)["id"])
