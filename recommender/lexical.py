@@ -187,7 +187,9 @@ class TfidfModel:
     def scores(self, query: sp.csr_matrix) -> np.ndarray:
         """Cosine of one query row against every document (dense, length n_docs).
         Costs the total length of the query terms' posting lists."""
-        return (query @ self.postings).toarray().ravel()
+        postings = self.postings
+        return posting_sums(postings.indptr, postings.indices, postings.data, query.indices, query.data,
+                            postings.shape[1])
 
     def pair_scores(self, query: sp.csr_matrix, rows: np.ndarray | None = None, matrix: sp.csr_matrix | None = None) -> np.ndarray:
         """Cosine of one query row against the documents at ``rows`` (sorted,
@@ -208,6 +210,23 @@ class TfidfModel:
         idf = np.load(files.idf)
         terms = json.loads(files.vocabulary.read_text(encoding="utf-8"))
         return cls({t: i for i, t in enumerate(terms)}, idf, matrix)
+
+
+def posting_sums(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, keys: np.ndarray,
+                 weights: np.ndarray, size: int) -> np.ndarray:
+    """Per document, the sum over the given terms (``keys``, the compressed
+    axis of a CSR/CSC matrix) of weight x entry: one gather of the terms'
+    posting lists and one ``bincount``, without building a sparse result
+    (which cost most of a search's feedback step at 100k articles)."""
+    keys = np.asarray(keys, dtype=np.int64)
+    if len(keys) == 0:
+        return np.zeros(size, dtype=np.float32)
+    starts = indptr[keys]
+    lengths = indptr[keys + 1] - starts
+    bounds = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    positions = np.arange(int(lengths.sum())) + np.repeat(starts - bounds, lengths)
+    values = data[positions].astype(np.float64) * np.repeat(np.asarray(weights, dtype=np.float64), lengths)
+    return np.bincount(indices[positions], weights=values, minlength=size).astype(np.float32)
 
 
 def sparse_dot(matrix: sp.csr_matrix, rows: np.ndarray, query: sp.csr_matrix) -> np.ndarray:
@@ -299,9 +318,9 @@ class Bm25Model:
     def scores(self, text: str) -> np.ndarray:
         """BM25 of the query against every document (0 where no term matches)."""
         columns = self.query_columns(text)
-        if len(columns) == 0:
-            return np.zeros(self.matrix.shape[0], dtype=np.float32)
-        return np.asarray(self.matrix[:, columns].sum(axis=1), dtype=np.float32).ravel()
+        matrix = self.matrix
+        return posting_sums(matrix.indptr, matrix.indices, matrix.data, columns, np.ones(len(columns)),
+                            matrix.shape[0])
 
     def save(self, files: KeywordFiles) -> None:
         sp.save_npz(files.matrix, self.matrix, compressed=False)

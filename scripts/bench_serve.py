@@ -339,17 +339,20 @@ def freshness(base: str, key: str, probes: list[tuple[str, str, str]], runs: int
                (("both", both_s), ("related", related_s), ("search", search_s)) for q in (50, 99)}}
 
 
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
+
+
 def worker_memory(server: subprocess.Popen) -> list[dict]:
     """Each worker's resident memory, and that part of it which is pages of
     the memory-mapped vector files (shared by the workers, and by the page cache)."""
     pids = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+    workers = [p for p in pids if "spawn_main" in _cmdline(p)]
     out = []
-    for pid in pids:
-        try:
-            if "spawn_main" not in Path(f"/proc/{pid}/cmdline").read_text():
-                continue  # multiprocessing's resource tracker, not a worker
-        except OSError:
-            continue
+    for pid in workers or [str(server.pid)]:  # one worker: uvicorn serves in the process itself
         rss = mapped = 0
         current = ""
         try:
