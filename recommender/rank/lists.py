@@ -163,20 +163,18 @@ class Lists:
 
     def related_hits(self, stored: StoredArticle, k: int, filters: Filters, options: ListOptions) -> list[Hit]:
         """The article's list: editors' rules applied, then the automatic
-        ranking in the remaining slots. Lists are cached per index version,
-        rules generation, embargo state and options; filtered lists are not
-        cached, because they read store metadata that can change without a
-        new version."""
+        ranking in the remaining slots. Lists are cached per served view
+        (version and segments), rules generation, embargo state, filters and
+        options: filters read the view's columns, and a change of metadata is
+        a write that makes a new view."""
         requested = filters
         filters = self._list_filters(stored, filters, options)
         rules = ListRules.of(self.store.rules(stored.article.id, applying=True))
-        key = None
-        if not requested:
-            key = (self.version.state, stored.doc_id, stored.content_hash, k, self.store.rules_generation(),
-                   self.hidden, options, filters, today() if options.half_life_days else None)
-            cached = self.cache.get(key)
-            if cached is not None:
-                return self._drop_deleted(cached)[:k]
+        key = (self.version.state, stored.doc_id, stored.content_hash, k, self.store.rules_generation(),
+               self.hidden, options, filters, today() if options.half_life_days else None)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return self._drop_deleted(cached)[:k]
         policy = self._policy(rules, options)
         hits = self._ranked(stored, k + len(rules.pins) + DELETED_MARGIN, filters, policy)
         # Pins obey the request's own filters and the age window, not the
@@ -188,8 +186,7 @@ class Lists:
                                 exclude=stored.doc_id)
         if options.fallback != "none" and len(hits) < k + DELETED_MARGIN:
             hits += self._fallback(stored, k + DELETED_MARGIN - len(hits), hits, requested, policy, options)
-        if key is not None:
-            self.cache.put(key, hits)
+        self.cache.put(key, hits)
         return hits[:k]  # deleted articles were dropped above; pins are read from the store
 
     def draft(self, title: str, body: str, k: int, filters: Filters) -> list[Item]:
