@@ -211,46 +211,51 @@ def _concat_columns(parts: Sequence[FilterColumns]) -> FilterColumns:
 # -- the composed view -------------------------------------------------------
 
 
-class StackedRows:
-    """Rows of two arrays read as one: the version's (memory-mapped), then the segments'."""
+class _Stacked:
+    """Rows of two parts read as one: the version's, then the segments'."""
 
-    def __init__(self, base: np.ndarray, extra: np.ndarray):
+    def __init__(self, base: Any, extra: Any):
         self.base, self.extra = base, extra
-        self.split = len(base)
-        self.shape = (len(base) + len(extra), *base.shape[1:])
-        self.dtype = base.dtype
+        self.split = base.shape[0]
+        self.shape = (base.shape[0] + extra.shape[0], *base.shape[1:])
 
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, index: Any) -> np.ndarray:
+    def __getitem__(self, index: Any) -> Any:
         if isinstance(index, (int, np.integer)):
             return self.base[index] if index < self.split else self.extra[int(index) - self.split]
         rows = np.asarray(index, dtype=np.int64)
         later = rows >= self.split
         if not later.any():
             return self.base[rows]
+        return self._join(rows, later)
+
+    def _join(self, rows: np.ndarray, later: np.ndarray) -> Any:
+        raise NotImplementedError
+
+
+class StackedRows(_Stacked):
+    """Vectors: the version's memory-mapped array, then the segments' array."""
+
+    def __init__(self, base: np.ndarray, extra: np.ndarray):
+        super().__init__(base, extra)
+        self.dtype = base.dtype
+
+    def _join(self, rows: np.ndarray, later: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
         out[~later] = self.base[rows[~later]]
         out[later] = self.extra[rows[later] - self.split]
         return out
 
 
-class StackedCsr:
-    """Sparse rows of two matrices read as one (the version's, then the segments')."""
+class StackedCsr(_Stacked):
+    """Sparse rows: the version's matrix, then the segments'."""
 
     def __init__(self, base: sp.csr_matrix, extra: sp.csr_matrix):
-        self.base, self.extra = base, extra.tocsr()
-        self.split = base.shape[0]
-        self.shape = (base.shape[0] + extra.shape[0], base.shape[1])
+        super().__init__(base, extra.tocsr())
 
-    def __getitem__(self, index: Any) -> sp.csr_matrix:
-        if isinstance(index, (int, np.integer)):
-            return self.base[index] if index < self.split else self.extra[int(index) - self.split]
-        rows = np.asarray(index, dtype=np.int64)
-        later = rows >= self.split
-        if not later.any():
-            return self.base[rows]
+    def _join(self, rows: np.ndarray, later: np.ndarray) -> sp.csr_matrix:
         stacked = sp.vstack([self.base[rows[~later]], self.extra[rows[later] - self.split]], format="csr")
         order = np.concatenate([np.flatnonzero(~later), np.flatnonzero(later)])
         return stacked[np.argsort(order, kind="stable")]
