@@ -262,7 +262,7 @@ class IndexVersion:
                 mask &= self.alive
             rows = np.flatnonzero(mask)
             if len(self._masks) >= FILTER_CACHE:
-                self._masks.pop(next(iter(self._masks)), None)
+                self._masks.clear()  # one call, safe while other request threads read and add
             self._masks[filters] = rows
         return rows
 
