@@ -524,15 +524,16 @@ def build_segment(
     articles = [stored[d].article for d in doc_ids]
     titles, bodies = [a.title for a in articles], [a.body for a in articles]
     tfidf, bm25, entities = keyword_rows(base.tfidf, base.bm25, base.entities, titles, bodies)
+    dead = sorted(set(deleted) | set(pending) | set(gone))
     return Segment(
         manifest=SegmentManifest(
             name=new_segment_name(), base=base.name, seq=seq, rows=len(doc_ids),
-            deleted=len(set(deleted) | set(pending) | set(gone)), chunks=len(chunk_vectors),
+            deleted=len(dead), chunks=len(chunk_vectors),
             built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), pending=tuple(pending),
             oov_share=_oov_share(base, titles, bodies),
         ),
         doc_ids=np.asarray(doc_ids, dtype=np.int64),
-        deleted=np.asarray(sorted(set(deleted) | set(pending) | set(gone)), dtype=np.int64),
+        deleted=np.asarray(dead, dtype=np.int64),
         doc_vectors=doc_vectors, chunk_vectors=chunk_vectors, chunk_offsets=offsets,
         published_days=published_days([a.published for a in articles]),
         story_doc_ids=segment_stories(view, store, [stored[d] for d in doc_ids], doc_vectors),
