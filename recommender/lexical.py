@@ -32,12 +32,43 @@ from recommender.text import STOPWORDS, keyword_text, tokenize
 @dataclass(frozen=True)
 class KeywordFiles:
     """Where one keyword model is saved; the names are the index layout's
-    (``recommender.version.Layout``). Only BM25 writes ``parameters``."""
+    (``recommender.version.Layout``). Only BM25 writes ``parameters``; only a
+    model given ``postings`` saves its term -> documents matrix (TF-IDF, which
+    scores whole-archive candidates), instead of transposing at each load."""
 
     matrix: Path
+    """A prefix: the sparse matrix is saved as ``<prefix>_{data,indices,indptr,shape}.npy``."""
     vocabulary: Path
     idf: Path
     parameters: Path
+    postings: Path | None = None
+    """A prefix too, like ``matrix``."""
+
+
+SPARSE_PARTS = ("data", "indices", "indptr", "shape")
+
+
+def sparse_files(prefix: Path) -> list[Path]:
+    return [prefix.with_name(f"{prefix.name}_{part}.npy") for part in SPARSE_PARTS]
+
+
+def save_sparse(prefix: Path, matrix: sp.csr_matrix | sp.csc_matrix) -> None:
+    """A CSR or CSC matrix as plain ``.npy`` arrays, which load memory-mapped:
+    workers then share the pages, and a load reads nothing up front."""
+    data, indices, indptr, shape = sparse_files(prefix)
+    np.save(data, matrix.data)
+    np.save(indices, matrix.indices)
+    np.save(indptr, matrix.indptr)
+    np.save(shape, np.array([*matrix.shape, 0 if matrix.format == "csr" else 1], dtype=np.int64))
+
+
+def load_sparse(prefix: Path) -> sp.csr_matrix | sp.csc_matrix:
+    """A matrix saved by :func:`save_sparse`, its arrays memory-mapped (read-only)."""
+    data, indices, indptr, shape = sparse_files(prefix)
+    rows, columns, csc = (int(x) for x in np.load(shape))
+    kind = sp.csc_matrix if csc else sp.csr_matrix
+    arrays = (np.load(data, mmap_mode="r"), np.load(indices, mmap_mode="r"), np.load(indptr, mmap_mode="r"))
+    return kind(arrays, shape=(rows, columns), copy=False)
 
 
 # -- counting ------------------------------------------------------------------
@@ -191,6 +222,14 @@ class TfidfModel:
         return posting_sums(postings.indptr, postings.indices, postings.data, query.indices, query.data,
                             postings.shape[1])
 
+    def sparse_scores(self, query: sp.csr_matrix) -> Scores:
+        """:meth:`scores` as the documents sharing a term with the query and
+        their scores. Costs the query terms' posting lengths, not the corpus
+        size, when they are short (a related list asks with its strongest terms)."""
+        postings = self.postings
+        return Scores.of(postings.indptr, postings.indices, postings.data, query.indices, query.data,
+                         postings.shape[1])
+
     def pair_scores(self, query: sp.csr_matrix, rows: np.ndarray | None = None, matrix: sp.csr_matrix | None = None) -> np.ndarray:
         """Cosine of one query row against the documents at ``rows`` (sorted,
         unique), or against every row of a given ``matrix`` (e.g. a sample)."""
@@ -200,16 +239,19 @@ class TfidfModel:
         return sparse_dot(matrix, np.asarray(rows, dtype=np.int64), query)
 
     def save(self, files: KeywordFiles) -> None:
-        sp.save_npz(files.matrix, self.matrix, compressed=False)
+        save_sparse(files.matrix, self.matrix.tocsr())
+        if files.postings is not None:
+            save_sparse(files.postings, self.postings)
         np.save(files.idf, self.idf)
         files.vocabulary.write_text(json.dumps(self.terms, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
     def load(cls, files: KeywordFiles) -> TfidfModel:
-        matrix = sp.load_npz(files.matrix).tocsr()
-        idf = np.load(files.idf)
         terms = json.loads(files.vocabulary.read_text(encoding="utf-8"))
-        return cls({t: i for i, t in enumerate(terms)}, idf, matrix)
+        model = cls({t: i for i, t in enumerate(terms)}, np.load(files.idf), load_sparse(files.matrix))
+        if files.postings is not None:
+            model._postings = load_sparse(files.postings)
+        return model
 
 
 def posting_sums(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, keys: np.ndarray,
@@ -221,34 +263,94 @@ def posting_sums(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, keys
     keys = np.asarray(keys, dtype=np.int64)
     if len(keys) == 0:
         return np.zeros(size, dtype=np.float32)
+    positions, factors = _gather(indptr, keys, weights)
+    values = data[positions].astype(np.float64) * factors
+    return np.bincount(indices[positions], weights=values, minlength=size).astype(np.float32)
+
+
+def _gather(indptr: np.ndarray, keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the entries of the given compressed-axis ``keys`` and each one's key weight."""
     starts = indptr[keys]
     lengths = indptr[keys + 1] - starts
     bounds = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     positions = np.arange(int(lengths.sum())) + np.repeat(starts - bounds, lengths)
-    values = data[positions].astype(np.float64) * np.repeat(np.asarray(weights, dtype=np.float64), lengths)
-    return np.bincount(indices[positions], weights=values, minlength=size).astype(np.float32)
+    return positions, np.repeat(np.asarray(weights, dtype=np.float64), lengths)
+
+
+@dataclass
+class Scores:
+    """Per-document scores held sparsely: ``rows`` (sorted) score ``values``,
+    every other row of ``size`` scores 0."""
+
+    rows: np.ndarray
+    values: np.ndarray
+    size: int
+
+    @classmethod
+    def of(cls, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, keys: np.ndarray,
+           weights: np.ndarray, size: int) -> Scores:
+        """``posting_sums`` without a dense result when the entries are few."""
+        keys = np.asarray(keys, dtype=np.int64)
+        positions, factors = _gather(indptr, keys, weights)
+        values = data[positions].astype(np.float64) * factors
+        if 8 * len(positions) < size:  # few entries: sum them per distinct document
+            rows, owner = np.unique(indices[positions], return_inverse=True)
+            sums = np.bincount(owner.ravel(), weights=values, minlength=len(rows))
+        else:
+            sums = np.bincount(indices[positions], weights=values, minlength=size)
+            rows = np.flatnonzero(sums)
+            sums = sums[rows]
+        return cls(rows.astype(np.int64), sums.astype(np.float32), size)
+
+    def then(self, extra: np.ndarray) -> Scores:
+        """These scores followed by ``extra`` rows' dense scores (a segment's)."""
+        more = np.flatnonzero(extra)
+        return Scores(np.concatenate([self.rows, more + self.size]),
+                      np.concatenate([self.values, extra[more].astype(np.float32)]), self.size + len(extra))
+
+    def at(self, rows: np.ndarray) -> np.ndarray:
+        """The scores of the given rows."""
+        if len(self.rows) == 0:
+            return np.zeros(len(rows), dtype=np.float32)
+        at = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
+        return np.where(self.rows[at] == rows, self.values[at], np.float32(0.0))
+
+    def top(self, k: int) -> np.ndarray:
+        """The rows of the (at most) k highest scores above 0, sorted."""
+        keep = np.flatnonzero(self.values > 0)
+        if len(keep) > k:
+            keep = np.sort(keep[np.argpartition(-self.values[keep], k - 1)[:k]])
+        return self.rows[keep]
 
 
 def sparse_dot(matrix: sp.csr_matrix, rows: np.ndarray, query: sp.csr_matrix) -> np.ndarray:
     """``matrix[rows] @ query.T`` for one query row, without building the
     row selection: the rows' entries are gathered straight from the CSR arrays
-    and matched to the query's terms by binary search (a related list scores a
-    few hundred rows three times; scipy's row indexing cost most of that)."""
-    terms = query.indices
+    and weighed by the query's terms scattered into a dense per-thread buffer
+    (a related list scores a few hundred rows three times; scipy's row
+    indexing, then a binary search per entry, cost most of that)."""
+    terms = np.asarray(query.indices, dtype=np.int64)
     if len(rows) == 0 or len(terms) == 0:
         return np.zeros(len(rows), dtype=np.float32)
-    order = np.argsort(terms, kind="stable")
-    terms, weights = terms[order], query.data[order]
-    starts, ends = matrix.indptr[rows], matrix.indptr[rows + 1]
-    lengths = ends - starts
-    bounds = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    positions = np.arange(int(lengths.sum())) + np.repeat(starts - bounds, lengths)
-    columns = matrix.indices[positions]
-    at = np.minimum(np.searchsorted(terms, columns), len(terms) - 1)
-    hit = terms[at] == columns
-    owner = np.repeat(np.arange(len(rows)), lengths)
-    products = matrix.data[positions[hit]].astype(np.float64) * weights[at[hit]]
-    return np.bincount(owner[hit], weights=products, minlength=len(rows)).astype(np.float32)
+    positions, owner = _gather(matrix.indptr, np.asarray(rows, dtype=np.int64), np.arange(len(rows)))
+    dense = _term_buffer(matrix.shape[1])
+    try:
+        np.add.at(dense, terms, query.data)
+        products = matrix.data[positions] * dense[matrix.indices[positions]]
+    finally:
+        dense[terms] = 0.0  # the buffer is all zeros again for the thread's next call
+    return np.bincount(owner.astype(np.int64), weights=products, minlength=len(rows)).astype(np.float32)
+
+
+def _term_buffer(width: int) -> np.ndarray:
+    """A float64 array of at least ``width`` zeros, one per thread, reused."""
+    buffer = getattr(_buffers, "terms", None)
+    if buffer is None or len(buffer) < width:
+        buffer = _buffers.terms = np.zeros(max(width, 1024), dtype=np.float64)
+    return buffer
+
+
+_buffers = threading.local()
 
 
 _local = threading.local()
@@ -315,6 +417,12 @@ class Bm25Model:
         stems = stem_words(tokenize(text)) if self.stem else tokenize(text)
         return np.array(sorted({self.vocabulary[s] for s in stems if s in self.vocabulary}), dtype=np.int64)
 
+    def sparse_scores(self, text: str) -> Scores:
+        """:meth:`scores` held sparsely (see :class:`Scores`)."""
+        columns = self.query_columns(text)
+        matrix = self.matrix
+        return Scores.of(matrix.indptr, matrix.indices, matrix.data, columns, np.ones(len(columns)), matrix.shape[0])
+
     def scores(self, text: str) -> np.ndarray:
         """BM25 of the query against every document (0 where no term matches)."""
         columns = self.query_columns(text)
@@ -323,7 +431,7 @@ class Bm25Model:
                             matrix.shape[0])
 
     def save(self, files: KeywordFiles) -> None:
-        sp.save_npz(files.matrix, self.matrix, compressed=False)
+        save_sparse(files.matrix, self.matrix.tocsc())
         np.save(files.idf, self.idf)
         stems = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
         files.vocabulary.write_text(json.dumps(stems, ensure_ascii=False), encoding="utf-8")
@@ -332,7 +440,7 @@ class Bm25Model:
 
     @classmethod
     def load(cls, files: KeywordFiles) -> Bm25Model:
-        matrix = sp.load_npz(files.matrix).tocsc()
+        matrix = load_sparse(files.matrix).tocsc()  # saved as CSC: no copy
         stems = json.loads(files.vocabulary.read_text(encoding="utf-8"))
         p = json.loads(files.parameters.read_text(encoding="utf-8"))
         return cls({s: i for i, s in enumerate(stems)}, matrix, np.load(files.idf),

@@ -38,7 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recommender.filters import FilterColumns
-from recommender.lexical import Bm25Model, TfidfModel
+from recommender.lexical import Bm25Model, Scores, TfidfModel
 from recommender.version import CURRENT, VERSIONS, IndexVersion, Layout, _fsync, _fsync_dir, current_state
 
 SEGMENTS = "segments"
@@ -283,6 +283,9 @@ class StackedTfidf(TfidfModel):
     def scores(self, query: sp.csr_matrix) -> np.ndarray:
         return np.concatenate([self.base.scores(query), (self.extra @ query.T).toarray().ravel()])
 
+    def sparse_scores(self, query: sp.csr_matrix) -> Scores:
+        return self.base.sparse_scores(query).then((self.extra @ query.T).toarray().ravel())
+
     def pair_scores(self, query: sp.csr_matrix, rows: np.ndarray | None = None,
                     matrix: sp.csr_matrix | None = None) -> np.ndarray:
         if matrix is not None or rows is None:
@@ -302,11 +305,16 @@ class StackedBm25(Bm25Model):
         self.base = base
         self.extra = sp.vstack(rows, format="csc")
 
-    def scores(self, text: str) -> np.ndarray:
+    def _extra_scores(self, text: str) -> np.ndarray:
         columns = self.query_columns(text)
-        extra = (np.asarray(self.extra[:, columns].sum(axis=1), dtype=np.float32).ravel() if len(columns)
-                 else np.zeros(self.extra.shape[0], dtype=np.float32))
-        return np.concatenate([self.base.scores(text), extra])
+        return (np.asarray(self.extra[:, columns].sum(axis=1), dtype=np.float32).ravel() if len(columns)
+                else np.zeros(self.extra.shape[0], dtype=np.float32))
+
+    def scores(self, text: str) -> np.ndarray:
+        return np.concatenate([self.base.scores(text), self._extra_scores(text)])
+
+    def sparse_scores(self, text: str) -> Scores:
+        return self.base.sparse_scores(text).then(self._extra_scores(text))
 
 
 class StackedIndex:

@@ -9,9 +9,12 @@
         doc_vectors.npy, story_ids.npy   article vectors; stories (the row of each one's original)
         published_days.npy               publication day of each article (recency)
         chunk_vectors.npy, chunk_offsets.npy
-        tfidf.npz, tfidf_idf.npy, tfidf_vocabulary.json            TF-IDF (related)
-        entities.npz, entities_idf.npy, entities_vocabulary.json   names, places, numbers (related)
-        bm25.npz, bm25_idf.npy, bm25_vocabulary.json               stemmed BM25 (search)
+        tfidf_*.npy, tfidf_vocabulary.json         TF-IDF (related): rows, idf, and its
+                                                   postings (term -> documents)
+        entities_*.npy, entities_vocabulary.json   names, places, numbers (related)
+        bm25_*.npy, bm25_vocabulary.json           stemmed BM25 (search), by term
+        (each sparse matrix as <name>_{data,indices,indptr,shape}.npy, loaded
+        memory-mapped, so that workers share its pages)
         bm25_parameters.json                                       its avgdl, k1 and b (to weigh new articles)
         ranker.json                             the related ranking model and its calibration
         columns.npz                             what request filters read (language, section, tags, date)
@@ -46,7 +49,7 @@ from recommender.lexical import Bm25Model, KeywordFiles, TfidfModel
 from recommender.rank.model import Ranker
 from recommender.store import Watermark
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 STATS_SAMPLE = 2048
 FILTER_CACHE = 8
 CURRENT = "CURRENT"
@@ -108,7 +111,7 @@ class Layout:
 
     @property
     def tfidf(self) -> KeywordFiles:
-        return self._keyword("tfidf")
+        return self._keyword("tfidf", postings=True)
 
     @property
     def entities(self) -> KeywordFiles:
@@ -118,9 +121,10 @@ class Layout:
     def bm25(self) -> KeywordFiles:
         return self._keyword("bm25")
 
-    def _keyword(self, name: str) -> KeywordFiles:
-        return KeywordFiles(self.folder / f"{name}.npz", self.folder / f"{name}_vocabulary.json",
-                            self.folder / f"{name}_idf.npy", self.folder / f"{name}_parameters.json")
+    def _keyword(self, name: str, *, postings: bool = False) -> KeywordFiles:
+        return KeywordFiles(self.folder / name, self.folder / f"{name}_vocabulary.json",
+                            self.folder / f"{name}_idf.npy", self.folder / f"{name}_parameters.json",
+                            self.folder / f"{name}_postings" if postings else None)
 
     @classmethod
     def of(cls, index_root: Path, name: str) -> Layout:
@@ -287,9 +291,15 @@ class IndexVersion:
     def sample_tfidf(self) -> sp.csr_matrix:
         return self.tfidf.matrix[self.sample_rows]
 
+    @cached_property
+    def sample_postings(self) -> sp.csr_matrix:
+        """The sample's TF-IDF rows by term: a query's scores against the
+        sample cost its terms' posting lengths there, not the sample's size."""
+        return sp.csr_matrix(self.sample_tfidf.T)
+
     def warm(self) -> IndexVersion:
         """Build the lazily computed parts now, off the request path."""
-        self.sample_vectors, self.sample_tfidf, self.tfidf.postings  # noqa: B018
+        self.sample_vectors, self.sample_postings, self.tfidf.postings  # noqa: B018
         return self
 
     def row_of(self, doc_id: int) -> int | None:

@@ -347,13 +347,15 @@ def _cmdline(pid: str) -> str:
 
 
 def worker_memory(server: subprocess.Popen) -> list[dict]:
-    """Each worker's resident memory, and that part of it which is pages of
-    the memory-mapped vector files (shared by the workers, and by the page cache)."""
+    """Each worker's resident memory; the part of it that is pages of the
+    memory-mapped vector files (shared by the workers, and by the page cache:
+    the issue's figure is the rest); and, apart, the pages of the other
+    memory-mapped index files (the keyword matrices), shared the same way."""
     pids = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
     workers = [p for p in pids if "spawn_main" in _cmdline(p)]
     out = []
     for pid in workers or [str(server.pid)]:  # one worker: uvicorn serves in the process itself
-        rss = mapped = 0
+        rss = vectors = index_files = 0
         current = ""
         try:
             for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
@@ -363,11 +365,15 @@ def worker_memory(server: subprocess.Popen) -> list[dict]:
                     kb = int(line.split()[1])
                     rss += kb
                     if current.endswith(("doc_vectors.npy", "chunk_vectors.npy")):
-                        mapped += kb
+                        vectors += kb
+                    elif "/index/versions/" in current and current.endswith(".npy"):
+                        index_files += kb
         except OSError:
             continue
-        out.append({"pid": int(pid), "rss_mb": round(rss / 1024), "vector_pages_mb": round(mapped / 1024),
-                    "rss_less_vectors_mb": round((rss - mapped) / 1024)})
+        out.append({"pid": int(pid), "rss_mb": round(rss / 1024), "vector_pages_mb": round(vectors / 1024),
+                    "rss_less_vectors_mb": round((rss - vectors) / 1024),
+                    "keyword_pages_mb": round(index_files / 1024),
+                    "rss_less_mapped_files_mb": round((rss - vectors - index_files) / 1024)})
     return out
 
 

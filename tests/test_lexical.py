@@ -184,7 +184,7 @@ def test_keyword_rows_of_new_articles_use_the_frozen_statistics(articles):
 def test_bm25_statistics_survive_save_and_load(tmp_path, articles):
     titles, bodies = articles
     _, bm25, _ = build_keyword_models(titles, bodies)
-    files = KeywordFiles(tmp_path / "bm25.npz", tmp_path / "bm25_vocabulary.json", tmp_path / "bm25_idf.npy",
+    files = KeywordFiles(tmp_path / "bm25", tmp_path / "bm25_vocabulary.json", tmp_path / "bm25_idf.npy",
                          tmp_path / "bm25_parameters.json")
     bm25.save(files)
     loaded = Bm25Model.load(files)

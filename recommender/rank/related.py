@@ -155,9 +155,8 @@ def _candidates(version: IndexVersion, query: Query, pool: int) -> np.ndarray:
         return version.live(np.arange(n))
     _, ids = version.docs.search(query.vector.reshape(1, -1), pool + 1)
     dense_rows = version.rows_of(ids[0][ids[0] >= 0])
-    lexical = version.tfidf.scores(_strongest_terms(query.terms, QUERY_TERMS))
-    lexical_rows = np.argpartition(-lexical, pool - 1)[:pool]
-    return np.union1d(dense_rows, version.live(lexical_rows[lexical[lexical_rows] > 0]))
+    lexical_rows = version.tfidf.sparse_scores(_strongest_terms(query.terms, QUERY_TERMS)).top(pool)
+    return np.union1d(dense_rows, version.live(lexical_rows))
 
 
 def _strongest_terms(terms: sp.csr_matrix, m: int) -> sp.csr_matrix:

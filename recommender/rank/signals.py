@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
+from recommender.lexical import posting_sums
+
 if TYPE_CHECKING:
     from recommender.version import IndexVersion
 
@@ -45,7 +47,7 @@ class Query:
         if self._stats is None:
             self._stats = {
                 "semantic": _mean_std(version.sample_vectors @ self.vector),
-                "lexical": _mean_std(version.tfidf.pair_scores(self.terms, matrix=version.sample_tfidf)),
+                "lexical": _mean_std(_sample_scores(version.sample_postings, self.terms)),
             }
         return self._stats
 
@@ -141,6 +143,11 @@ def features(version: IndexVersion, query: Query, rows: np.ndarray, names: list[
     for j, name in enumerate(names):
         out[:, j] = SIGNALS[name](version, query, rows, raw)
     return out, raw
+
+
+def _sample_scores(postings: sp.csr_matrix, terms: sp.csr_matrix) -> np.ndarray:
+    """Cosine of a TF-IDF row against each sampled row, from the sample's posting lists."""
+    return posting_sums(postings.indptr, postings.indices, postings.data, terms.indices, terms.data, postings.shape[1])
 
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
