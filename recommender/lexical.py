@@ -44,6 +44,17 @@ class KeywordFiles:
     postings: Path | None = None
     """A prefix too, like ``matrix``."""
 
+    @property
+    def impacts(self) -> Path:
+        """The prefix of the impact-ordered postings (:func:`impact_postings`)."""
+        return self.matrix.with_name(f"{self.matrix.name}_impacts")
+
+
+IMPACT_DEPTH = 2000
+"""Candidates from the whole archive read at most this many entries per term:
+its highest weights. Search engines prune postings the same way (impact
+ordering); the exact scores of the candidates are then computed from the
+full rows. In a small archive no list is this long, and nothing changes."""
 
 SPARSE_PARTS = ("data", "indices", "indptr", "shape")
 
@@ -60,6 +71,22 @@ def save_sparse(prefix: Path, matrix: sp.csr_matrix | sp.csc_matrix) -> None:
     np.save(indices, matrix.indices)
     np.save(indptr, matrix.indptr)
     np.save(shape, np.array([*matrix.shape, 0 if matrix.format == "csr" else 1], dtype=np.int64))
+
+
+def impact_postings(matrix: sp.csr_matrix | sp.csc_matrix, depth: int = IMPACT_DEPTH) -> sp.csr_matrix | sp.csc_matrix:
+    """The matrix with each compressed-axis list (a term's documents) cut to
+    its ``depth`` largest entries, in their order."""
+    lengths = np.diff(matrix.indptr)
+    long = np.flatnonzero(lengths > depth)
+    if not len(long):
+        return matrix
+    keep = np.ones(matrix.nnz, dtype=bool)
+    for term in long:
+        start, end = int(matrix.indptr[term]), int(matrix.indptr[term + 1])
+        drop = end - start - depth
+        keep[start + np.argpartition(matrix.data[start:end], drop)[:drop]] = False
+    indptr = np.concatenate([[0], np.cumsum(np.minimum(lengths, depth))]).astype(matrix.indptr.dtype)
+    return type(matrix)((matrix.data[keep], matrix.indices[keep], indptr), shape=matrix.shape)
 
 
 def load_sparse(prefix: Path) -> sp.csr_matrix | sp.csc_matrix:
@@ -156,6 +183,7 @@ class TfidfModel:
         self.idf = idf
         self.matrix = matrix  # rows: documents, L2-normalized
         self._postings: sp.csr_matrix | None = None
+        self._impacts: sp.csr_matrix | None = None
 
     @classmethod
     def build(cls, texts: Iterable[str], *, min_df: int = 1) -> TfidfModel:
@@ -222,13 +250,19 @@ class TfidfModel:
         return posting_sums(postings.indptr, postings.indices, postings.data, query.indices, query.data,
                             postings.shape[1])
 
-    def sparse_scores(self, query: sp.csr_matrix) -> Scores:
-        """:meth:`scores` as the documents sharing a term with the query and
-        their scores. Costs the query terms' posting lengths, not the corpus
-        size, when they are short (a related list asks with its strongest terms)."""
-        postings = self.postings
-        return Scores.of(postings.indptr, postings.indices, postings.data, query.indices, query.data,
-                         postings.shape[1])
+    @property
+    def impacts(self) -> sp.csr_matrix:
+        """:attr:`postings`, each term's list cut to its ``IMPACT_DEPTH`` highest weights."""
+        if self._impacts is None:
+            self._impacts = impact_postings(self.postings)
+        return self._impacts
+
+    def impact_scores(self, query: sp.csr_matrix) -> Scores:
+        """:meth:`scores` from the impact-ordered postings, held sparsely: the
+        documents that pick a whole-archive candidate list, at a cost bounded
+        by the query's terms, whatever the archive's size."""
+        impacts = self.impacts
+        return Scores.of(impacts.indptr, impacts.indices, impacts.data, query.indices, query.data, impacts.shape[1])
 
     def pair_scores(self, query: sp.csr_matrix, rows: np.ndarray | None = None, matrix: sp.csr_matrix | None = None) -> np.ndarray:
         """Cosine of one query row against the documents at ``rows`` (sorted,
@@ -242,6 +276,7 @@ class TfidfModel:
         save_sparse(files.matrix, self.matrix.tocsr())
         if files.postings is not None:
             save_sparse(files.postings, self.postings)
+            save_sparse(files.impacts, self.impacts)
         np.save(files.idf, self.idf)
         files.vocabulary.write_text(json.dumps(self.terms, ensure_ascii=False), encoding="utf-8")
 
@@ -251,6 +286,7 @@ class TfidfModel:
         model = cls({t: i for i, t in enumerate(terms)}, np.load(files.idf), load_sparse(files.matrix))
         if files.postings is not None:
             model._postings = load_sparse(files.postings)
+            model._impacts = load_sparse(files.impacts)
         return model
 
 
@@ -380,6 +416,7 @@ class Bm25Model:
         self.k1 = k1
         self.b = b
         self.stem = stem
+        self._impacts: sp.csc_matrix | None = None
 
     @classmethod
     def from_counts(cls, counts: Sequence[Counter], *, k1: float = 1.2, b: float = 0.75, stem: bool = True) -> Bm25Model:
@@ -417,11 +454,33 @@ class Bm25Model:
         stems = stem_words(tokenize(text)) if self.stem else tokenize(text)
         return np.array(sorted({self.vocabulary[s] for s in stems if s in self.vocabulary}), dtype=np.int64)
 
-    def sparse_scores(self, text: str) -> Scores:
-        """:meth:`scores` held sparsely (see :class:`Scores`)."""
-        columns = self.query_columns(text)
+    @property
+    def impacts(self) -> sp.csc_matrix:
+        """The matrix, each stem's documents cut to its ``IMPACT_DEPTH`` highest weights."""
+        if self._impacts is None:
+            self._impacts = impact_postings(self.matrix)
+        return self._impacts
+
+    def impact_scores(self, columns: np.ndarray) -> Scores:
+        """BM25 of a query's ``columns`` (:meth:`query_columns`) from the
+        impact-ordered postings: what picks the keyword candidates."""
+        m = self.impacts
+        return Scores.of(m.indptr, m.indices, m.data, columns, np.ones(len(columns)), m.shape[0])
+
+    def row_scores(self, columns: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Exact BM25 of a query's ``columns`` for the given ``rows``: a binary
+        search of each column's (sorted) documents per row."""
+        out = np.zeros(len(rows), dtype=np.float64)
         matrix = self.matrix
-        return Scores.of(matrix.indptr, matrix.indices, matrix.data, columns, np.ones(len(columns)), matrix.shape[0])
+        for column in columns:
+            start, end = int(matrix.indptr[column]), int(matrix.indptr[column + 1])
+            if start == end:
+                continue
+            documents = matrix.indices[start:end]
+            at = np.minimum(np.searchsorted(documents, rows), end - start - 1)
+            hit = documents[at] == rows
+            out[hit] += matrix.data[start:end][at[hit]]
+        return out.astype(np.float32)
 
     def scores(self, text: str) -> np.ndarray:
         """BM25 of the query against every document (0 where no term matches)."""
@@ -432,6 +491,7 @@ class Bm25Model:
 
     def save(self, files: KeywordFiles) -> None:
         save_sparse(files.matrix, self.matrix.tocsc())
+        save_sparse(files.impacts, self.impacts)
         np.save(files.idf, self.idf)
         stems = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
         files.vocabulary.write_text(json.dumps(stems, ensure_ascii=False), encoding="utf-8")
@@ -443,8 +503,10 @@ class Bm25Model:
         matrix = load_sparse(files.matrix).tocsc()  # saved as CSC: no copy
         stems = json.loads(files.vocabulary.read_text(encoding="utf-8"))
         p = json.loads(files.parameters.read_text(encoding="utf-8"))
-        return cls({s: i for i, s in enumerate(stems)}, matrix, np.load(files.idf),
+        model = cls({s: i for i, s in enumerate(stems)}, matrix, np.load(files.idf),
                     avgdl=float(p["avgdl"]), k1=float(p["k1"]), b=float(p["b"]), stem=bool(p["stem"]))
+        model._impacts = load_sparse(files.impacts)
+        return model
 
 
 def _bm25_weights(counts: sp.csr_matrix, lengths: np.ndarray, idf: np.ndarray, avgdl: float, k1: float,

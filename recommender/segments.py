@@ -283,8 +283,12 @@ class StackedTfidf(TfidfModel):
     def scores(self, query: sp.csr_matrix) -> np.ndarray:
         return np.concatenate([self.base.scores(query), (self.extra @ query.T).toarray().ravel()])
 
-    def sparse_scores(self, query: sp.csr_matrix) -> Scores:
-        return self.base.sparse_scores(query).then((self.extra @ query.T).toarray().ravel())
+    @property
+    def impacts(self) -> sp.csr_matrix:
+        return self.base.impacts
+
+    def impact_scores(self, query: sp.csr_matrix) -> Scores:
+        return self.base.impact_scores(query).then((self.extra @ query.T).toarray().ravel())
 
     def pair_scores(self, query: sp.csr_matrix, rows: np.ndarray | None = None,
                     matrix: sp.csr_matrix | None = None) -> np.ndarray:
@@ -305,16 +309,28 @@ class StackedBm25(Bm25Model):
         self.base = base
         self.extra = sp.vstack(rows, format="csc")
 
-    def _extra_scores(self, text: str) -> np.ndarray:
-        columns = self.query_columns(text)
+    def _extra_scores(self, columns: np.ndarray) -> np.ndarray:
         return (np.asarray(self.extra[:, columns].sum(axis=1), dtype=np.float32).ravel() if len(columns)
                 else np.zeros(self.extra.shape[0], dtype=np.float32))
 
-    def scores(self, text: str) -> np.ndarray:
-        return np.concatenate([self.base.scores(text), self._extra_scores(text)])
+    @property
+    def impacts(self) -> sp.csc_matrix:
+        return self.base.impacts
 
-    def sparse_scores(self, text: str) -> Scores:
-        return self.base.sparse_scores(text).then(self._extra_scores(text))
+    def scores(self, text: str) -> np.ndarray:
+        return np.concatenate([self.base.scores(text), self._extra_scores(self.query_columns(text))])
+
+    def impact_scores(self, columns: np.ndarray) -> Scores:
+        return self.base.impact_scores(columns).then(self._extra_scores(columns))
+
+    def row_scores(self, columns: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        split = self.base.matrix.shape[0]
+        later = rows >= split
+        out = np.empty(len(rows), dtype=np.float32)
+        out[~later] = self.base.row_scores(columns, rows[~later])
+        if later.any():
+            out[later] = self._extra_scores(columns)[rows[later] - split]
+        return out
 
 
 class StackedIndex:

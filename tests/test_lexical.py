@@ -20,6 +20,7 @@ from recommender.lexical import (
     TfidfModel,
     build_keyword_models,
     entity_terms,
+    impact_postings,
     keyword_rows,
     stem_words,
 )
@@ -194,6 +195,36 @@ def test_bm25_statistics_survive_save_and_load(tmp_path, articles):
     counts = [Counter(tokenize(t)) for t in titles[:3]]
     assert_close(loaded.transform_counts(counts), bm25.transform_counts(counts))
     np.testing.assert_array_equal(loaded.scores(titles[0]), bm25.scores(titles[0]))
+
+
+def test_impact_postings_keep_each_terms_largest_weights(articles):
+    titles, bodies = articles
+    tfidf, bm25, _ = build_keyword_models(titles, bodies)
+    postings = tfidf.postings
+    depth = 5
+    cut = impact_postings(postings, depth)
+    assert cut.shape == postings.shape and cut.has_sorted_indices
+    for term in range(postings.shape[0]):
+        full = postings[term].toarray().ravel()
+        kept = cut[term].toarray().ravel()
+        assert kept.astype(bool).sum() == min(depth, np.count_nonzero(full))
+        assert np.all(kept[kept > 0] == full[kept > 0])  # entries kept unchanged, in document order
+        if np.count_nonzero(full) > depth:  # and they are the largest
+            assert kept[kept > 0].min() >= np.sort(full)[-depth]
+    assert impact_postings(postings, postings.shape[1]) is postings  # no list that long: the same matrix
+
+
+def test_bm25_row_scores_are_the_exact_scores(articles):
+    titles, bodies = articles
+    _, bm25, _ = build_keyword_models(titles, bodies)
+    rows = np.arange(0, bm25.matrix.shape[0], 3)
+    for query in titles[:10] + ["council budget", "zzzz unknown words"]:
+        columns = bm25.query_columns(query)
+        np.testing.assert_allclose(bm25.row_scores(columns, rows), bm25.scores(query)[rows], rtol=1e-5, atol=1e-6)
+        exact = bm25.scores(query)
+        candidates = bm25.impact_scores(columns)  # no list is IMPACT_DEPTH long here: all matching documents
+        np.testing.assert_array_equal(candidates.rows, np.flatnonzero(exact))
+        np.testing.assert_allclose(candidates.values, exact[candidates.rows], rtol=1e-5)
 
 
 def test_empty_inputs():

@@ -155,7 +155,7 @@ def _candidates(version: IndexVersion, query: Query, pool: int) -> np.ndarray:
         return version.live(np.arange(n))
     _, ids = version.docs.search(query.vector.reshape(1, -1), pool + 1)
     dense_rows = version.rows_of(ids[0][ids[0] >= 0])
-    lexical_rows = version.tfidf.sparse_scores(_strongest_terms(query.terms, QUERY_TERMS)).top(pool)
+    lexical_rows = version.tfidf.impact_scores(_strongest_terms(query.terms, QUERY_TERMS)).top(pool)
     return np.union1d(dense_rows, version.live(lexical_rows))
 
 

@@ -48,7 +48,7 @@ def search(
     n = len(version)
     if n == 0 or k <= 0 or (allowed_rows is not None and len(allowed_rows) == 0):
         return []
-    keyword = version.bm25.sparse_scores(query)
+    columns = version.bm25.query_columns(query)
     w = settings.search_semantic_weight
 
     def shown(rows: np.ndarray) -> np.ndarray:
@@ -59,7 +59,7 @@ def search(
         return rows
 
     def first_stage(rows: np.ndarray):
-        lexical = keyword.at(rows)
+        lexical = version.bm25.row_scores(columns, rows)
         semantic = passage_scores(version, rows, vector)
         return w * _z(semantic) + (1 - w) * _z(lexical), semantic, lexical
 
@@ -75,7 +75,7 @@ def search(
             top = rows[np.argsort(-score, kind="stable")[:m]]
             centroid = sp.csr_matrix(version.tfidf.matrix[top].sum(axis=0))
             centroid = centroid / max(float(np.sqrt(centroid.multiply(centroid).sum())), 1e-12)
-            found = version.tfidf.sparse_scores(_strongest_terms(sp.csr_matrix(centroid), QUERY_TERMS))
+            found = version.tfidf.impact_scores(_strongest_terms(sp.csr_matrix(centroid), QUERY_TERMS))
             extra = shown(found.top(settings.candidates))
             if allowed_rows is not None:  # new rows meet the request's filters too
                 extra = extra[in_sorted(extra, allowed_rows)]
@@ -105,7 +105,7 @@ def search(
     def candidates(pool: int) -> np.ndarray:
         _, chunk_ids = version.chunks.search(vector.reshape(1, -1), min(len(version.chunks), 3 * pool))
         dense_rows = np.unique(version.chunk_owner(chunk_ids[0][chunk_ids[0] >= 0]))
-        rows = np.union1d(dense_rows, keyword.top(pool)).astype(np.int64)
+        rows = np.union1d(dense_rows, version.bm25.impact_scores(columns).top(pool)).astype(np.int64)
         return version.live(rows)
 
     return rank_candidates(n, k, settings, allowed_rows, candidates, rank)
