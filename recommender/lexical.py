@@ -344,13 +344,6 @@ class Scores:
         return Scores(np.concatenate([self.rows, more + self.size]),
                       np.concatenate([self.values, extra[more].astype(np.float32)]), self.size + len(extra))
 
-    def at(self, rows: np.ndarray) -> np.ndarray:
-        """The scores of the given rows."""
-        if len(self.rows) == 0:
-            return np.zeros(len(rows), dtype=np.float32)
-        at = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
-        return np.where(self.rows[at] == rows, self.values[at], np.float32(0.0))
-
     def top(self, k: int) -> np.ndarray:
         """The rows of the (at most) k highest scores above 0, sorted."""
         keep = np.flatnonzero(self.values > 0)

@@ -175,7 +175,7 @@ def reindex(
             view = views.current()
             if view is not None and view.seq is not None:
                 changes = store.changes_since(view.seq)
-                pending = _pending(views)
+                pending = pending_articles(views)
                 report.version = view.name
                 report.articles = store.count()
                 if not changes and not pending:
@@ -456,7 +456,7 @@ def _save_job(store: Store, key: str, job: EmbedJob, results: EmbedResult, state
     report.embedded += len(rows)
 
 
-def _pending(views: Views) -> list[int]:
+def pending_articles(views: Views) -> list[int]:
     """Articles the last publish could not embed: retried by the next segment."""
     segments = views.segment_objects()
     if segments:

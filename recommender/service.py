@@ -62,8 +62,9 @@ class LiveIndex:
     @property
     def pending(self) -> int:
         """Changed articles the served view left out (not embedded yet)."""
-        segments = self.views.segment_objects()
-        return len(segments[-1].manifest.pending) if segments else 0
+        from recommender.pipeline import pending_articles
+
+        return len(pending_articles(self.views))
 
     def refresh(self) -> bool:
         """Load the version and segments CURRENT names, if they are not the ones in use."""

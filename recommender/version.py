@@ -299,7 +299,7 @@ class IndexVersion:
 
     def warm(self) -> IndexVersion:
         """Build the lazily computed parts now, off the request path."""
-        self.sample_vectors, self.sample_postings, self.tfidf.postings  # noqa: B018
+        self.sample_vectors, self.sample_postings, self.tfidf.impacts, self.bm25.impacts  # noqa: B018
         return self
 
     def row_of(self, doc_id: int) -> int | None:

@@ -170,6 +170,7 @@ def build(data_dir: Path, data: Path, n_articles: int, dim: int = 384) -> dict:
     from recommender.pipeline import embedding_key, reindex
     from recommender.store import Store
     from recommender.text import chunk_article
+    from recommender.version import current_version_name
 
     settings = Settings.load({"data_dir": data_dir}, environ={})
     records = _records(data)
@@ -218,11 +219,14 @@ def build(data_dir: Path, data: Path, n_articles: int, dim: int = 384) -> dict:
                     rows.append((d, hashes[d], v.astype(np.float32)))
                 store.save_embeddings(key, rows)
         started = time.perf_counter()
-        report = reindex(settings, store, lambda: None, full=True)
+        # A full build the first time; afterwards only what changed (nothing,
+        # for an archive left as it was), so that a rerun does not rebuild.
+        report = reindex(settings, store, lambda: None, full=current_version_name(settings.index_root) is None)
         seconds = time.perf_counter() - started
         print(f"index: {report.articles} articles, published={report.published} in {seconds:.0f}s", file=sys.stderr)
         languages = dict(store.connection.execute("SELECT coalesce(lang, '?'), count(*) FROM articles GROUP BY lang"))
-    return {"full_build_seconds": round(seconds, 1) if report.published else None, "languages": languages}
+    full_build = report.published and report.segment is None
+    return {"full_build_seconds": round(seconds, 1) if full_build else None, "languages": languages}
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 300) -> None:
