@@ -56,6 +56,11 @@ its highest weights. Search engines prune postings the same way (impact
 ordering); the exact scores of the candidates are then computed from the
 full rows. In a small archive no list is this long, and nothing changes."""
 
+IMPACT_POOL = IMPACT_DEPTH // 4
+"""Candidate pools up to this size come from the impact-ordered postings;
+a larger pool (a list widened past a filter or dedup) reads the full ones,
+which a cut list could not fill."""
+
 SPARSE_PARTS = ("data", "indices", "indptr", "shape")
 
 
@@ -257,12 +262,13 @@ class TfidfModel:
             self._impacts = impact_postings(self.postings)
         return self._impacts
 
-    def impact_scores(self, query: sp.csr_matrix) -> Scores:
+    def impact_scores(self, query: sp.csr_matrix, *, exact: bool = False) -> Scores:
         """:meth:`scores` from the impact-ordered postings, held sparsely: the
         documents that pick a whole-archive candidate list, at a cost bounded
-        by the query's terms, whatever the archive's size."""
-        impacts = self.impacts
-        return Scores.of(impacts.indptr, impacts.indices, impacts.data, query.indices, query.data, impacts.shape[1])
+        by the query's terms, whatever the archive's size. ``exact``: from
+        the full postings (for pools over ``IMPACT_POOL``)."""
+        m = self.postings if exact else self.impacts
+        return Scores.of(m.indptr, m.indices, m.data, query.indices, query.data, m.shape[1])
 
     def pair_scores(self, query: sp.csr_matrix, rows: np.ndarray | None = None, matrix: sp.csr_matrix | None = None) -> np.ndarray:
         """Cosine of one query row against the documents at ``rows`` (sorted,
@@ -454,10 +460,11 @@ class Bm25Model:
             self._impacts = impact_postings(self.matrix)
         return self._impacts
 
-    def impact_scores(self, columns: np.ndarray) -> Scores:
+    def impact_scores(self, columns: np.ndarray, *, exact: bool = False) -> Scores:
         """BM25 of a query's ``columns`` (:meth:`query_columns`) from the
-        impact-ordered postings: what picks the keyword candidates."""
-        m = self.impacts
+        impact-ordered postings: what picks the keyword candidates (``exact``:
+        from the full ones, for pools over ``IMPACT_POOL``)."""
+        m = self.matrix if exact else self.impacts
         return Scores.of(m.indptr, m.indices, m.data, columns, np.ones(len(columns)), m.shape[0])
 
     def row_scores(self, columns: np.ndarray, rows: np.ndarray) -> np.ndarray:

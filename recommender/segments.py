@@ -287,8 +287,8 @@ class StackedTfidf(TfidfModel):
     def impacts(self) -> sp.csr_matrix:
         return self.base.impacts
 
-    def impact_scores(self, query: sp.csr_matrix) -> Scores:
-        return self.base.impact_scores(query).then((self.extra @ query.T).toarray().ravel())
+    def impact_scores(self, query: sp.csr_matrix, *, exact: bool = False) -> Scores:
+        return self.base.impact_scores(query, exact=exact).then((self.extra @ query.T).toarray().ravel())
 
     def pair_scores(self, query: sp.csr_matrix, rows: np.ndarray | None = None,
                     matrix: sp.csr_matrix | None = None) -> np.ndarray:
@@ -320,8 +320,8 @@ class StackedBm25(Bm25Model):
     def scores(self, text: str) -> np.ndarray:
         return np.concatenate([self.base.scores(text), self._extra_scores(self.query_columns(text))])
 
-    def impact_scores(self, columns: np.ndarray) -> Scores:
-        return self.base.impact_scores(columns).then(self._extra_scores(columns))
+    def impact_scores(self, columns: np.ndarray, *, exact: bool = False) -> Scores:
+        return self.base.impact_scores(columns, exact=exact).then(self._extra_scores(columns))
 
     def row_scores(self, columns: np.ndarray, rows: np.ndarray) -> np.ndarray:
         split = self.base.matrix.shape[0]

@@ -227,6 +227,25 @@ def test_bm25_row_scores_are_the_exact_scores(articles):
         np.testing.assert_allclose(candidates.values, exact[candidates.rows], rtol=1e-5)
 
 
+def test_cut_lists_reach_fewer_documents_and_exact_reads_them_all(articles):
+    """A widened candidate pool (``exact=True``) reads the full postings: cut
+    lists could not fill it."""
+    titles, bodies = articles
+    tfidf, bm25, _ = build_keyword_models(titles, bodies)
+    tfidf._impacts, bm25._impacts = impact_postings(tfidf.postings, 3), impact_postings(bm25.matrix, 3)
+    query = tfidf.matrix[0]
+    exact = tfidf.scores(query)
+    full, cut = tfidf.impact_scores(query, exact=True), tfidf.impact_scores(query)
+    np.testing.assert_array_equal(full.rows, np.flatnonzero(exact))
+    np.testing.assert_allclose(full.values, exact[full.rows], rtol=1e-5)
+    assert len(cut.rows) < len(full.rows) and set(cut.rows) <= set(full.rows)
+    columns = bm25.query_columns(titles[0])
+    exact = bm25.scores(titles[0])
+    full, cut = bm25.impact_scores(columns, exact=True), bm25.impact_scores(columns)
+    np.testing.assert_array_equal(full.rows, np.flatnonzero(exact))
+    assert len(cut.rows) < len(full.rows) and set(cut.rows) <= set(full.rows)
+
+
 def test_empty_inputs():
     tfidf, bm25, entities = build_keyword_models([], [])
     assert tfidf.matrix.shape == (0, 0) and bm25.matrix.shape == (0, 0) and entities.vocabulary == {}
