@@ -270,6 +270,12 @@ class TfidfModel:
         m = self.postings if exact else self.impacts
         return Scores.of(m.indptr, m.indices, m.data, query.indices, query.data, m.shape[1])
 
+    def top_rows(self, query: sp.csr_matrix, k: int) -> np.ndarray:
+        """The k whole-archive keyword candidates for a query row (sorted rows):
+        from the impact-ordered postings up to ``IMPACT_POOL``, from the full
+        ones beyond, which cut lists could not fill."""
+        return self.impact_scores(query, exact=k > IMPACT_POOL).top(k)
+
     def pair_scores(self, query: sp.csr_matrix, rows: np.ndarray | None = None, matrix: sp.csr_matrix | None = None) -> np.ndarray:
         """Cosine of one query row against the documents at ``rows`` (sorted,
         unique), or against every row of a given ``matrix`` (e.g. a sample)."""
@@ -305,18 +311,22 @@ def posting_sums(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, keys
     keys = np.asarray(keys, dtype=np.int64)
     if len(keys) == 0:
         return np.zeros(size, dtype=np.float32)
-    positions, factors = _gather(indptr, keys, weights)
-    values = data[positions].astype(np.float64) * factors
+    positions, lengths = _gather(indptr, keys)
+    values = _weighted(data, positions, lengths, weights)
     return np.bincount(indices[positions], weights=values, minlength=size).astype(np.float32)
 
 
-def _gather(indptr: np.ndarray, keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of the entries of the given compressed-axis ``keys`` and each one's key weight."""
+def _gather(indptr: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the entries of the given compressed-axis ``keys``, and each key's number of entries."""
     starts = indptr[keys]
     lengths = indptr[keys + 1] - starts
     bounds = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    positions = np.arange(int(lengths.sum())) + np.repeat(starts - bounds, lengths)
-    return positions, np.repeat(np.asarray(weights, dtype=np.float64), lengths)
+    return np.arange(int(lengths.sum())) + np.repeat(starts - bounds, lengths), lengths
+
+
+def _weighted(data: np.ndarray, positions: np.ndarray, lengths: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each gathered entry times its key's weight, in float64."""
+    return data[positions].astype(np.float64) * np.repeat(np.asarray(weights, dtype=np.float64), lengths)
 
 
 @dataclass
@@ -333,8 +343,8 @@ class Scores:
            weights: np.ndarray, size: int) -> Scores:
         """``posting_sums`` without a dense result when the entries are few."""
         keys = np.asarray(keys, dtype=np.int64)
-        positions, factors = _gather(indptr, keys, weights)
-        values = data[positions].astype(np.float64) * factors
+        positions, lengths = _gather(indptr, keys)
+        values = _weighted(data, positions, lengths, weights)
         if 8 * len(positions) < size:  # few entries: sum them per distinct document
             rows, owner = np.unique(indices[positions], return_inverse=True)
             sums = np.bincount(owner.ravel(), weights=values, minlength=len(rows))
@@ -367,14 +377,15 @@ def sparse_dot(matrix: sp.csr_matrix, rows: np.ndarray, query: sp.csr_matrix) ->
     terms = np.asarray(query.indices, dtype=np.int64)
     if len(rows) == 0 or len(terms) == 0:
         return np.zeros(len(rows), dtype=np.float32)
-    positions, owner = _gather(matrix.indptr, np.asarray(rows, dtype=np.int64), np.arange(len(rows)))
+    positions, lengths = _gather(matrix.indptr, np.asarray(rows, dtype=np.int64))
+    owner = np.repeat(np.arange(len(rows)), lengths)
     dense = _term_buffer(matrix.shape[1])
     try:
         np.add.at(dense, terms, query.data)
         products = matrix.data[positions] * dense[matrix.indices[positions]]
     finally:
         dense[terms] = 0.0  # the buffer is all zeros again for the thread's next call
-    return np.bincount(owner.astype(np.int64), weights=products, minlength=len(rows)).astype(np.float32)
+    return np.bincount(owner, weights=products, minlength=len(rows)).astype(np.float32)
 
 
 def _term_buffer(width: int) -> np.ndarray:
@@ -466,6 +477,10 @@ class Bm25Model:
         from the full ones, for pools over ``IMPACT_POOL``)."""
         m = self.matrix if exact else self.impacts
         return Scores.of(m.indptr, m.indices, m.data, columns, np.ones(len(columns)), m.shape[0])
+
+    def top_rows(self, columns: np.ndarray, k: int) -> np.ndarray:
+        """The k keyword candidates for a query's ``columns``, as :meth:`TfidfModel.top_rows`."""
+        return self.impact_scores(columns, exact=k > IMPACT_POOL).top(k)
 
     def row_scores(self, columns: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact BM25 of a query's ``columns`` for the given ``rows``: a binary

@@ -22,7 +22,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from recommender.config import Settings
-from recommender.lexical import IMPACT_POOL
 from recommender.rank import Query, Ranker, features, query_for_row
 from recommender.rank.signals import Raw
 from recommender.version import IndexVersion
@@ -156,8 +155,7 @@ def _candidates(version: IndexVersion, query: Query, pool: int) -> np.ndarray:
         return version.live(np.arange(n))
     _, ids = version.docs.search(query.vector.reshape(1, -1), pool + 1)
     dense_rows = version.rows_of(ids[0][ids[0] >= 0])
-    terms = _strongest_terms(query.terms, QUERY_TERMS)
-    lexical_rows = version.tfidf.impact_scores(terms, exact=pool > IMPACT_POOL).top(pool)
+    lexical_rows = version.tfidf.top_rows(_strongest_terms(query.terms, QUERY_TERMS), pool)
     return np.union1d(dense_rows, version.live(lexical_rows))
 
 

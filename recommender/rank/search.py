@@ -9,7 +9,6 @@ import scipy.sparse as sp
 
 from recommender.config import Settings
 from recommender.errors import InvalidInput
-from recommender.lexical import IMPACT_POOL
 from recommender.rank.related import NO_POLICY, QUERY_TERMS, Hit, Policy, _strongest_terms, in_sorted, rank_candidates
 from recommender.text import tokenize
 from recommender.version import IndexVersion
@@ -76,9 +75,8 @@ def search(
             top = rows[np.argsort(-score, kind="stable")[:m]]
             centroid = sp.csr_matrix(version.tfidf.matrix[top].sum(axis=0))
             centroid = centroid / max(float(np.sqrt(centroid.multiply(centroid).sum())), 1e-12)
-            found = version.tfidf.impact_scores(_strongest_terms(sp.csr_matrix(centroid), QUERY_TERMS),
-                                                exact=settings.candidates > IMPACT_POOL)
-            extra = shown(found.top(settings.candidates))
+            found = version.tfidf.top_rows(_strongest_terms(sp.csr_matrix(centroid), QUERY_TERMS), settings.candidates)
+            extra = shown(found)
             if allowed_rows is not None:  # new rows meet the request's filters too
                 extra = extra[in_sorted(extra, allowed_rows)]
             extra = np.setdiff1d(extra, rows)
@@ -107,8 +105,7 @@ def search(
     def candidates(pool: int) -> np.ndarray:
         _, chunk_ids = version.chunks.search(vector.reshape(1, -1), min(len(version.chunks), 3 * pool))
         dense_rows = np.unique(version.chunk_owner(chunk_ids[0][chunk_ids[0] >= 0]))
-        keyword = version.bm25.impact_scores(columns, exact=pool > IMPACT_POOL).top(pool)
-        rows = np.union1d(dense_rows, keyword).astype(np.int64)
+        rows = np.union1d(dense_rows, version.bm25.top_rows(columns, pool)).astype(np.int64)
         return version.live(rows)
 
     return rank_candidates(n, k, settings, allowed_rows, candidates, rank)
