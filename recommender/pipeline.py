@@ -31,6 +31,7 @@ from recommender.segments import (
     MAX_SEGMENTS,
     Segment,
     SegmentManifest,
+    ViewParts,
     Views,
     merge_segments,
     new_segment_name,
@@ -172,10 +173,11 @@ def reindex(
         assert previous is not None
         views = views or Views(settings.index_root, previous.model_id)
         with data_lock(settings.data_dir, WRITE_LOCK):
-            view = views.current()
-            if view is not None and view.seq is not None:
+            parts = views.current_parts()  # CURRENT holds still under the write lock
+            view = parts.view if parts is not None else None
+            if parts is not None and view is not None and view.seq is not None:
                 changes = store.changes_since(view.seq)
-                pending = pending_articles(views)
+                pending = pending_articles(parts)
                 report.version = view.name
                 report.articles = store.count()
                 if not changes and not pending:
@@ -187,7 +189,7 @@ def reindex(
                     if dry_run:
                         report.to_embed = len(store.stale_among(key, sorted(set(changes.changed) | set(pending))))
                     else:
-                        _publish_segment(settings, store, key, engine, views, view, changes, pending, report,
+                        _publish_segment(settings, store, key, engine, views, parts, changes, pending, report,
                                          on_progress=on_progress, batch_docs=batch_docs)
                     return _finish(report, started)
     return _finish(_full_reindex(settings, store, key, engine, report, previous, force=force, dry_run=dry_run,
@@ -456,16 +458,17 @@ def _save_job(store: Store, key: str, job: EmbedJob, results: EmbedResult, state
     report.embedded += len(rows)
 
 
-def pending_articles(views: Views) -> list[int]:
+def pending_articles(parts: ViewParts | None) -> list[int]:
     """Articles the last publish could not embed: retried by the next segment."""
-    segments = views.segment_objects()
-    if segments:
-        return list(segments[-1].manifest.pending)
-    return list(views.base.manifest.pending) if views.base is not None else []
+    if parts is None:
+        return []
+    if parts.segments:
+        return list(parts.segments[-1].manifest.pending)
+    return list(parts.base.manifest.pending)
 
 
 def _publish_segment(
-    settings: Settings, store: Store, key: str, engine: EmbedEngine, views: Views, view: IndexVersion,
+    settings: Settings, store: Store, key: str, engine: EmbedEngine, views: Views, parts: ViewParts,
     changes: Changes, pending: list[int], report: ReindexReport,
     *, on_progress: Callable[[int, int], None] | None, batch_docs: int,
 ) -> None:
@@ -477,9 +480,10 @@ def _publish_segment(
     report.skipped = report.articles - len(stale)
     if stale:
         _embed(settings, store, engine, stale, key, report, on_progress=on_progress, batch_docs=batch_docs)
-    segment = build_segment(settings, store, key, views.base_of(view), view, wanted, changes.deleted, changes.seq)
+    view = parts.view
+    segment = build_segment(settings, store, key, parts.base, view, wanted, changes.deleted, changes.seq)
     report.failed = sorted(set(report.failed) | set(segment.manifest.pending))
-    segments = [*views.segment_objects(), segment]
+    segments = [*parts.segments, segment]
     save_segment(settings.index_root, segment)
     # Tiered merging of the newest segments: a segment is merged into the one
     # before it once it holds half as much, so there are few segments and

@@ -452,32 +452,48 @@ class Views:
     def current(self) -> IndexVersion | None:
         """The view CURRENT names now (None before any publish). Raises what
         loading raises (a version or segment being copied: try again later)."""
+        parts = self.current_parts()
+        return None if parts is None else parts.view
+
+    def current_parts(self) -> ViewParts | None:
+        """The view CURRENT names now with the version and segments it was
+        composed of, taken together: a writer uses these, not ``base`` and
+        ``segment_objects()``, which another thread's ``load`` may move on
+        (or back, to a CURRENT it read earlier) meanwhile."""
         name, segments = current_state(self.index_root)
-        return None if name is None else self.load(name, segments)
+        return None if name is None else self.load_parts(name, segments)
 
     def load(self, name: str, segments: tuple[str, ...]) -> IndexVersion:
+        return self.load_parts(name, segments).view
+
+    def load_parts(self, name: str, segments: tuple[str, ...]) -> ViewParts:
         with self._lock:
-            view = self.view
-            if view is not None and view.name == name and view.segments == segments:
-                return view
-            base = self.base
+            view, base = self.view, self.base
+            if view is not None and base is not None and view.name == name and view.segments == segments:
+                return ViewParts(view, base, [self._segments[s] for s in segments])
             if base is None or base.name != name:
                 base = IndexVersion.load(self.index_root, model_id=self.model_id, name=name).warm()
             loaded = {s.name: s for s in self._segments.values() if s.manifest.base == name}
             parts = [loaded.get(s) or load_segment(self.index_root, name, s) for s in segments]
             view = compose(base, parts).warm() if parts else base
             self.base, self._segments, self.view = base, {p.name: p for p in parts}, view
-            return view
-
-    def base_of(self, view: IndexVersion) -> IndexVersion:
-        """The version a view lies over."""
-        assert self.base is not None and self.base.name == view.name
-        return self.base
+            return ViewParts(view, base, parts)
 
     def segment_objects(self) -> list[Segment]:
-        """The loaded segments of the current view, oldest first."""
-        view = self.view
-        return [] if view is None else [self._segments[s] for s in view.segments]
+        """The loaded segments of the last loaded view, oldest first (for
+        reports; a writer takes ``current_parts``)."""
+        with self._lock:
+            view = self.view
+            return [] if view is None else [self._segments[s] for s in view.segments]
+
+
+@dataclass(frozen=True)
+class ViewParts:
+    """A composed view, the version under it and its segments, oldest first."""
+
+    view: IndexVersion
+    base: IndexVersion
+    segments: list[Segment]
 
 
 # -- files -------------------------------------------------------------------

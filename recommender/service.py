@@ -21,7 +21,7 @@ from recommender.query_embed import load_query_embedder
 from recommender.rank.lists import Item, ListCache, ListOptions, Lists, now_iso
 from recommender.rank.search import validate_query
 from recommender.rules import Rule
-from recommender.segments import Views
+from recommender.segments import ViewParts, Views
 from recommender.store import Store, StoredArticle, UpsertCounts, is_embargoed
 from recommender.version import IndexVersion, current_state
 
@@ -38,6 +38,7 @@ class LiveIndex:
         self.model_id = model_id
         self.views = Views(index_root, model_id)
         self._version: IndexVersion | None = None
+        self._parts: ViewParts | None = None
         self._lock = threading.Lock()
         self.error: Exception | None = None
         self._stop = threading.Event()
@@ -64,7 +65,7 @@ class LiveIndex:
         """Changed articles the served view left out (not embedded yet)."""
         from recommender.pipeline import pending_articles
 
-        return len(pending_articles(self.views))
+        return len(pending_articles(self._parts))
 
     def refresh(self) -> bool:
         """Load the version and segments CURRENT names, if they are not the ones in use."""
@@ -74,7 +75,7 @@ class LiveIndex:
             if name is None or (served is not None and served.name == name and served.segments == segments):
                 return False
             try:
-                version = self.views.load(name, segments)
+                parts = self.views.load_parts(name, segments)
             except IndexMismatch as exc:
                 self.error = exc
                 log.error("%s", exc)
@@ -83,8 +84,8 @@ class LiveIndex:
                 log.warning("could not load index %s: %s", name, exc)
                 return False
             if served is None or served.name != name:
-                log.info("serving index %s (%d articles)", name, len(version))
-            self._version, self.error = version, None
+                log.info("serving index %s (%d articles)", name, len(parts.view))
+            self._version, self._parts, self.error = parts.view, parts, None
             return True
 
     def watch(self, interval: float) -> None:
@@ -237,6 +238,10 @@ class Engine:
             raise ArticleNotFound(article_id)
 
 
+RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 1.0, 60.0
+"""A failed background reindex is tried again after 1 s, then 2, 4 ... up to a minute."""
+
+
 class Reindexer:
     """Runs the one write path (store -> reindex pipeline -> atomic publish) in
     a background thread after writes. A file lock keeps one job at a time
@@ -280,6 +285,7 @@ class Reindexer:
     def _run(self) -> None:
         from recommender.pipeline import reindex
 
+        retry = RETRY_FIRST_SECONDS
         with Store.open(self.settings.store_path) as store:
             while not self._stop.is_set():
                 self._wanted.wait()
@@ -295,11 +301,17 @@ class Reindexer:
                         if report.merge_due:
                             self._merge_in_background()
                     self.last_error = None
+                    retry = RETRY_FIRST_SECONDS
                     if self.on_run is not None:
                         self.on_run()
                 except Exception as exc:  # keep serving the last good index
                     self.last_error = type(exc).__name__  # the details go to the log, not to clients
-                    log.exception("background reindex failed")
+                    log.exception("background reindex failed; trying again in %.0f s", retry)
+                    # Acknowledged writes wait for a publish: try again without
+                    # waiting for the next write, backing off while it fails.
+                    self._stop.wait(retry)
+                    retry = min(retry * 2, RETRY_MAX_SECONDS)
+                    self._wanted.set()
                 self.engine.live.refresh()
 
     def _merge_in_background(self) -> None:

@@ -390,3 +390,57 @@ def test_the_server_publishes_segments_and_merges_them_in_the_background(setting
             reindexer.close()
     view = load_view(served.index_root)
     assert view.name != first and view.live_count == 34 and reindexer.last_error is None
+
+
+def test_a_writer_keeps_the_parts_of_the_view_it_read_when_a_reader_loads_another(
+    segmented, corpus, embedder, monkeypatch
+):
+    """A reader that read CURRENT before a publish may load that older state
+    while the writer builds its segment: the writer's version and segments
+    stay those of the view it read (it once took them from the shared
+    ``Views``, and published a CURRENT that dropped the earlier segment)."""
+    from recommender.segments import Views
+
+    with Store.open(segmented.store_path) as store:
+        first = publish(segmented, store, embedder, corpus).version
+        later = make_corpus(per_topic=1, seed=41)[:2]
+        publish(segmented, store, embedder, [dict(later[0], id="w-0")])
+        views = Views(segmented.index_root)
+        assert views.current_parts() is not None
+        real = pipeline.build_segment
+
+        def a_slow_reader_loads_the_older_state(*args, **kwargs):
+            views.load(first, ())  # CURRENT as it was before the segment of w-0
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(pipeline, "build_segment", a_slow_reader_loads_the_older_state)
+        report = publish(segmented, store, embedder, [dict(later[1], id="w-1")], views=views)
+        assert report.segment and report.version == first
+        view = load_view(segmented.index_root)
+        assert all(view.row_of(store.get(a).doc_id) is not None for a in ("w-0", "w-1"))
+
+
+def test_a_failed_background_publish_is_tried_again_without_another_write(settings, corpus, embedder, monkeypatch):
+    served = settings.replace(api_key="k", segment_merge_fraction=0.5)
+    with Store.open(served.store_path) as store:
+        publish(served, store, embedder, corpus)
+    calls = []
+    real = pipeline.build_segment
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("disk full (injected)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "build_segment", fails_once)
+    with Engine.open(served, lambda: embedder) as engine:
+        reindexer = Reindexer(served, engine, debounce=0.05).start()
+        try:
+            engine.upsert([parse_article(dict(make_corpus(per_topic=1, seed=43)[0], id="retry-0"))])
+            reindexer.request()  # the only request: the retry needs no other
+            doc_id = engine.stores.get().get("retry-0").doc_id
+            assert wait_for(lambda: engine.live.current.row_of(doc_id) is not None, timeout=30)
+        finally:
+            reindexer.close()
+    assert len(calls) >= 2 and reindexer.last_error is None
