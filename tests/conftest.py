@@ -14,6 +14,9 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Articles embed on torch in the tests (servers and CLIs they start inherit it): the measurement that
+# backend = "auto" makes at first use has its own tests (test_backends.py).
+os.environ.setdefault("RECOMMENDER_BACKEND", "torch")
 
 from recommender.config import Settings
 from tests.helpers import FILLER, NAMES, TOPICS, make_corpus
@@ -56,5 +59,6 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def settings(tmp_path, tiny_model_dir) -> Settings:
     # The confidence floor is calibrated on MiniLM lists; the tests of the floor set their own.
-    return Settings.load({"data_dir": tmp_path / "data", "model": str(tiny_model_dir), "min_confidence": 0.0},
-                         environ={})
+    # Articles on torch: the backend measurement has tests of its own (test_backends.py).
+    return Settings.load({"data_dir": tmp_path / "data", "model": str(tiny_model_dir), "min_confidence": 0.0,
+                          "backend": "torch"}, environ={})

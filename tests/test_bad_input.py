@@ -24,7 +24,7 @@ def client(tmp_path_factory, tiny_model_dir):
     from recommender.config import Settings
 
     settings = Settings.load(
-        {"data_dir": tmp_path_factory.mktemp("bad-input"), "model": str(tiny_model_dir), "api_key": KEY,
+        {"backend": "torch", "data_dir": tmp_path_factory.mktemp("bad-input"), "model": str(tiny_model_dir), "api_key": KEY,
          "max_body_bytes": 8_000_000, "index_poll_seconds": 0.1},
         environ={},
     )
@@ -38,7 +38,7 @@ def search_client(tmp_path_factory, tiny_model_dir):
     """The app over the test corpus, read only (the client above takes writes)."""
     from recommender.config import Settings
 
-    settings = Settings.load({"data_dir": tmp_path_factory.mktemp("search"), "model": str(tiny_model_dir)},
+    settings = Settings.load({"backend": "torch", "data_dir": tmp_path_factory.mktemp("search"), "model": str(tiny_model_dir)},
                              environ={})
     build_index(settings, make_corpus())
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:

@@ -36,7 +36,7 @@ def site(tmp_path_factory, tiny_model_dir):
     from recommender.config import Settings
 
     root = tmp_path_factory.mktemp("browser")
-    settings = Settings.load({"data_dir": root / "data", "model": str(tiny_model_dir), "min_confidence": 0.0},
+    settings = Settings.load({"backend": "torch", "data_dir": root / "data", "model": str(tiny_model_dir), "min_confidence": 0.0},
                              environ={})
     rows = make_corpus()
     # The hostile title sits on the words of talks-1 in reverse order: the same

@@ -62,7 +62,7 @@ def rows() -> list[dict]:
 
 
 def app_settings(data_dir: Path, model: Path) -> Settings:
-    return Settings.load({"data_dir": data_dir, "model": str(model), "api_key": KEY, "index_poll_seconds": 0.1,
+    return Settings.load({"backend": "torch", "data_dir": data_dir, "model": str(model), "api_key": KEY, "index_poll_seconds": 0.1,
                           "min_confidence": 0.0}, environ={})
 
 

@@ -53,7 +53,7 @@ def _record(tmp_path: Path) -> dict:
     out["cli"]["related"] = _cli(data_dir, "related", "hl-0020", "--k", "5")
     out["cli"]["search"] = _cli(data_dir, "search", "Irena Kalvos", "--k", "5")
 
-    settings = Settings.load({"data_dir": data_dir, "precision": "float32", "api_key": KEY}, environ={})
+    settings = Settings.load({"backend": "torch", "data_dir": data_dir, "precision": "float32", "api_key": KEY}, environ={})
     ids = [json.loads(line)["id"] for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
     from recommender.api import create_app
 

@@ -53,7 +53,7 @@ def server(tmp_path_factory, tiny_model_dir):
     from recommender.config import Settings
 
     root = tmp_path_factory.mktemp("hostile")
-    settings = Settings.load({"data_dir": root / "data", "model": str(tiny_model_dir), "min_confidence": 0.0},
+    settings = Settings.load({"backend": "torch", "data_dir": root / "data", "model": str(tiny_model_dir), "min_confidence": 0.0},
                              environ={})
     build_index(settings, make_corpus())
     server = Server(settings.data_dir, settings.model, env={

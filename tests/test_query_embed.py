@@ -60,7 +60,7 @@ QUERIES = [
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory):
     """The packaged MiniLM on torch, its ONNX export, and the demo corpus indexed by torch."""
-    settings = Settings.load({"data_dir": tmp_path_factory.mktemp("onnx")}, environ={})
+    settings = Settings.load({"backend": "torch", "data_dir": tmp_path_factory.mktemp("onnx")}, environ={})
     reference = load_embedder(settings)
     onnx = open_query_model(settings, reference)
     ingest_files(settings, [resources.files("recommender") / "data" / "sample_articles.jsonl"])

@@ -51,7 +51,7 @@ def _ingested(settings: Settings, rows: list[dict]) -> Store:
 def test_ray_engine_publishes_the_same_index_as_the_local_one(tmp_path, tiny_model_dir, corpus, local_ray):
     # 31 articles in jobs of 8: 4 jobs, in windows of 3 (two datasets), on 2
     # one-thread workers, so results can come back out of order.
-    local = Settings.load({"data_dir": tmp_path / "local", "model": str(tiny_model_dir), "min_confidence": 0.0},
+    local = Settings.load({"backend": "torch", "data_dir": tmp_path / "local", "model": str(tiny_model_dir), "min_confidence": 0.0},
                              environ={})
     remote = local.replace(data_dir=tmp_path / "ray")
     rows = corpus + [dict(corpus[0], id="copy-of-talks-0")]  # a syndicated copy: one story, passages reused
@@ -85,7 +85,7 @@ def test_ray_client_path_runs_each_window_in_a_cluster_task(tmp_path, tiny_model
     """With ray:// (Ray Client) Ray Data cannot stream to the driver; the engine
     then collects each window in a task on the cluster. Taken here on the local Ray."""
     monkeypatch.setattr(ray.util.client.ray, "is_connected", lambda: True)
-    local = Settings.load({"data_dir": tmp_path / "local", "model": str(tiny_model_dir), "min_confidence": 0.0},
+    local = Settings.load({"backend": "torch", "data_dir": tmp_path / "local", "model": str(tiny_model_dir), "min_confidence": 0.0},
                              environ={})
     remote = local.replace(data_dir=tmp_path / "ray")
     with _ingested(local, corpus[:10]) as store:
@@ -100,7 +100,7 @@ def test_ray_client_path_runs_each_window_in_a_cluster_task(tmp_path, tiny_model
 @needs_ray
 @pytest.mark.slow
 def test_a_model_that_cannot_load_on_the_workers_stops_the_run(tmp_path, corpus, local_ray):
-    settings = Settings.load({"data_dir": tmp_path / "d", "model": str(tmp_path / "no-such-model")}, environ={})
+    settings = Settings.load({"backend": "torch", "data_dir": tmp_path / "d", "model": str(tmp_path / "no-such-model")}, environ={})
     with _ingested(settings, corpus[:3]) as store:
         engine = RayEngine(settings, concurrency=1, threads_per_worker=1)
         with pytest.raises(EmbeddingError, match="cannot load the model .*no-such-model.* on Ray worker"):

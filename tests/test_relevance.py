@@ -193,7 +193,7 @@ def test_an_article_nothing_else_covers_gets_no_filler(tmp_path):
     Caucasus coverage (the sample corpus without its own peace talks) gets an
     empty list, or fallback items only, marked as such; an ordinary article
     keeps its list."""
-    settings = Settings.load({"data_dir": tmp_path / "data"}, environ={})
+    settings = Settings.load({"backend": "torch", "data_dir": tmp_path / "data"}, environ={})
     text = (resources.files("recommender") / "data" / "sample_articles.jsonl").read_text(encoding="utf-8")
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     rows = [r for r in rows if r["id"] not in PEACE_TALKS] + [SEED]

@@ -249,7 +249,7 @@ from recommender.config import Settings
 from recommender.embed import SentenceTransformerEmbedder
 from recommender.pipeline import reindex
 from recommender.store import Store
-settings = Settings.load({"data_dir": sys.argv[1], "model": sys.argv[2], "segment_merge_fraction": 1.0}, environ={})
+settings = Settings.load({"backend": "torch", "data_dir": sys.argv[1], "model": sys.argv[2], "segment_merge_fraction": 1.0}, environ={})
 embedder = SentenceTransformerEmbedder.load(settings.model)
 start = int(sys.argv[3])
 with Store.open(settings.store_path) as store:
