@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -235,7 +236,10 @@ def export(settings: Settings, choice: Choice, reference: SentenceTransformerEmb
 class OpenVinoEmbedder(OnnxQueryEmbedder):
     """An exported model on OpenVINO's CPU plugin, tokenized as on onnxruntime.
     ``precision`` sets the inference hint: bfloat16 or float32 for the
-    operations int8 quantization left in floating point."""
+    operations int8 quantization left in floating point. It runs in
+    OpenVINO's throughput mode: batches go to several streams at once (two on
+    two cores), which measured 1.6-1.7x the one-stream latency mode here for
+    a model this small."""
 
     def __init__(self, model_file: Path, model_path: str, model_id: str, *, precision: str, threads: int,
                  batch_size: int = 32):
@@ -246,15 +250,45 @@ class OpenVinoEmbedder(OnnxQueryEmbedder):
     def _open(self, model_file: Path, threads: int) -> None:
         import openvino as ov
 
-        core = ov.Core()
-        self.compiled = core.compile_model(str(model_file), "CPU", {
-            "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "LATENCY",
+        self.compiled = ov.Core().compile_model(str(model_file), "CPU", {
+            "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "THROUGHPUT",
         })
-        self._request_lock = threading.Lock()
+        self._queue = ov.AsyncInferQueue(self.compiled)
+        self._queue_lock = threading.Lock()
 
     def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        with self._request_lock:  # one inference request at a time on the compiled model's default request
-            return np.array(self.compiled(feed)[0], dtype=np.float32)
+        return self.embed_batches([feed])[0]
+
+    def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # little padding per batch
+        rows = [order[start:start + self.batch_size] for start in range(0, len(texts), self.batch_size)]
+        feeds = []
+        for batch in rows:
+            chosen = [texts[i].lower() if self.do_lower_case else texts[i] for i in batch]
+            with self._tokenizer_lock:
+                encoded = self.tokenizer(chosen, padding=True, truncation=True, max_length=self.max_seq_length,
+                                         return_tensors="np")
+            feeds.append({name: np.asarray(encoded[name], dtype=np.int64) for name in self.input_names})
+        for batch, vectors in zip(rows, self.embed_batches(feeds)):
+            out[batch] = vectors
+        return out
+
+    def embed_batches(self, feeds: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """Run the batches on the streams at once; results in the batches' order."""
+        results: list[np.ndarray | None] = [None] * len(feeds)
+
+        def done(request: Any, number: int) -> None:
+            results[number] = np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+        with self._queue_lock:  # one caller's batches at a time
+            self._queue.set_callback(done)
+            for number, feed in enumerate(feeds):
+                self._queue.start_async(feed, number)
+            self._queue.wait_all()
+        if any(r is None for r in results):
+            raise RuntimeError("OpenVINO returned no output for a batch")
+        return [r for r in results if r is not None]
 
 
 class ExportedEmbedder:
@@ -292,12 +326,10 @@ def _load_torch(settings: Settings, precision: str) -> SentenceTransformerEmbedd
 
 
 def _threads() -> int:
-    try:
-        import torch
-
-        return int(torch.get_num_threads())
-    except ImportError:
-        return len(os.sched_getaffinity(0))
+    """torch's thread count where torch is loaded already; else the cores this
+    process may use (an exported backend need not import torch at all)."""
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else len(os.sched_getaffinity(0))
 
 
 def open_backend(settings: Settings, choice: Choice, reference: SentenceTransformerEmbedder | None = None) -> Embedder:

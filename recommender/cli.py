@@ -582,6 +582,9 @@ def cmd_export_query_model(force: bool, as_json: bool) -> int:
 
     settings = _settings()
     reference = _embedder_loader()(settings)
+    torch_model = getattr(reference, "torch", None)  # articles on an exported backend: the query model is torch's
+    if callable(torch_model):
+        reference = torch_model()
     if not isinstance(reference, SentenceTransformerEmbedder):
         print("error: the embedder is not a sentence-transformers model", file=sys.stderr)
         return EXIT_FAILURE
@@ -602,6 +605,69 @@ def cmd_export_query_model(force: bool, as_json: bool) -> int:
         print(f"{target}\nmin cosine to torch {embedder.min_cosine:.6f}; one query: "
               f"{result['onnx_ms']:.2f} ms on onnxruntime, {result['torch_ms']:.2f} ms on torch")
     return EXIT_OK
+
+
+@cli.command(
+    "backends",
+    short_help="Which backend embeds articles here, and how each measured.",
+    help="Which backend embeds articles here (torch, onnx, openvino), and how each measured.",
+    epilog=_examples("""
+        recommender backends                  # the recorded choice and its measurement
+        recommender backends --measure        # export and measure every candidate again, record the fastest
+        RECOMMENDER_BACKEND=openvino RECOMMENDER_PRECISION=int8 recommender backends --measure
+
+        With backend = "auto" (the default) the first reindex measures every
+        installed candidate on 50 article passages against torch float32: its
+        speed, and its cosine to torch's vectors. The fastest whose every vector
+        keeps a cosine of at least 0.995 is used and recorded in
+        <data_dir>/models/backend.json, until the model, the settings, the CPU or
+        the libraries change. Exports (ONNX, OpenVINO, OpenVINO int8 calibrated
+        on article passages) are made once, under <data_dir>/models. Another
+        backend's vectors are cached under their own key: switching re-embeds.
+        OpenVINO needs the extra: pip install 'recommender[openvino]'.
+
+        exit codes: 0 done; 1 settings that cannot run (torch int8, onnx bfloat16,
+        a backend that is not installed).
+    """),
+)
+@click.option("--measure", is_flag=True, help="measure the candidates again and record the fastest that passes")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@common_options
+def cmd_backends(measure: bool, as_json: bool) -> int:
+    from recommender import backends
+
+    settings = _settings()
+    choices = backends.candidates(settings)
+    record: dict[str, Any] | None = None
+    if measure and len(choices) > 1:
+        backends.choose(settings)
+    if len(choices) == 1 and not measure:
+        chosen = choices[0]
+    elif len(choices) == 1:
+        chosen, results = choices[0], backends.measure(settings, choices + [backends.TORCH_FLOAT32],
+                                                      backends._load_torch(settings, "float32"))
+        record = {"choice": chosen.name, "measured": [vars(r) for r in results]}
+    else:
+        chosen = backends.resolve(settings)
+    if record is None:
+        try:
+            record = json.loads(backends.record_file(settings).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = None
+    cpu = backends.cpu_flags()
+    payload = {"backend": chosen.backend, "precision": chosen.precision, "candidates": [c.name for c in choices],
+               "min_cosine": backends.MIN_COSINE, "cpu": cpu,
+               "measured": (record or {}).get("measured", []), "recorded_at": (record or {}).get("at")}
+    if as_json:
+        print(json.dumps(payload, indent=2))
+        return 0
+    print(f"articles embed on {chosen.name} (candidates: {', '.join(payload['candidates'])})")
+    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, {' '.join(cpu['flags']) or 'no AVX-512/AMX flags'}")
+    for m in payload["measured"]:
+        verdict = "ok" if m["passed"] else f"refused{': ' + m['error'] if m.get('error') else ''}"
+        print(f"  {m['choice']:18s} {m['passages_per_second']:8.1f} passages/s   cosine min {m['min_cosine']:.5f}"
+              f"  mean {m['mean_cosine']:.5f}   {verdict}")
+    return 0
 
 
 def _print_items(payload: dict, as_json: bool) -> int:
