@@ -17,8 +17,10 @@ to plain float32 ``encode``.
   run for bulk embedding);
 * ``onnx float32``, ``onnx int8 (per channel)``, ``onnx uint8``: the same
   model exported offline with ``torch.onnx.export`` and run with onnxruntime,
-  the int8 ones after ``quantize_dynamic``. Only when ``onnxruntime`` and
-  ``onnx`` are installed (they are not dependencies of the project).
+  the int8 ones after ``quantize_dynamic``;
+* ``backend ...``: every backend articles can embed on here
+  (``recommender.backends``): onnx float32, and with the openvino extra
+  OpenVINO float32, bfloat16 and int8 (static, NNCF), as the reindex runs them.
 """
 
 from __future__ import annotations
@@ -147,6 +149,21 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory(prefix="bench-precision-") as tmp:
         variants.update(onnx_variants(path, model.tokenizer, Path(tmp)))
+        # The backends articles can embed on (recommender/backends.py), exported into a scratch data folder.
+        from recommender.backends import candidates, cpu_flags, open_backend
+        from recommender.embed import SentenceTransformerEmbedder
+
+        cpu = cpu_flags()
+        print(f"CPU: {cpu['model']}; flags: {' '.join(cpu['flags'])}", file=sys.stderr, flush=True)
+        scratch = Settings.load({"data_dir": Path(tmp) / "data"}, environ={})
+        reference = SentenceTransformerEmbedder(model, "reference", 32, "float32")
+        choices = candidates(scratch.replace(precision="float32")) + [
+            c for c in candidates(scratch) if c.precision != "float32"]
+        for choice in choices:
+            if choice.backend != "torch":
+                backend = open_backend(scratch.replace(backend=choice.backend, precision=choice.precision), choice,
+                                       reference)
+                variants[f"backend {choice.name}"] = backend.embed
         reference = variants["float32"](passages)
         for run in variants.values():
             run(passages[:40])  # warm-up: kernels set up per shape
@@ -162,14 +179,15 @@ def main() -> int:
 
     base = min(seconds["float32"])
     results = {
-        "passages": len(passages), "rounds": args.rounds, "torch": torch.__version__,
+        "passages": len(passages), "rounds": args.rounds, "torch": torch.__version__, "cpu": cpu,
         "variants": {
             name: {"seconds": [round(s, 2) for s in times], "speedup": round(base / min(times), 2),
                    "cosine_min": round(float(cosine[name].min()), 4), "cosine_mean": round(float(cosine[name].mean()), 5)}
             for name, times in seconds.items()
         },
     }
-    print(f"{len(passages)} BBC passages, batch 32, 2 threads, fastest of {args.rounds} rounds\n")
+    print(f"{len(passages)} BBC passages, batch 32, 2 threads, fastest of {args.rounds} rounds; "
+          f"CPU {cpu['model']} ({' '.join(cpu['flags'])})\n")
     print("| variant | seconds | vs float32 | cosine min | cosine mean |")
     print("|---|---:|---:|---:|---:|")
     for name, r in results["variants"].items():

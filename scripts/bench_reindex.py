@@ -12,15 +12,16 @@ libraries and the model counts on both sides:
   how most tools embed an archive; the baseline;
 * **plain encode, the same passages**: the texts our reindex embeds;
 * **recommender reindex** on each backend (``RECOMMENDER_BACKEND`` and
-  ``RECOMMENDER_PRECISION``): the whole job (embedding, FAISS, keyword models,
+  ``RECOMMENDER_PRECISION``; a row ``NAME@K`` also sets ``max_chunks = K``): the whole job (embedding, FAISS, keyword models,
   stories, publish) over articles ingested beforehand (not timed). The
   exports each backend needs are made before, once, and timed apart;
   ``auto`` is timed after its one-time measurement, which is timed apart too.
 
 Rows take turns for ``--rounds`` rounds and each row's median counts. The
 script checks its output: every article embedded, the backend the job's
-embedding key names, and each backend's passage vectors against the torch
-float32 job's (cosine, min and mean). ``--quality`` also runs the evaluation
+embedding key names, and each backend's passage vectors against plain
+float32 encode of the same passages (cosine, min and mean; not for ``@K``
+rows, which embed fewer passages). ``--quality`` also runs the evaluation
 (story MAP on the related sets, MAP on the search sets) on each backend.
 The CPU's model and flags are printed and saved.
 """
@@ -80,9 +81,13 @@ def load_rows(path: Path, limit: int) -> list[dict]:
 
 
 def env_for(name: str) -> dict[str, str]:
+    """A row's settings: ``backend-precision`` or ``auto``, and ``@K`` for ``max_chunks = K``."""
+    name, _, chunks = name.partition("@")
     backend, _, precision = name.partition("-")
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "RECOMMENDER_BACKEND": backend,
            "RECOMMENDER_PRECISION": precision or "auto"}
+    if chunks:
+        env["RECOMMENDER_MAX_CHUNKS"] = chunks
     return env
 
 
@@ -119,7 +124,7 @@ def main() -> int:
     names = args.backends.split(",") if args.backends else [
         c.name for c in candidates(Settings.load({"precision": "float32"}, environ={}))
     ] + [c.name for c in candidates(Settings.load({}, environ={})) if c.precision != "float32"] + ["auto"]
-    names = list(dict.fromkeys(["torch-float32", *names]))  # the reference for the cosines
+    names = list(dict.fromkeys(names))
     model_path = resolve_model_path(defaults.model)
     results: dict = {"articles": n, "passages": len(passages), "threads": THREADS, "cpu": cpu, "rounds": args.rounds,
                      "one_time": {}, "rows": {}}
@@ -134,14 +139,14 @@ def main() -> int:
         same_passages.write_text(json.dumps(passages), encoding="utf-8")
         plain = [sys.executable, "-c", PLAIN.format(threads=THREADS)]
 
-        # One-time work, timed apart: the exports, and auto's measurement.
-        for name in names:
+        # One-time work, timed apart: the exports, and auto's measurement (once per backend; @K rows share it).
+        for name in dict.fromkeys(row.split("@")[0] for row in names):
             settings = Settings.load({"data_dir": root / name}, environ={})
             started = time.perf_counter()
             if name == "auto":
                 choice, measured = choose(settings)
-                results["one_time"]["auto"] = {"seconds": round(time.perf_counter() - started, 1),
-                                               "choice": choice.name, "measured": [vars(m) for m in measured]}
+                results["one_time"][name] = {"seconds": round(time.perf_counter() - started, 1),
+                                             "choice": choice.name, "measured": [vars(m) for m in measured]}
             else:
                 choice = Choice.parse(name)
                 open_backend(settings.replace(backend=choice.backend, precision=choice.precision), choice)
@@ -164,17 +169,15 @@ def main() -> int:
                         raise RuntimeError(f"{data} exists")
                     # The exports and the record are the data folder's models/: each round's folder gets them.
                     data.mkdir(parents=True)
-                    (data / "models").symlink_to(root / row / "models")
-                    env = env_for(row) if row != "auto" else {**os.environ, "OMP_NUM_THREADS": str(THREADS),
-                                                               "RECOMMENDER_BACKEND": "auto",
-                                                               "RECOMMENDER_PRECISION": "auto"}
+                    (data / "models").symlink_to(root / row.split("@")[0] / "models")
+                    env = env_for(row)
                     timed(recommender("ingest", str(articles_file), "--data-dir", str(data)), env)  # not timed
                     seconds, out = timed(recommender("reindex", "--json", "--no-progress", "--data-dir", str(data)), env)
                     reports[row] = {**json.loads(out), "data_dir": str(data)}
                 times[row].append(seconds)
                 print(f"  round {number + 1} {row}: {seconds:.1f} s", file=sys.stderr, flush=True)
 
-        reference = _passage_vectors(Path(reports["torch-float32"]["data_dir"]), "torch-float32")
+        reference = np.load(root / "passages.npy")  # plain float32 encode of the same passages, in order
         base = statistics.median(times["plain, one text per article"])
         passages_base = statistics.median(times["plain, same passages"])
         for row, taken in times.items():
@@ -190,7 +193,7 @@ def main() -> int:
                 backend = key.split("|backend=")[1] if "|backend=" in key else "?"
                 precision = key.split("|precision=")[1].split("|")[0] if "|precision=" in key else "?"
                 vectors = _passage_vectors(Path(report["data_dir"]), row)
-                cosine = (vectors * reference).sum(axis=1) if vectors.shape == reference.shape else None
+                cosine = (vectors * reference).sum(axis=1) if "@" not in row and vectors.shape == reference.shape else None
                 entry.update(
                     backend_used=f"{backend}-{precision}", embedded=report["embedded"], failed=len(report["failed"]),
                     all_embedded=report["embedded"] == n and not report["failed"],
@@ -198,12 +201,12 @@ def main() -> int:
                     cosine_min=None if cosine is None else round(float(cosine.min()), 5),
                     cosine_mean=None if cosine is None else round(float(cosine.mean()), 5),
                 )
-                if not entry["all_embedded"] or (row != "auto" and entry["backend_used"] != row):
+                if not entry["all_embedded"] or (row.split("@")[0] not in ("auto", entry["backend_used"])):
                     raise RuntimeError(f"{row}: the job did not embed every article on {row}: {entry}")
             results["rows"][row] = entry
 
         if args.quality:
-            results["quality"] = {row: quality(args.data, root, row) for row in names if row != "auto"}
+            results["quality"] = {row: quality(args.data, root, row) for row in names}
 
     _print(results)
     if args.out:

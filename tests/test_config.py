@@ -92,7 +92,8 @@ def test_unknown_keys_are_refused_with_the_known_ones(tmp_path):
     ("index_poll_seconds", 0, "setting 'index_poll_seconds'"),
     ("half_life_days", -1, "setting 'half_life_days'"),
     ("fallback", "nearest", "setting 'fallback' must be 'none', 'section' or 'latest', got 'nearest'"),
-    ("precision", "float16", "setting 'precision' must be 'auto', 'float32' or 'bfloat16'"),
+    ("precision", "float16", "setting 'precision' must be 'auto', 'float32', 'bfloat16' or 'int8'"),
+    ("backend", "tensorrt", "setting 'backend' must be 'auto', 'torch', 'onnx' or 'openvino', got 'tensorrt'"),
     ("batch_size", "lots", "setting 'batch_size' must be a valid integer"),
     ("dedup", "maybe", "setting 'dedup' must be a valid boolean"),
 ])
