@@ -18,6 +18,7 @@ search-query model, ``openvino/<key>`` and ``openvino-int8/<key>``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -93,6 +94,7 @@ def installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
+@functools.cache
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
     """The CPU's model name and the flags in ``CPU_FLAGS`` it has."""
     model, flags = platform.processor() or platform.machine(), set()
@@ -141,6 +143,7 @@ def candidates(settings: Settings) -> list[Choice]:
 # -- exports -----------------------------------------------------------------
 
 
+@functools.cache
 def _versions() -> dict[str, str | None]:
     out = library_versions()
     for name in ("openvino", "nncf"):
@@ -436,12 +439,7 @@ def choose(settings: Settings, reference: SentenceTransformerEmbedder | None = N
     results = measure(settings, choices, reference)
     passing = [r for r in results if r.passed]
     best = Choice.parse(max(passing, key=lambda r: r.passages_per_second).choice) if passing else TORCH_FLOAT32
-    record = {"key": _record_key(settings), "choice": best.name, "measured": [asdict(r) for r in results],
-              "passages": len(calibration_passages(settings)[1]),
-              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    target = record_file(settings)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(target, lambda path: path.write_text(json.dumps(record, indent=2), encoding="utf-8"))
+    target = _write_record(settings, best, results)
     for r in results:
         log.info("backend %s: %.1f passages/s, min cosine %.5f%s", r.choice, r.passages_per_second, r.min_cosine,
                  "" if r.passed else " (refused)")
@@ -449,10 +447,22 @@ def choose(settings: Settings, reference: SentenceTransformerEmbedder | None = N
     return best, results
 
 
+def _write_record(settings: Settings, choice: Choice, results: Sequence[Measured], kept: str | None = None) -> Path:
+    record = {"key": _record_key(settings), "choice": choice.name, "measured": [asdict(r) for r in results],
+              "passages": len(calibration_passages(settings)[1]), "kept": kept,
+              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    target = record_file(settings)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(target, lambda path: path.write_text(json.dumps(record, indent=2), encoding="utf-8"))
+    return target
+
+
 def resolve(settings: Settings, reference: SentenceTransformerEmbedder | None = None) -> Choice:
-    """The backend articles embed on with these settings: the only candidate,
-    or the recorded measurement, or a new measurement (once; it loads torch
-    and makes the exports)."""
+    """The backend articles embed on with these settings: the only candidate;
+    else the recorded measurement; else, where an index is published already,
+    the candidate its vectors were made on (an upgrade does not re-embed an
+    archive unasked: ``recommender backends --measure`` chooses again); else
+    a new measurement (once; it loads torch and makes the exports)."""
     choices = candidates(settings)
     if len(choices) == 1:
         return choices[0]
@@ -463,4 +473,25 @@ def resolve(settings: Settings, reference: SentenceTransformerEmbedder | None = 
         found = recorded_choice(settings)
         if found is not None:
             return found
+        published = _published_choice(settings)
+        if published is not None and published in choices:
+            _write_record(settings, published, [], kept="the published index was embedded on it")
+            log.info("articles embed on %s, as the published index was; `recommender backends --measure` "
+                     "measures the others", published.name)
+            return published
         return choose(settings, reference)[0]
+
+
+def _published_choice(settings: Settings) -> Choice | None:
+    """The backend and precision the live index's vectors were made on, from its embedding key."""
+    from recommender.version import read_current_manifest
+
+    try:
+        manifest = read_current_manifest(settings.index_root)
+    except Exception:  # unreadable: measure
+        return None
+    key = manifest.embedding_key if manifest is not None else ""
+    fields = dict(part.split("=", 1) for part in key.split("|") if "=" in part)
+    if "backend" not in fields or "precision" not in fields:
+        return None
+    return Choice(fields["backend"], fields["precision"])

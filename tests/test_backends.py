@@ -161,3 +161,19 @@ def test_a_reindex_on_an_exported_backend_keeps_its_vectors_apart(measured, tmp_
         reindex(torch_settings, store, lambda: reference)
         theirs = np.concatenate([v for _, v in store.iter_embeddings(embedding_key(torch_settings))])
     assert ours.shape == theirs.shape and (ours * theirs).sum(axis=1).min() > 0.999
+
+
+@pytest.mark.slow
+def test_auto_keeps_the_backend_of_an_index_published_before(measured, tmp_path, monkeypatch):
+    """An upgrade does not re-embed an archive unasked: with an index published
+    on torch and no record, auto keeps torch (and records that it did)."""
+    _, reference, _, _ = measured
+    torch_settings = minilm_settings(tmp_path / "d", backend="torch")
+    ingest_files(torch_settings, [resources.files("recommender") / "data" / "sample_articles.jsonl"])
+    with Store.open(torch_settings.store_path) as store:
+        reindex(torch_settings, store, lambda: open_backend(torch_settings, resolve(torch_settings), reference))
+    monkeypatch.setattr(backends, "choose", lambda *a, **k: (_ for _ in ()).throw(AssertionError("measured")))
+    auto = torch_settings.replace(backend="auto")
+    kept = resolve(auto)
+    assert kept == candidates(torch_settings)[0] and embedding_key(auto) == embedding_key(torch_settings)
+    assert json.loads(record_file(auto).read_text())["kept"]
