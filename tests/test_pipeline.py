@@ -238,12 +238,13 @@ def test_embedding_key_names_what_makes_the_vectors_and_old_vectors_move_to_it(s
     """The key holds the precision as resolved here (never "auto") and the
     backend; vectors cached under the key of earlier releases (model and
     passages only) are moved to the new key, not embedded again."""
-    from recommender.embed import BACKEND, resolve_precision
+    from recommender.embed import resolve_precision
 
     key = embedding_key(settings)
-    assert f"precision={resolve_precision(settings.precision)}" in key and f"backend={BACKEND}" in key
+    assert f"precision={resolve_precision(settings.precision)}" in key and "backend=torch" in key
     assert "auto" not in key
     assert embedding_key(settings.replace(precision="bfloat16")) != embedding_key(settings.replace(precision="float32"))
+    assert embedding_key(settings.replace(backend="onnx")).endswith("|precision=float32|backend=onnx")
 
     reindex(settings, store, lambda: embedder)
     legacy = key.split("|precision=")[0]
