@@ -18,6 +18,7 @@ search-query model, ``openvino/<key>`` and ``openvino-int8/<key>``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -218,8 +219,11 @@ def export(settings: Settings, choice: Choice, reference: SentenceTransformerEmb
 
             batches = [feed(start) for start in range(0, len(texts), CALIBRATION_BATCH)]
             calibration = len(texts)
-            model = nncf.quantize(model, nncf.Dataset(batches), model_type=nncf.ModelType.TRANSFORMER,
-                                  subset_size=len(batches))
+            # NNCF draws progress bars on stdout and logs there: a command's --json output must stay JSON.
+            nncf.set_log_level(logging.WARNING)
+            with contextlib.redirect_stdout(sys.stderr):
+                model = nncf.quantize(model, nncf.Dataset(batches), model_type=nncf.ModelType.TRANSFORMER,
+                                      subset_size=len(batches))
         meta = json.loads((onnx_file.parent / META_FILE).read_text(encoding="utf-8"))
         meta.update(backend=choice.backend, precision=choice.precision, calibration_passages=calibration,
                     versions=_versions())

@@ -177,3 +177,17 @@ def test_auto_keeps_the_backend_of_an_index_published_before(measured, tmp_path,
     kept = resolve(auto)
     assert kept == candidates(torch_settings)[0] and embedding_key(auto) == embedding_key(torch_settings)
     assert json.loads(record_file(auto).read_text())["kept"]
+
+
+@needs_openvino
+@pytest.mark.slow
+def test_an_int8_export_leaves_a_commands_json_output_clean(tmp_path, monkeypatch, capsys):
+    """NNCF draws progress bars on stdout: `--json` must still print only JSON."""
+    from recommender.cli import main
+
+    monkeypatch.setenv("RECOMMENDER_BACKEND", "openvino")
+    monkeypatch.setenv("RECOMMENDER_PRECISION", "int8")
+    assert main(["backends", "--measure", "--json", "--data-dir", str(tmp_path / "d")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["backend"], out["precision"]) == ("openvino", "int8")
+    assert {m["choice"] for m in out["measured"]} == {"openvino-int8", "torch-float32"}
