@@ -411,7 +411,7 @@ def test_past_the_concurrency_limit_requests_get_503(settings, corpus):
 def test_filtered_search_scores_passages_in_bounded_blocks(settings):
     from recommender.rank.search import passage_scores
 
-    settings = settings.replace(chunk_words=6)  # 16 passages an article
+    settings = settings.replace(chunk_words=6, max_chunks=16)  # 16 passages an article
     rows = make_corpus(per_topic=300)  # 1,500 articles, 18,000 passages
     build_index(settings, rows)
     version = IndexVersion.load(settings.index_root)

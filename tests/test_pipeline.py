@@ -136,7 +136,7 @@ def test_abandoned_staging_folders_are_removed(settings, store, embedder):
 
 
 def test_unchanged_passages_and_copies_are_not_embedded_again(settings, store, embedder, corpus):
-    settings = settings.replace(chunk_words=20)  # several passages per article
+    settings = settings.replace(chunk_words=20, max_chunks=16)  # several passages per article
     per_article = [len(chunk_article(r["title"], r["body"], 20, settings.max_chunks)) for r in corpus]
     first = reindex(settings, store, lambda: embedder)
     assert first.passages_embedded == embedder.texts == sum(per_article) and min(per_article) >= 3
