@@ -24,7 +24,7 @@ from recommender.errors import InvalidInput, RecommenderError
 
 if TYPE_CHECKING:
     from recommender.config import Settings
-    from recommender.embed import Embedder
+    from recommender.embedders import Embedder, LazyEmbedder
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -159,8 +159,13 @@ def _settings(**extra: Any) -> Settings:
     return Settings.load(overrides)
 
 
-def _embedder_loader() -> EmbedderLoader:
-    return click.get_current_context().find_root().obj["load_embedder"]
+def _embedder(settings: Settings) -> LazyEmbedder:
+    """The command's embedder: its backend resolved here, once, and loaded on
+    first use (the model ``main``'s ``load_embedder`` gives, in tests)."""
+    from recommender.embedders import LazyEmbedder, resolve
+
+    hook: EmbedderLoader | None = click.get_current_context().find_root().obj["load_embedder"]
+    return LazyEmbedder(resolve(settings), None if hook is None else lambda: hook(settings))
 
 
 @contextmanager
@@ -201,7 +206,7 @@ def cli() -> None:
 def main(argv: Sequence[str] | None = None, *, load_embedder: EmbedderLoader | None = None) -> int:
     """Run the command line; returns the exit code. ``load_embedder(settings)``
     replaces the sentence-transformers model (tests)."""
-    obj = {"load_embedder": load_embedder or _load_embedder}
+    obj = {"load_embedder": load_embedder}
     try:
         code = cli.main(args=None if argv is None else list(argv), prog_name="recommender",
                         standalone_mode=False, obj=obj)
@@ -312,28 +317,29 @@ def cmd_ingest(files: tuple[Path, ...], as_json: bool) -> int:
 @common_options
 def cmd_reindex(force: bool, full: bool, dry_run: bool, as_json: bool, no_progress: bool, engine: str,
                 ray_address: str | None, ray_workers: int | None) -> int:
-    from recommender.pipeline import EmbeddingError, reindex
-    from recommender.store import Store
+    from recommender.embed_jobs import EmbeddingError
+    from recommender.pipeline import reindex
+    from recommender.store import open_store
 
     settings = _settings()
-    load = _embedder_loader()
+    embedder = _embedder(settings)
     embed_engine = None
     if engine == "ray":
         from recommender.ray_engine import RayEngine, import_ray
 
         import_ray()  # fails here, with the pip command, if the extra is not installed
-        embed_engine = RayEngine(settings, address=ray_address, concurrency=ray_workers)
+        embed_engine = RayEngine(embedder.spec, address=ray_address, concurrency=ray_workers)
     elif ray_address is not None or ray_workers is not None:
         print("error: --ray-address and --ray-workers need --engine ray", file=sys.stderr)
         return EXIT_USAGE
-    with Store.open(settings.store_path) as store:
+    with open_store(settings) as store:
         if store.count() == 0:
             print(f"error: no articles in {settings.store_path}; run `recommender ingest FILE` first", file=sys.stderr)
             return EXIT_FAILURE
         try:
             with progress_bar("embedding", "doc", enabled=not no_progress) as on_progress:
                 report = reindex(
-                    settings, store, lambda: load(settings), on_progress=on_progress,
+                    settings, store, embedder, on_progress=on_progress,
                     force=force, full=full, dry_run=dry_run, engine=embed_engine,
                 )
         except EmbeddingError as exc:
@@ -577,97 +583,91 @@ def cmd_search(query: str, k: int, as_json: bool) -> int:
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @common_options
 def cmd_export_query_model(force: bool, as_json: bool) -> int:
-    from recommender.embed import SentenceTransformerEmbedder
-    from recommender.query_embed import export_file, export_query_model, median_seconds, open_query_model
+    from recommender.embedders.onnx_backend import export_file, export_onnx
+    from recommender.embedders.query import median_seconds, open_query_model, torch_reference
+    from recommender.embedders.torch_backend import SentenceTransformerEmbedder
 
-    settings = _settings()
-    reference = _embedder_loader()(settings)
-    torch_model = getattr(reference, "torch", None)  # articles on an exported backend: the query model is torch's
-    if callable(torch_model):
-        reference = torch_model()
+    embedder = _embedder(_settings())
+    reference = torch_reference(embedder.get())  # articles on an exported backend: the query model is torch's
     if not isinstance(reference, SentenceTransformerEmbedder):
         print("error: the embedder is not a sentence-transformers model", file=sys.stderr)
         return EXIT_FAILURE
-    target = export_file(settings)
+    target = export_file(embedder.spec)
     try:
         if force:
-            export_query_model(reference.model, target, force=True)
-        embedder = open_query_model(settings, reference)
+            export_onnx(reference.model, target, force=True)
+        query_model = open_query_model(embedder.spec, reference)
     except Exception as exc:  # not exportable, a failed export, vectors that differ
         print(f"error: the query model was refused: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    onnx_seconds, torch_seconds = median_seconds([embedder, reference])
-    result = {"path": str(target), "min_cosine": embedder.min_cosine,
+    onnx_seconds, torch_seconds = median_seconds([query_model, reference])
+    result = {"path": str(target), "min_cosine": query_model.min_cosine,
               "onnx_ms": round(onnx_seconds * 1e3, 3), "torch_ms": round(torch_seconds * 1e3, 3)}
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{target}\nmin cosine to torch {embedder.min_cosine:.6f}; one query: "
+        print(f"{target}\nmin cosine to torch {query_model.min_cosine:.6f}; one query: "
               f"{result['onnx_ms']:.2f} ms on onnxruntime, {result['torch_ms']:.2f} ms on torch")
     return EXIT_OK
 
 
 @cli.command(
     "backends",
-    short_help="Which backend embeds articles here, and how each measured.",
-    help="Which backend embeds articles here (torch, onnx, openvino), and how each measured.",
+    short_help="Which backend embeds articles here, and how each measured on this machine.",
+    help="Which backend embeds articles here (torch, onnx, openvino), why, and how each measured on this machine.",
     epilog=_examples("""
-        recommender backends                  # the recorded choice and its measurement
-        recommender backends --measure        # export and measure every candidate again, record the fastest
+        recommender backends                  # the choice, why, and the measurement kept for this machine
+        recommender backends --measure        # export and measure every candidate, keep the fastest that passes
         RECOMMENDER_BACKEND=openvino RECOMMENDER_PRECISION=int8 recommender backends --measure
 
-        With backend = "auto" (the default) the first reindex measures every
-        installed candidate on 50 article passages against torch float32: its
-        speed, and its cosine to torch's vectors. The fastest whose every vector
-        keeps a cosine of at least 0.995 is used and recorded in
-        <data_dir>/models/backend.json, until the model, the settings, the CPU or
-        the libraries change. Exports (ONNX, OpenVINO, OpenVINO int8 calibrated
-        on article passages) are made once, under <data_dir>/models. Another
-        backend's vectors are cached under their own key: switching re-embeds.
-        OpenVINO needs the extra: pip install 'recommender[openvino]'.
+        With backend = "auto" (the default) a job never waits for a measurement:
+        articles embed on torch, in the precision the CPU runs natively, until
+        --measure has measured every installed candidate on 50 article passages
+        against torch float32 (its speed, and its cosine to torch's vectors) and
+        kept the fastest whose every vector keeps a cosine of at least 0.995, in
+        $XDG_CACHE_HOME/recommender/backends.json (~/.cache/recommender), for this
+        model, these settings, this CPU and these library versions. New data
+        folders then embed on it; a published index keeps the backend its vectors
+        were made on (set `backend` and `precision` to move it: it embeds again).
+        Exports (ONNX, OpenVINO, OpenVINO int8 calibrated on article passages) are
+        made once, under <data_dir>/models. OpenVINO needs the extra:
+        pip install 'recommender[openvino]'.
 
         exit codes: 0 done; 1 settings that cannot run (torch int8, onnx bfloat16,
         a backend that is not installed).
     """),
 )
-@click.option("--measure", is_flag=True, help="measure the candidates again and record the fastest that passes")
+@click.option("--measure", is_flag=True, help="measure the candidates on this machine and keep the fastest that passes")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @common_options
 def cmd_backends(measure: bool, as_json: bool) -> int:
-    from recommender import backends
+    from recommender.embedders import candidates
+    from recommender.embedders.choice import MIN_COSINE, choose, measurement, resolve_choice
+    from recommender.embedders.machine import cpu_info
 
     settings = _settings()
-    choices = backends.candidates(settings)
-    record: dict[str, Any] | None = None
-    if measure and len(choices) > 1:
-        backends.choose(settings)
-    if len(choices) == 1 and not measure:
-        chosen = choices[0]
-    elif len(choices) == 1:
-        chosen, results = choices[0], backends.measure(settings, choices + [backends.TORCH_FLOAT32],
-                                                      backends._load_torch(settings, "float32"))
-        record = {"choice": chosen.name, "measured": [vars(r) for r in results]}
-    else:
-        chosen = backends.resolve(settings)
-    if record is None:
-        try:
-            record = json.loads(backends.record_file(settings).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            record = None
-    cpu = backends.cpu_flags()
-    payload = {"backend": chosen.backend, "precision": chosen.precision, "candidates": [c.name for c in choices],
-               "min_cosine": backends.MIN_COSINE, "cpu": cpu,
-               "measured": (record or {}).get("measured", []), "recorded_at": (record or {}).get("at")}
+    choices = candidates(settings)
+    if measure:
+        choose(settings)
+    chosen, why = resolve_choice(settings)
+    record = measurement(settings) or {}
+    cpu = cpu_info()
+    payload = {"backend": chosen.backend, "precision": chosen.precision, "why": why,
+               "candidates": [c.name for c in choices], "min_cosine": MIN_COSINE, "cpu": cpu,
+               "measured": record.get("measured", []), "measured_at": record.get("at"),
+               "measured_choice": record.get("choice")}
     if as_json:
         print(json.dumps(payload, indent=2))
-        return 0
-    print(f"articles embed on {chosen.name} (candidates: {', '.join(payload['candidates'])})")
+        return EXIT_OK
+    print(f"articles embed on {chosen.name}: {why} (candidates: {', '.join(payload['candidates'])})")
     print(f"CPU: {cpu['model']}, {cpu['cores']} cores, {' '.join(cpu['flags']) or 'no AVX-512/AMX flags'}")
+    if payload["measured"]:
+        print(f"measured here {payload['measured_at']}; the fastest that passed: {payload['measured_choice']}")
     for m in payload["measured"]:
         verdict = "ok" if m["passed"] else f"refused{': ' + m['error'] if m.get('error') else ''}"
         print(f"  {m['choice']:18s} {m['passages_per_second']:8.1f} passages/s   cosine min {m['min_cosine']:.5f}"
               f"  mean {m['mean_cosine']:.5f}   {verdict}")
-    return 0
+    return EXIT_OK
 
 
 def _print_items(payload: dict, as_json: bool) -> int:
@@ -761,13 +761,13 @@ def _eval_options(f: Callable) -> Callable:
               help="also write the engine's lists here (JSONL: id, items)")
 @_eval_options
 def cmd_eval_related(dataset: Path, depth: int | None, as_json: bool, ablation: bool, lists: Path | None) -> int:
-    from recommender import evaluate
+    from recommender.evaluation import runs
 
     settings = _eval_settings(dataset)
     with progress_bar("eval", "step", enabled=not as_json) as on_progress:
-        report = evaluate.evaluate_related(settings, dataset, depth=depth, on_progress=on_progress,
+        report = runs.evaluate_related(settings, dataset, depth=depth, on_progress=on_progress,
                                            ablation=ablation, lists_out=lists)
-    return _print_report(evaluate, report, as_json)
+    return _print_report(runs, report, as_json)
 
 
 @evaluate_group.command(
@@ -784,24 +784,24 @@ def cmd_eval_related(dataset: Path, depth: int | None, as_json: bool, ablation: 
               help="JSONL queries: `query`, `relevant_ids`")
 @_eval_options
 def cmd_eval_search(dataset: Path, depth: int | None, as_json: bool, ablation: bool, queries: Path) -> int:
-    from recommender import evaluate
+    from recommender.evaluation import runs
 
     settings = _eval_settings(dataset)
     with progress_bar("eval", "step", enabled=not as_json) as on_progress:
-        report = evaluate.evaluate_search(settings, dataset, queries, depth=depth, on_progress=on_progress,
-                                          ablation=ablation)
-    return _print_report(evaluate, report, as_json)
+        report = runs.evaluate_search(settings, dataset, queries, depth=depth, on_progress=on_progress,
+                                      ablation=ablation)
+    return _print_report(runs, report, as_json)
 
 
 def _eval_settings(dataset: Path) -> Settings:
     return _settings(data_dir=_common().get("data_dir") or Path("indexes/eval") / dataset.stem)
 
 
-def _print_report(evaluate: Any, report: dict, as_json: bool) -> int:
+def _print_report(runs: Any, report: dict, as_json: bool) -> int:
     if as_json:
         print(json.dumps(report, indent=2))
     else:
-        print(evaluate.format_table(report))
+        print(runs.format_table(report))
         print()
         print(json.dumps(report))
     return EXIT_OK
@@ -858,12 +858,6 @@ def cmd_serve(host: str | None, port: int | None, workers: int | None) -> int:
         access_log=bool(verbose),
     )
     return EXIT_OK
-
-
-def _load_embedder(settings: Settings) -> Embedder:
-    from recommender.embed import load_embedder  # torch: only when a command needs the model
-
-    return load_embedder(settings)
 
 
 if __name__ == "__main__":

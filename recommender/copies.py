@@ -19,9 +19,15 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import numpy as np
 import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    from recommender.store import Store, StoredArticle
+    from recommender.view import View
 
 SHINGLE_WORDS = 5
 COPY_JACCARD = 0.5
@@ -57,6 +63,25 @@ def shingles(body: str, words: WordHashes | None = None) -> np.ndarray:
         for offset in range(SHINGLE_WORDS):
             acc = acc * _MULTIPLIER + hashed[offset : offset + n]
     return np.unique(acc)
+
+
+class Components:
+    """Union-find over 0..n-1 with path halving; a component's root is its lowest member."""
+
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
 
 
 def is_copy(overlap: int | np.ndarray, size_a: int | np.ndarray, size_b: int | np.ndarray):
@@ -102,27 +127,15 @@ def story_labels(
     the one ingested first). Copies by the rule above, and articles with one
     canonical URL (``urls[i]``, "" for none), share a story."""
     n = len(sets)
-    parent = np.arange(n)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> None:
-        a, b = find(i), find(j)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-
+    components = Components(n)
     for i, j in copy_pairs(sets, boilerplate_bodies=boilerplate_bodies).tolist():
-        union(i, j)
+        components.union(i, j)
     if urls is not None:
         first: dict[str, int] = {}
         for row, key in enumerate(urls):
             if key:
-                union(first.setdefault(key, row), row)
-    roots = [find(i) for i in range(n)]
+                components.union(first.setdefault(key, row), row)
+    roots = [components.find(i) for i in range(n)]
     order = sorted(range(n), key=lambda r: ((published[r] if published else None) or "~", r))
     original: dict[int, int] = {}
     for row in order:
@@ -142,3 +155,76 @@ def copies_among(body: str, others: Sequence[str]) -> list[bool]:
         overlap = len(np.intersect1d(mine, theirs, assume_unique=True))
         result.append(bool(is_copy(overlap, len(mine), len(theirs))))
     return result
+
+
+def canonical_url(url: str | None) -> str:
+    """host + path + query without tracking parameters; "" for a site's home
+    page (some feeds give it for every article) and for no URL."""
+    if not url:
+        return ""
+    parts = urlsplit(url.strip())
+    host = parts.netloc.lower().removeprefix("www.")
+    path = parts.path.rstrip("/")
+    query = "&".join(sorted(p for p in parts.query.split("&") if p and not p.lower().startswith("utm_")))
+    if not host or (not path and not query):
+        return ""
+    return host + path + ("?" + query if query else "")
+
+
+# -- stories of new articles (a segment's) ---------------------------------------
+
+
+STORY_NEIGHBORS = 10
+"""A new article's copies are looked for among its nearest articles by vector
+(a copy shares most of its text, so it is among them); the shingle rule decides."""
+
+
+def segment_stories(view: View, store: Store, articles: Sequence[StoredArticle], vectors: np.ndarray) -> np.ndarray:
+    """Each new article's story, as the doc_id of the story's original: the
+    story of an indexed copy (by the copy rule of ``recommender.copies``, or a
+    shared canonical URL) among its nearest articles; else, among the new
+    articles that copy one another, the earliest published one."""
+    n = len(articles)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    words = WordHashes()
+    sets = [shingles(a.article.body, words) for a in articles]
+    urls = [canonical_url(a.article.metadata.get("canonical_url") or a.article.url) for a in articles]
+    own = {a.doc_id for a in articles}
+    _, ids = view.docs.search(vectors, min(STORY_NEIGHBORS, len(view.docs)))
+    neighbor_ids = sorted({int(d) for d in ids.ravel().tolist() if d >= 0} - own)
+    live = set(view.doc_ids[view.rows_of(np.asarray(neighbor_ids, dtype=np.int64))].tolist())
+    neighbors = store.get_many([d for d in neighbor_ids if d in live])
+    neighbor_sets = {d: shingles(s.article.body, words) for d, s in neighbors.items()}
+    external: dict[int, int] = {}
+    for i, row_ids in enumerate(ids.tolist()):
+        for d in row_ids:
+            if d not in neighbors:
+                continue
+            theirs = neighbor_sets[d]
+            other = neighbors[d].article
+            overlap = len(np.intersect1d(sets[i], theirs, assume_unique=True))
+            same_url = bool(urls[i]) and urls[i] == canonical_url(other.metadata.get("canonical_url") or other.url)
+            if same_url or is_copy(overlap, len(sets[i]), len(theirs)):
+                row = view.row_of(d)
+                assert row is not None  # live, checked above
+                external[i] = int(view.doc_ids[view.story_ids[row]])
+                break
+    components = Components(n)
+    pairs = copy_pairs(sets).tolist()
+    first_url: dict[str, int] = {}
+    for i, url in enumerate(urls):
+        if url:
+            pairs.append([first_url.setdefault(url, i), i])
+    for i, j in pairs:
+        components.union(i, j)
+    find = components.find
+    order = sorted(range(n), key=lambda i: (articles[i].article.published or "~", articles[i].doc_id))
+    story: dict[int, int] = {}
+    for i in order:  # an indexed copy's story first, else the earliest published new copy
+        root = find(i)
+        if i in external:
+            story[root] = external[i]
+    for i in order:
+        story.setdefault(find(i), articles[i].doc_id)
+    return np.array([story[find(i)] for i in range(n)], dtype=np.int64)

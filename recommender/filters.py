@@ -15,9 +15,6 @@ import scipy.sparse as sp
 from recommender.articles import Article, parse_date
 from recommender.errors import InvalidInput
 
-HAS_TAG_SQL = "EXISTS (SELECT 1 FROM json_each(articles.tags) WHERE json_each.value = ?)"
-"""An article's tags are a JSON array; this matches one tag."""
-
 
 @dataclass(frozen=True)
 class Filters:
@@ -51,29 +48,6 @@ class Filters:
     def with_defaults(self, **values: str | None) -> Filters:
         return dataclasses.replace(self, **values)
 
-    def sql(self) -> tuple[str, list[str]]:
-        """A WHERE clause over the ``articles`` table and its parameters."""
-        clauses, params = [], []
-        if self.section:
-            clauses.append("section = ?")
-            params.append(self.section)
-        if self.lang:
-            clauses.append("lang = ?")
-            params.append(self.lang)
-        if self.same_language:
-            clauses.append("(lang = ? OR lang IS NULL)")
-            params.append(self.same_language)
-        if self.tag:
-            clauses.append(HAS_TAG_SQL)
-            params.append(self.tag)
-        if self.since:
-            clauses.append("published >= ?")
-            params.append(self.since)
-        if self.until:
-            # '2024-05-31' < '2024-05-31T10:00' < '2024-05-31~' in byte order.
-            clauses.append("published <= ?")
-            params.append(self.until + "~" if len(self.until) == 10 else self.until)
-        return " AND ".join(clauses) or "1", params
 
 NO_FILTERS = Filters()
 
@@ -120,8 +94,8 @@ class FilterColumns:
         )
 
     def mask(self, filters: Filters) -> np.ndarray:
-        """Rows that ``filters`` allow, as :meth:`Filters.sql` would select them
-        (``tests/test_filters.py`` holds the two to the same rows)."""
+        """Rows that ``filters`` allow, as the store's query would select them
+        (``recommender.store.sqlite.filter_sql``; ``tests/test_segments.py`` holds the two to the same rows)."""
         keep = np.ones(len(self), dtype=bool)
         if filters.section:
             keep &= self.section == _code(self.sections, filters.section)
@@ -144,6 +118,35 @@ class FilterColumns:
                 until = filters.until + "~" if len(filters.until) == 10 else filters.until
                 keep &= dated & (self.published <= until.encode())
         return keep
+
+    def take(self, rows: np.ndarray) -> FilterColumns:
+        """These rows only, in the given order (the tables stay)."""
+        return FilterColumns(self.langs, self.sections, self.tags, self.lang[rows], self.section[rows],
+                             self.published[rows], self.tag_rows[rows].tocsc())
+
+    @classmethod
+    def concat(cls, parts: Sequence[FilterColumns]) -> FilterColumns:
+        """The parts' rows one after the other, over the union of their tables."""
+        langs = tuple(sorted({v for p in parts for v in p.langs}))
+        sections = tuple(sorted({v for p in parts for v in p.sections}))
+        tags = tuple(sorted({v for p in parts for v in p.tags}))
+
+        def recode(codes: np.ndarray, old: tuple[str, ...], new: tuple[str, ...]) -> np.ndarray:
+            where = {v: i for i, v in enumerate(new)}
+            return np.array([where[v] for v in old] + [-1], dtype=np.int32)[codes]  # -1 (none) stays -1
+
+        tag_blocks = []
+        for p in parts:
+            coo = p.tag_rows.tocoo()
+            cols = recode(coo.col, p.tags, tags)
+            tag_blocks.append(sp.csr_matrix((coo.data, (coo.row, cols)), shape=(len(p), len(tags))))
+        return cls(
+            langs, sections, tags,
+            lang=np.concatenate([recode(p.lang, p.langs, langs) for p in parts]),
+            section=np.concatenate([recode(p.section, p.sections, sections) for p in parts]),
+            published=np.concatenate([p.published.astype("S40") for p in parts]),
+            tag_rows=sp.vstack(tag_blocks, format="csc"),
+        )
 
     def save(self, path: Path) -> None:
         np.savez(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Protocol
 
 import faiss
 import numpy as np
@@ -77,6 +78,26 @@ def can_reuse_training(previous: VectorIndex, factory: str, dimension: int, *, a
         return True
     old, new = _ivf_lists(previous.factory), _ivf_lists(factory)
     return auto and old is not None and new is not None and old[1] == new[1] and 0.5 <= old[0] / new[0] <= 2.0
+
+
+
+class VectorSearch(Protocol):
+    """What readers search: a version's ``VectorIndex``, or one stacked with its segments' vectors."""
+
+    @property
+    def factory(self) -> str: ...
+
+    @property
+    def type_name(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (n_queries, k'), best first."""
+        ...
 
 
 class VectorIndex:
@@ -169,3 +190,29 @@ def _add(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray | None) -> Non
         index.add(vectors)
     else:
         index.add_with_ids(vectors, ids)
+
+
+class StackedIndex:
+    """The version's FAISS index and an exact index over the segments' vectors, searched as one."""
+
+    def __init__(self, base: VectorSearch, vectors: np.ndarray, ids: np.ndarray):
+        self.base = base
+        self.extra = faiss.IndexIDMap2(faiss.IndexFlatIP(base.dimension))
+        if len(vectors):
+            self.extra.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+        self.factory = base.factory
+        self.type_name = base.type_name
+        self.dimension = base.dimension
+
+    def __len__(self) -> int:
+        return len(self.base) + int(self.extra.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = self.base.search(queries, k)
+        if self.extra.ntotal:
+            more_scores, more_ids = self.extra.search(np.ascontiguousarray(queries, dtype=np.float32),
+                                                      min(int(k), int(self.extra.ntotal)))
+            scores, ids = np.hstack([scores, more_scores]), np.hstack([ids, more_ids])
+            best = np.argsort(-scores, axis=1, kind="stable")[:, : min(int(k), scores.shape[1])]
+            scores, ids = np.take_along_axis(scores, best, 1), np.take_along_axis(ids, best, 1)
+        return scores, ids

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from recommender.articles import Article, Rejected, read_articles
 from recommender.config import Settings
-from recommender.store import Store
+from recommender.store import Store, open_store
 
 BATCH = 1000
 
@@ -33,7 +33,7 @@ class IngestReport:
 
 def ingest_files(settings: Settings, files: Iterable[Path]) -> IngestReport:
     report = IngestReport()
-    with Store.open(settings.store_path) as store:
+    with open_store(settings) as store:
         for path in files:
             try:
                 ingest_records(store, read_articles(Path(path)), report)

@@ -32,10 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from recommender.config import Settings
-from recommender.embed import Embedder
+from recommender.embed_jobs import EmbeddingError, EmbedJob, EmbedResult, embed_job
+from recommender.embedders import Embedder, EmbedderSpec, load_embedder
 from recommender.errors import ConfigError
-from recommender.pipeline import EmbeddingError, EmbedJob, EmbedResult, embed_job
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,9 @@ def import_ray():
 
 
 class RayEngine:
-    """Runs the embedding step as Ray Data jobs on a local or remote Ray cluster.
+    """Runs the embedding step as Ray Data jobs on a local or remote Ray cluster,
+    with the embedder ``spec`` names (resolved by the driver: a worker on
+    another CPU embeds on the same backend and precision as the key says).
 
     ``address``: the cluster (``ray://head:10001``, ``head:6379``, ``auto``). None
     means the cluster named by ``RAY_ADDRESS``, else one started on this machine
@@ -83,7 +84,7 @@ class RayEngine:
 
     def __init__(
         self,
-        settings: Settings,
+        spec: EmbedderSpec,
         *,
         address: str | None = None,
         concurrency: int | None = None,
@@ -94,12 +95,7 @@ class RayEngine:
                              ("jobs per window", window_jobs)):
             if value is not None and value < 1:
                 raise ConfigError(f"the number of Ray {label} must be at least 1, got {value}")
-        # Resolved once, here: a worker on another CPU must not resolve "auto"
-        # to another backend or precision than the cache key (pipeline.embedding_key) names.
-        from recommender.backends import resolve
-
-        choice = resolve(settings)
-        self.settings = settings.replace(backend=choice.backend, precision=choice.precision)
+        self.spec = spec
         self.address = address
         self.concurrency = concurrency
         self.threads_per_worker = threads_per_worker
@@ -144,7 +140,7 @@ class RayEngine:
     def _run_window(self, ray, window: list[EmbedJob], concurrency: int) -> Iterator[tuple[EmbedJob, EmbedResult]]:
         by_number = {job.number: job for job in window}
         items = [{"number": job.number, "texts": json.dumps(job.texts)} for job in window]
-        args = (items, self.settings, self.threads_per_worker, min(concurrency, len(window)))
+        args = (items, self.spec, self.threads_per_worker, min(concurrency, len(window)))
         try:
             if ray.util.client.ray.is_connected():
                 # Ray Data cannot stream to a Ray Client (ray://) driver: the window
@@ -165,11 +161,11 @@ class RayEngine:
             raise EmbeddingError(f"Ray returned no result for jobs {sorted(by_number)}")
 
 
-def window_dataset(ray, items: list[dict], settings: Settings, threads: int, concurrency: int):
+def window_dataset(ray, items: list[dict], spec: EmbedderSpec, threads: int, concurrency: int):
     """One window of jobs as a Ray Data dataset: one block and one batch per job."""
     return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         embed_batch,
-        fn_args=(settings, threads),
+        fn_args=(spec, threads),
         batch_size=1,
         batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=concurrency),
@@ -178,12 +174,12 @@ def window_dataset(ray, items: list[dict], settings: Settings, threads: int, con
     )
 
 
-def collect_window(items: list[dict], settings: Settings, threads: int, concurrency: int) -> list[dict]:
+def collect_window(items: list[dict], spec: EmbedderSpec, threads: int, concurrency: int) -> list[dict]:
     """Runs a window on the cluster and returns its rows (for Ray Client drivers)."""
     import ray
 
     _quiet_ray_data(ray)
-    return list(window_dataset(ray, items, settings, threads, concurrency).iter_rows())
+    return list(window_dataset(ray, items, spec, threads, concurrency).iter_rows())
 
 
 def _quiet_ray_data(ray, *, chatter: bool = False) -> None:
@@ -229,17 +225,17 @@ def worker_env(threads: int) -> dict[str, str]:
     return env
 
 
-_WORKERS: dict[tuple, EmbedWorker] = {}
-"""This worker process's loaded models, by what ``load_embedder`` reads."""
+_WORKERS: dict[tuple[EmbedderSpec, int], EmbedWorker] = {}
+"""This worker process's loaded models, by spec and threads."""
 
 
-def embed_batch(batch: dict[str, np.ndarray], settings: Settings, threads: int) -> dict[str, np.ndarray]:
+def embed_batch(batch: dict[str, np.ndarray], spec: EmbedderSpec, threads: int) -> dict[str, np.ndarray]:
     """The Ray Data function: embed a batch of jobs with this worker process's
     model, loaded by its first task and kept for the next ones."""
-    key = (settings.model, settings.device, settings.batch_size, settings.precision, threads)
+    key = (spec, threads)
     worker = _WORKERS.get(key)
     if worker is None:
-        worker = EmbedWorker(settings, threads)
+        worker = EmbedWorker(spec, threads)
         if worker.error is None:  # a failed load is retried by the next task
             _WORKERS[key] = worker
     return worker(batch)
@@ -255,19 +251,17 @@ class EmbedWorker:
     that cannot load, or a job whose every article fails, is a job error: it
     stops the run on the driver with the worker's message."""
 
-    def __init__(self, settings: Settings, threads: int):
+    def __init__(self, spec: EmbedderSpec, threads: int):
         self.error: str | None = None
         self.embedder: Embedder | None = None
         try:
             import torch
 
             torch.set_num_threads(threads)
-            from recommender.embed import load_embedder
-
-            self.embedder = load_embedder(settings)
+            self.embedder = load_embedder(spec)
         except Exception as exc:  # noqa: BLE001 - sent to the driver with each job
             where = socket.gethostname()
-            self.error = f"cannot load the model {settings.model!r} on Ray worker {where}: {_describe(exc)}"
+            self.error = f"cannot load the model {spec.model!r} on Ray worker {where}: {_describe(exc)}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         columns: dict[str, list] = {"number": [], "vectors": [], "rows": [], "errors": [], "job_error": []}

@@ -10,20 +10,21 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
+from recommender import directory
 from recommender.articles import Article
+from recommender.clock import now_iso
 from recommender.config import Settings
-from recommender.embed import Embedder, LazyEmbedder, model_id_for
-from recommender.embed import load_embedder as load_embedder_from
+from recommender.embedders import LazyEmbedder, model_id_for, resolve
+from recommender.embedders.query import load_query_embedder
 from recommender.errors import ArticleNotFound, IndexMismatch, IndexNotFound, RuleNotFound
 from recommender.filters import NO_FILTERS, Filters
 from recommender.index import set_query_threads
-from recommender.query_embed import load_query_embedder
-from recommender.rank.lists import Item, ListCache, ListOptions, Lists, now_iso
+from recommender.pipeline import reindex
+from recommender.rank.lists import Item, ListCache, ListOptions, Lists
 from recommender.rank.search import validate_query
 from recommender.rules import Rule
-from recommender.segments import ViewParts, Views
-from recommender.store import Store, StoredArticle, UpsertCounts, is_embargoed
-from recommender.version import IndexVersion, current_state
+from recommender.store import Store, StoredArticle, UpsertCounts, is_embargoed, open_store
+from recommender.view import View, ViewParts, Views
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class LiveIndex:
         self.index_root = index_root
         self.model_id = model_id
         self.views = Views(index_root, model_id)
-        self._version: IndexVersion | None = None
+        self._version: View | None = None
         self._parts: ViewParts | None = None
         self._lock = threading.Lock()
         self.error: Exception | None = None
@@ -45,7 +46,7 @@ class LiveIndex:
         self._thread: threading.Thread | None = None
 
     @property
-    def current(self) -> IndexVersion:
+    def current(self) -> View:
         version = self._version
         if version is None:
             if self.error is not None:
@@ -57,20 +58,19 @@ class LiveIndex:
         return version
 
     @property
-    def version_or_none(self) -> IndexVersion | None:
+    def version_or_none(self) -> View | None:
         return self._version
 
     @property
     def pending(self) -> int:
         """Changed articles the served view left out (not embedded yet)."""
-        from recommender.pipeline import pending_articles
-
-        return len(pending_articles(self._parts))
+        parts = self._parts
+        return 0 if parts is None else len(parts.pending)
 
     def refresh(self) -> bool:
         """Load the version and segments CURRENT names, if they are not the ones in use."""
         with self._lock:
-            name, segments = current_state(self.index_root)
+            name, segments = directory.read_current(self.index_root)
             served = self._version
             if name is None or (served is not None and served.name == name and served.segments == segments):
                 return False
@@ -106,12 +106,12 @@ class LiveIndex:
 
 
 class ThreadStores:
-    """One SQLite connection per thread. Every thread that serves requests
+    """One store connection per thread. Every thread that serves requests
     passes here first, so it also gets FAISS's one-thread setting (an OpenMP
     setting is per thread; threadpool threads start with the default)."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, settings: Settings):
+        self.settings = settings
         self._local = threading.local()
         self._opened: list[Store] = []
         self._lock = threading.Lock()
@@ -120,7 +120,7 @@ class ThreadStores:
         store = getattr(self._local, "store", None)
         if store is None:
             set_query_threads(1)
-            store = self._local.store = Store.open(self.path)
+            store = self._local.store = open_store(self.settings)
             with self._lock:
                 self._opened.append(store)
         return store
@@ -138,25 +138,26 @@ class Engine:
     cache; the lists themselves are built by ``recommender.rank.lists``, and
     ``recommender.api.present`` turns its typed results into responses."""
 
-    def __init__(self, settings: Settings, live: LiveIndex, load_embedder: Callable[[], Embedder]):
+    def __init__(self, settings: Settings, live: LiveIndex, embedder: LazyEmbedder):
         self.settings = settings
         self.live = live
-        self.embedder = LazyEmbedder(load_embedder)
-        self.query_embedder = LazyEmbedder(partial(load_query_embedder, settings, self.embedder.get))
+        self.embedder = embedder
+        self.query_embedder = LazyEmbedder(
+            embedder.spec, partial(load_query_embedder, embedder.spec, settings.query_backend, embedder.get))
         """Search queries' embedder: ONNX where it is checked and faster (``settings.query_backend``)."""
-        self.stores = ThreadStores(settings.store_path)
+        self.stores = ThreadStores(settings)
         self.cache = ListCache(settings.related_cache_size)
 
     @classmethod
-    def open(
-        cls, settings: Settings, load_embedder: Callable[[], Embedder] | None = None, *, load_index: bool = True
-    ) -> Engine:
-        """The engine over the data folder. ``load_index=False``: the published
-        version is not read (the rules and the writes need only the store)."""
+    def open(cls, settings: Settings, embedder: LazyEmbedder | None = None, *, load_index: bool = True) -> Engine:
+        """The engine over the data folder. ``embedder``: the entry point's
+        (default: resolved here, once: ``recommender.embedders.resolve``).
+        ``load_index=False``: the published version is not read (the rules and
+        the writes need only the store)."""
         live = LiveIndex(settings.index_root, model_id_for(settings.model))
         if load_index:
             live.refresh()
-        return cls(settings, live, load_embedder or partial(load_embedder_from, settings))
+        return cls(settings, live, embedder or LazyEmbedder(resolve(settings)))
 
     def close(self) -> None:
         self.live.close()
@@ -283,10 +284,8 @@ class Reindexer:
             self._merge.join(timeout=60)
 
     def _run(self) -> None:
-        from recommender.pipeline import reindex
-
         retry = RETRY_FIRST_SECONDS
-        with Store.open(self.settings.store_path) as store:
+        with open_store(self.settings) as store:
             while not self._stop.is_set():
                 self._wanted.wait()
                 if self._stop.is_set():
@@ -295,7 +294,7 @@ class Reindexer:
                 self._wanted.clear()
                 try:
                     if store.count():
-                        report = reindex(self.settings, store, lambda: self.engine.embedder,
+                        report = reindex(self.settings, store, self.engine.embedder,
                                          on_progress=_log_progress(), views=self.engine.live.views,
                                          background_merge=True)
                         if report.merge_due:
@@ -318,20 +317,16 @@ class Reindexer:
         """A full build replacing the version and its segments, in a thread of
         its own, so that writes keep being published as segments meanwhile.
         One build at a time across processes (the merge lock)."""
-        from recommender.pipeline import MERGE_LOCK, data_lock
-
         if self._merge is not None and self._merge.is_alive():
             return
-        with data_lock(self.settings.data_dir, MERGE_LOCK, blocking=False) as free:
+        with directory.lock(self.settings.data_dir / directory.MERGE_LOCK, blocking=False) as free:
             if not free:  # another process is merging
                 return
 
         def merge() -> None:
-            from recommender.pipeline import reindex
-
             try:
-                with Store.open(self.settings.store_path) as store:
-                    reindex(self.settings, store, lambda: self.engine.embedder, full=True)
+                with open_store(self.settings) as store:
+                    reindex(self.settings, store, self.engine.embedder, full=True)
                 self.engine.live.refresh()
                 if self.on_run is not None:
                     self.on_run()

@@ -14,14 +14,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from recommender.articles import parse_article
-from recommender.embed import SentenceTransformerEmbedder
+from recommender.embedders import Embedder, LazyEmbedder, resolve
+from recommender.embedders.torch_backend import SentenceTransformerEmbedder
 from recommender.pipeline import reindex
-from recommender.store import Store
+from recommender.store import SqliteStore
 
 # -- the synthetic corpus ----------------------------------------------------------
 
@@ -77,11 +79,17 @@ def build_index(settings, rows, *, legacy_urls: dict[str, str] | None = None):
     """Ingest and publish ``rows``. ``legacy_urls`` are written straight into
     the store afterwards: URLs that releases before the http(s) check accepted
     (``javascript:``), which every output must still drop."""
-    with Store.open(settings.store_path) as store:
+    with SqliteStore.open(settings.store_path) as store:
         store.upsert([parse_article(r) for r in rows])
         for article_id, url in (legacy_urls or {}).items():
             store.connection.execute("UPDATE articles SET url = ? WHERE id = ?", (url, article_id))
-        return reindex(settings, store, lambda: SentenceTransformerEmbedder.load(settings.model))
+        return reindex(settings, store, lazy(settings, lambda: SentenceTransformerEmbedder.load(settings.model)))
+
+
+def lazy(settings, embedder: Embedder | Callable[[], Embedder]) -> LazyEmbedder:
+    """What an entry point passes down (the backend resolved from ``settings``)
+    over a model the test loaded, or a factory of one."""
+    return LazyEmbedder(resolve(settings), embedder if callable(embedder) else lambda: embedder)
 
 
 def wait_for(predicate, timeout=20.0):
@@ -115,6 +123,62 @@ class PoisonEmbedder:
         if any("POISON" in t for t in texts):
             raise ValueError("cannot embed this text")
         return self.inner.embed(texts)
+
+
+KILLED_AT = """
+import os, signal, sys
+from importlib import import_module
+
+target, nth, when, script = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+module_name, _, path = target.partition(":")
+*owner_path, name = path.split(".")
+owner = import_module(module_name)
+for part in owner_path:
+    owner = getattr(owner, part)
+real = getattr(owner, name)
+calls = 0
+
+def at_the_point(*args, **kwargs):
+    global calls
+    calls += 1
+    if calls == nth and when == "before":
+        print(f"killed before call {nth} of {target}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    result = real(*args, **kwargs)
+    if calls == nth and when == "after":
+        print(f"killed after call {nth} of {target}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+
+setattr(owner, name, at_the_point)
+sys.argv = [sys.argv[0], *sys.argv[5:]]
+exec(compile(script, "<killed-at>", "exec"))
+"""
+"""Runs ``script`` (its argv after the point) in a child that SIGKILLs itself
+at a named point of the code: just before, or just after, the ``nth`` call
+of ``module:attribute`` (a function, or a class's method)."""
+
+CLI = "import sys\nfrom recommender.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
+def killed_at(target: str, nth: int, when: str, script: str, *args, **popen) -> subprocess.Popen:
+    """The child of ``KILLED_AT``, started; its stdout is a pipe of text lines
+    (the last is the point where it died)."""
+    assert when in ("before", "after")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-c", KILLED_AT, target, str(nth), when, script, *map(str, args)],
+                            env=env, stdout=subprocess.PIPE, text=True, **popen)
+
+
+def run_killed_at(target: str, nth: int, when: str, script: str, *args) -> list[str]:
+    """Run a ``killed_at`` child to its end, assert that the point was reached
+    (the child died by SIGKILL there), and return its stdout lines."""
+    process = killed_at(target, nth, when, script, *args, stderr=subprocess.PIPE)
+    out, err = process.communicate(timeout=600)
+    lines = out.splitlines()
+    assert process.returncode == -signal.SIGKILL, f"the point was not reached ({process.returncode}): {err[-2000:]}"
+    assert lines and lines[-1] == f"killed {when} call {nth} of {target}", lines[-3:]
+    return lines
 
 
 # -- a real server process ---------------------------------------------------------

@@ -93,9 +93,9 @@ def test_ingest_control_characters_and_script_titles_are_kept_as_text(tmp_path, 
             {"id": "html", "title": "<script>alert(1)</script> news", "body": "<b>bold</b> body"}]
     code, report, _ = ingest(tmp_path, "in.jsonl", jsonl(*rows), capsys)
     assert code == 0 and report["added"] == 2
-    from recommender.store import Store
+    from recommender.store import SqliteStore
 
-    with Store.open(tmp_path / "d" / "store.sqlite") as store:
+    with SqliteStore.open(tmp_path / "d" / "store.sqlite") as store:
         ctl = store.get("ctl").article
         assert not any(ord(c) < 32 and c not in "\n\t" for c in ctl.title + ctl.body)
         assert store.get("html").article.title == "<script>alert(1)</script> news"  # stored as text
@@ -105,9 +105,9 @@ def test_ingest_duplicate_ids_in_one_batch_last_wins(tmp_path, capsys):
     rows = [dict(GOOD, title="first"), dict(GOOD, title="second")]
     code, report, _ = ingest(tmp_path, "in.jsonl", jsonl(*rows), capsys)
     assert code == 0 and report["added"] == 1 and report["updated"] == 1
-    from recommender.store import Store
+    from recommender.store import SqliteStore
 
-    with Store.open(tmp_path / "d" / "store.sqlite") as store:
+    with SqliteStore.open(tmp_path / "d" / "store.sqlite") as store:
         assert store.count() == 1 and store.get("good-1").article.title == "second"
 
 

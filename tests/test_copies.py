@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from recommender import copies
-from recommender.evaluate import copy_clusters
+from recommender.evaluation.metrics import copy_clusters
 
 
 def sample_articles() -> list[dict]:

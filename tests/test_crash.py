@@ -1,21 +1,25 @@
-"""A reindex killed with SIGKILL partway resumes without re-embedding, and ends
-with the same index as an uninterrupted run."""
+"""Commands killed with SIGKILL at named points of the code (``killed_at``:
+the process kills itself there, so every run dies at the same place): a
+reindex resumes without re-embedding and ends with the index of an
+uninterrupted run, an ingest keeps whole batches, a publish leaves a whole
+version serving."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import numpy as np
+import pytest
 
-from recommender.segments import load_view
+from recommender.embed_jobs import EMBED_BATCH_DOCS
+from recommender.ingest import BATCH as INGEST_BATCH
 from recommender.version import IndexVersion
-from tests.helpers import make_corpus, write_jsonl
+from recommender.view import load_view
+from tests.helpers import CLI, make_corpus, run_killed_at, write_jsonl
 
 
 def cli(*args, check: bool = False, **kwargs):
@@ -38,25 +42,19 @@ def embedded_rows(store_path) -> int:
 
 
 def test_sigkill_during_embedding_then_rerun(tmp_path, tiny_model_dir):
-    rows = make_corpus(per_topic=400)  # 2,000 articles: a few seconds of embedding
+    """Killed right after its third embedding job was checkpointed: those
+    articles are kept and not embedded again, nothing is published, and the
+    rerun ends with the index of an uninterrupted run."""
+    rows = make_corpus(per_topic=400)  # 2,000 articles: 8 jobs of 256
     data = write_jsonl(tmp_path / "a.jsonl", rows)
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     for folder in (killed, clean):
         assert cli("ingest", data, "--data-dir", folder).returncode == 0
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "recommender.cli", "reindex", "--no-progress", "--data-dir", str(killed),
-         "--model", str(tiny_model_dir)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    store = killed / "store.sqlite"
-    deadline = time.monotonic() + 120
-    while embedded_rows(store) == 0 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done_before = embedded_rows(store)
-    assert 0 < done_before < len(rows), "the kill should land partway through embedding"
+    run_killed_at("recommender.store.sqlite:SqliteStore.save_embeddings", 3, "after", CLI,
+                  "reindex", "--no-progress", "--data-dir", killed, "--model", tiny_model_dir)
+    done_before = embedded_rows(killed / "store.sqlite")
+    assert done_before == 3 * EMBED_BATCH_DOCS  # three whole jobs, checkpointed
     assert not (killed / "index" / "CURRENT").exists()  # nothing half-published
 
     resumed = cli("reindex", "--json", "--no-progress", "--data-dir", killed, "--model", tiny_model_dir, check=True)
@@ -90,36 +88,23 @@ def store_count(store_path) -> int:
     return count_rows(store_path, "articles")
 
 
-def kill_when(process, ready, timeout=120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-
-
-def spawn(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "recommender.cli", *map(str, args)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def test_sigkill_during_ingest_loses_and_duplicates_nothing(tmp_path, tiny_model_dir, corpus):
+    """Killed right after its third batch was committed: whole batches only,
+    the old index serves, and a rerun adds the rest without duplicates."""
     folder = tmp_path / "d"
     common = ["--data-dir", folder, "--model", tiny_model_dir]
     cli("ingest", write_jsonl(tmp_path / "first.jsonl", corpus), *common, check=True)
     cli("reindex", "--no-progress", *common, check=True)
     served = cli("related", "talks-1", "--json", *common, check=True).stdout
 
-    big = [dict(r, id="new-" + r["id"]) for r in make_corpus(per_topic=3000)]  # 15,000 articles
-    process = spawn("ingest", write_jsonl(tmp_path / "big.jsonl", big), *common)
-    kill_when(process, lambda: store_count(folder / "store.sqlite") > len(corpus))
+    big = [dict(r, id="new-" + r["id"]) for r in make_corpus(per_topic=1000)]  # 5,000 articles
+    run_killed_at("recommender.store.sqlite:SqliteStore.upsert", 3, "after", CLI,
+                  "ingest", write_jsonl(tmp_path / "big.jsonl", big), *common)
     after_kill = store_count(folder / "store.sqlite")
-    assert len(corpus) < after_kill < len(corpus) + len(big), "the kill should land partway through the ingest"
+    assert after_kill == len(corpus) + 3 * INGEST_BATCH
 
-    with sqlite3.connect(folder / "store.sqlite") as db:  # opens cleanly; whole batches only
+    with sqlite3.connect(folder / "store.sqlite") as db:  # opens cleanly
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert (after_kill - len(corpus)) % 1000 == 0
     assert cli("related", "talks-1", "--json", *common, check=True).stdout == served  # the old index serves
 
     report = json.loads(cli("ingest", tmp_path / "big.jsonl", "--json", *common, check=True).stdout)
@@ -129,7 +114,12 @@ def test_sigkill_during_ingest_loses_and_duplicates_nothing(tmp_path, tiny_model
     assert total == distinct == len(corpus) + len(big)
 
 
-def test_sigkill_during_publish_keeps_a_whole_version_serving(tmp_path, tiny_model_dir, corpus):
+@pytest.mark.parametrize("point, when, serves", [
+    ("recommender.directory:publish_version", "before", "middle"),  # the new version written, not in place
+    ("recommender.directory:write_current", "before", "middle"),  # in place, CURRENT not yet replaced
+    ("recommender.directory:write_current", "after", "new"),  # CURRENT replaced, old versions not yet pruned
+])
+def test_sigkill_during_publish_keeps_a_whole_version_serving(tmp_path, tiny_model_dir, corpus, point, when, serves):
     folder = tmp_path / "d"
     common = ["--data-dir", folder, "--model", tiny_model_dir]
     cli("ingest", write_jsonl(tmp_path / "first.jsonl", corpus), *common, check=True)
@@ -140,13 +130,13 @@ def test_sigkill_during_publish_keeps_a_whole_version_serving(tmp_path, tiny_mod
     middle = (folder / "index" / "CURRENT").read_text()
     assert middle != old
 
-    staging = folder / "index" / "staging"
-    process = spawn("reindex", "--force", "--no-progress", *common)  # no embedding: straight to build + publish
-    kill_when(process, lambda: staging.is_dir() and any(any(p.iterdir()) for p in staging.iterdir()))
+    # No embedding: straight to build and publish, killed at the point.
+    run_killed_at(point, 1, when, CLI, "reindex", "--force", "--no-progress", *common)
     current = (folder / "index" / "CURRENT").read_text()
-    version = IndexVersion.load(folder / "index")  # a whole version, the old one or the new one
+    assert (current == middle) == (serves == "middle")
+    version = IndexVersion.load(folder / "index")  # a whole version
     assert len(version) == store_count(folder / "store.sqlite") == 3000
-    assert current in (middle, version.name)
+    assert current == version.name + "\n"
     with sqlite3.connect(folder / "store.sqlite") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 

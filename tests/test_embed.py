@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from recommender.embed import SentenceTransformerEmbedder, cpu_has_native_bf16, resolve_precision
+from recommender.embedders.machine import cpu_info, has_native_bf16
+from recommender.embedders.torch_backend import SentenceTransformerEmbedder, resolve_precision
 from recommender.errors import ConfigError
 
 # /proc/cpuinfo's shape: one block per logical CPU, "flags" among the fields.
@@ -36,14 +37,21 @@ def cpuinfo(tmp_path: Path, flags: str, cpus: int = 2) -> Path:
     ("", False),
 ])
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
-    assert cpu_has_native_bf16(cpuinfo(tmp_path, flags)) is native
+    assert has_native_bf16(cpuinfo(tmp_path, flags)) is native
+
+
+def test_the_cpu_model_and_flags_are_read_once_for_both_uses(tmp_path):
+    path = cpuinfo(tmp_path, AVX512 + " amx_bf16")
+    info = cpu_info(path)
+    assert info["model"] == "Test CPU" and "avx512_vnni" in info["flags"] and "amx_bf16" in info["flags"]
+    assert has_native_bf16(path)
 
 
 def test_no_cpuinfo_or_no_flags_means_no_native_bf16(tmp_path):
-    assert cpu_has_native_bf16(tmp_path / "missing") is False
+    assert has_native_bf16(tmp_path / "missing") is False
     no_flags = tmp_path / "arm-cpuinfo"
     no_flags.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n", encoding="ascii")
-    assert cpu_has_native_bf16(no_flags) is False
+    assert has_native_bf16(no_flags) is False
 
 
 def test_auto_is_bfloat16_exactly_when_this_cpu_has_the_flags():

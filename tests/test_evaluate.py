@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from recommender import evaluate
-from recommender.evaluate import average_precision, ndcg_at, r_precision, reciprocal_rank
+from recommender.evaluation import baselines, runs
+from recommender.evaluation.metrics import average_precision, ndcg_at, r_precision, reciprocal_rank
 from tests.helpers import write_jsonl
 
 
@@ -21,13 +21,13 @@ def test_metrics_on_hand_computed_cases():
 
 
 def test_bm25_prefers_rare_matching_terms():
-    model = evaluate.plain_bm25(["harbour bridge cost", "bridge club", "football club goal"])
+    model = baselines.plain_bm25(["harbour bridge cost", "bridge club", "football club goal"])
     scores = model.scores("harbour bridge")
     assert scores.argmax() == 0 and scores[2] == 0
 
 
 def test_fts5_baseline_stems_and_weighs_the_title():
-    fts = evaluate.Fts5Bm25([(7, "Talks", "Ilham Aliev met the mediators"), (9, "harbour costs", "bridge"),
+    fts = baselines.Fts5Bm25([(7, "Talks", "Ilham Aliev met the mediators"), (9, "harbour costs", "bridge"),
                              (11, "bridge", "harbour costs")])
     assert [d for d, _ in fts.search('"aliev"', 10)] == [7]
     assert [d for d, _ in fts.search('"mediator"', 10)] == [7]  # porter stemming
@@ -37,27 +37,27 @@ def test_fts5_baseline_stems_and_weighs_the_title():
 
 def test_eval_related_and_search_report_shape(tmp_path, corpus, settings):
     dataset = write_jsonl(tmp_path / "set.jsonl", corpus)
-    report = evaluate.evaluate_related(settings, dataset)
+    report = runs.evaluate_related(settings, dataset)
     assert report["dataset"] == "set.jsonl" and report["queries"] == 30 and report["depth"] == 29
     assert set(report["systems"]) == {"recommender", "tfidf", "bm25"}
     for metrics in report["systems"].values():
         assert set(metrics) == {"story map", "map", "dup@10", "ndcg@10", "p@5", "shorter than 10"}
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
     assert report["systems"]["recommender"]["story map"] > 0.5  # five clear topics
-    assert "recommender" in evaluate.format_table(report)
+    assert "recommender" in runs.format_table(report)
 
     queries = write_jsonl(tmp_path / "q.jsonl", [
         {"query": "reservoir wells", "relevant_ids": [r["id"] for r in corpus if r["group"] == "drought"]},
         {"query": "striker penalty", "relevant_ids": [r["id"] for r in corpus if r["group"] == "football"]},
     ])
-    report = evaluate.evaluate_search(settings, dataset, queries)
+    report = runs.evaluate_search(settings, dataset, queries)
     assert set(report["systems"]["recommender"]) == {"map", "ndcg@10", "mrr", "recall@100"}
     assert report["systems"]["recommender"]["mrr"] == 1.0
     assert report["systems"]["bm25_fts5_porter"]["mrr"] == 1.0
 
 
 def test_story_map_counts_the_first_copy_and_charges_the_rest():
-    from recommender.evaluate import shows_copies, story_average_precision
+    from recommender.evaluation.metrics import shows_copies, story_average_precision
 
     cluster_of = {"q": 0, "q-copy": 0, "a": 1, "a-copy": 1, "b": 2, "c": 3}
     relevant = {1, 2}  # the query's group holds a, a-copy, b and the query's own copy
@@ -73,7 +73,7 @@ def test_story_map_counts_the_first_copy_and_charges_the_rest():
 
 
 def test_copy_clusters_follow_the_text_not_the_subject():
-    from recommender.evaluate import copy_clusters
+    from recommender.evaluation.metrics import copy_clusters
 
     report = ("Fire crews were called to the Harbour Road warehouse shortly after midnight on Sunday and "
               "found the building well alight with flames through the roof and smoke across the bay")

@@ -15,23 +15,24 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from recommender import cli
+from recommender import cli, directory
 from recommender.api import create_app
 from recommender.articles import parse_article
-from recommender.embed import SentenceTransformerEmbedder
-from recommender.pipeline import embedding_key, reindex
-from recommender.segments import load_view
+from recommender.embedders import resolve
+from recommender.embedders.torch_backend import SentenceTransformerEmbedder
+from recommender.pipeline import reindex
 from recommender.service import Engine
-from recommender.store import Store
-from recommender.version import IndexVersion, current_state, current_version_name
-from tests.helpers import AUTH, KEY, Server, build_index, make_corpus, write_jsonl
+from recommender.store import SqliteStore
+from recommender.version import IndexVersion
+from recommender.view import load_view
+from tests.helpers import AUTH, KEY, Server, build_index, lazy, make_corpus, write_jsonl
 
 FUTURE = "2999-01-01T00:00:00+00:00"
 RUN_ON = "a " * 999_999  # 2 MB, one "sentence"
 
 
 def loader(settings):
-    return lambda: SentenceTransformerEmbedder.load(settings.model)
+    return lazy(settings, lambda: SentenceTransformerEmbedder.load(settings.model))
 
 
 @pytest.fixture
@@ -168,7 +169,7 @@ def test_a_2mb_run_on_body_costs_about_what_a_normal_article_does_on_every_path(
     spy = Spy(monkeypatch)
     embedder = spy.embedder(SentenceTransformerEmbedder.load(settings.model))
     work = {}
-    with Engine.open(settings, lambda: embedder) as engine:
+    with Engine.open(settings, lazy(settings, embedder)) as engine:
         for name, body in (("normal", normal_body), ("run-on", RUN_ON)):
             engine.stores.get().delete(["normal"])  # each publish below holds the corpus and this one article
             spy.totals()
@@ -180,8 +181,8 @@ def test_a_2mb_run_on_body_costs_about_what_a_normal_article_does_on_every_path(
             engine.related_to_draft("t", body[:100_000], 5)
             draft = spy.totals()
             # the reindex that publishes it
-            with Store.open(settings.store_path) as store:
-                reindex(settings, store, lambda: embedder)
+            with SqliteStore.open(settings.store_path) as store:
+                reindex(settings, store, lazy(settings, embedder))
             published = spy.totals()
             work[name] = (unindexed, draft, published)
     budget = settings.max_chunks * settings.chunk_words * 40  # text.CHARS_PER_WORD
@@ -195,7 +196,7 @@ def test_a_2mb_run_on_body_costs_about_what_a_normal_article_does_on_every_path(
 
 
 def test_chunking_is_bounded_for_run_on_text_and_unchanged_for_real_text():
-    from recommender.text import chunk_article
+    from recommender.passages import chunk_article
 
     passages = chunk_article("Title", RUN_ON, 180, 16)
     assert len(passages) == 16 and all(len(p.split()) <= 181 for p in passages)
@@ -221,13 +222,13 @@ def test_write_landing_during_a_publish_is_published_by_the_next_run(settings, c
     """The interleaving is forced: right after the publish has read the
     vectors, another connection updates one article and deletes another."""
     build_index(settings, corpus)
-    with Store.open(settings.store_path) as store:
+    with SqliteStore.open(settings.store_path) as store:
         store.upsert([parse_article({**corpus[0], "body": corpus[0]["body"] + " updated"})])
-    real_get_many = Store.get_many
+    real_get_many = SqliteStore.get_many
     state = {"armed": False, "done": False}
 
     def wrap(name):
-        real = getattr(Store, name, None)
+        real = getattr(SqliteStore, name, None)
         if real is None:
             return
 
@@ -235,31 +236,31 @@ def test_write_landing_during_a_publish_is_published_by_the_next_run(settings, c
             yield from real(self, *args, **kwargs)
             state["armed"] = True
 
-        monkeypatch.setattr(Store, name, reading_vectors)
+        monkeypatch.setattr(SqliteStore, name, reading_vectors)
 
     def get_many(self, doc_ids):
         if state["armed"] and not state["done"]:
             state["done"] = True
-            with Store.open(settings.store_path) as other:  # a writer in another connection
+            with SqliteStore.open(settings.store_path) as other:  # a writer in another connection
                 other.upsert([parse_article({**corpus[1], "body": corpus[1]["body"] + " rewritten"})])
                 other.delete([corpus[2]["id"]])
         return real_get_many(self, doc_ids)
 
     for name in ("iter_embeddings", "iter_current_embeddings"):
         wrap(name)
-    monkeypatch.setattr(Store, "get_many", get_many)
-    with Store.open(settings.store_path) as store:
+    monkeypatch.setattr(SqliteStore, "get_many", get_many)
+    with SqliteStore.open(settings.store_path) as store:
         # A full build: it reads one snapshot, and publishes what landed meanwhile as a segment of the new version.
         report = reindex(settings, store, loader(settings), full=True)  # no KeyError for the deleted one
         assert report.published and state["done"]
         monkeypatch.undo()
-        name, segments = current_state(settings.index_root)
+        name, segments = directory.read_current(settings.index_root)
         assert name == report.version and len(segments) == 1  # the catch-up segment
         assert reindex(settings, store, loader(settings), dry_run=True).reason == ""
         again = reindex(settings, store, loader(settings))
         assert not again.published and again.embedded == 0
         stored = store.get(corpus[1]["id"])
-        (_, vectors), = [(d, v) for d, v in store.iter_embeddings(embedding_key(settings)) if d == stored.doc_id]
+        (_, vectors), = [(d, v) for d, v in store.iter_embeddings(resolve(settings).key) if d == stored.doc_id]
     version = load_view(settings.index_root)
     row = version.row_of(stored.doc_id)
     assert row >= version.base_rows  # the rewrite is the segment's row, the version's is dead
@@ -278,7 +279,7 @@ def store_doc_id(settings, article_id: str) -> int:
 def test_articles_acknowledged_before_a_crash_are_published_at_start_up(settings, corpus):
     build_index(settings, corpus)
     # Acknowledged writes whose publish never ran (the server was killed).
-    with Store.open(settings.store_path) as store:
+    with SqliteStore.open(settings.store_path) as store:
         store.upsert([parse_article({"id": f"late-{i}", "title": f"Irena Kalvos envoy {i}",
                                      "body": "irena kalvos ceasefire envoy mediators treaty border talks"})
                       for i in range(5)])
@@ -318,7 +319,7 @@ def test_a_read_only_replica_never_publishes_at_start_up(settings, corpus):
     """No key, no writes: its versions come from the indexing machine, even
     while its copy of the store is ahead of them (guide.md, replicas)."""
     build_index(settings, corpus)
-    with Store.open(settings.store_path) as store:
+    with SqliteStore.open(settings.store_path) as store:
         store.upsert([parse_article({"id": "copied-early", "title": "t", "body": "irena kalvos envoy"})])
     before = (settings.index_root / "CURRENT").read_text()
     server = Server(settings.data_dir, settings.model)
@@ -333,7 +334,7 @@ def test_a_read_only_replica_never_publishes_at_start_up(settings, corpus):
 
 def test_behind_counts_added_changed_and_deleted_articles(settings, corpus):
     build_index(settings, corpus)
-    with Store.open(settings.store_path) as store:
+    with SqliteStore.open(settings.store_path) as store:
         store.upsert([parse_article({"id": "new-1", "title": "t", "body": "irena kalvos"}),
                       parse_article({"id": "new-2", "title": "t", "body": "marek dunhill"}),
                       parse_article({**corpus[0], "body": corpus[0]["body"] + " updated"}),
@@ -341,7 +342,7 @@ def test_behind_counts_added_changed_and_deleted_articles(settings, corpus):
         store.delete([corpus[2]["id"]])
     with Engine.open(settings, loader(settings)) as engine:
         assert engine.behind() == 5  # 2 added, 2 changed (the text of one, the section of another), 1 deleted
-        with Store.open(settings.store_path) as store:
+        with SqliteStore.open(settings.store_path) as store:
             reindex(settings, store, loader(settings))
         engine.live.refresh()
         assert engine.behind() == 0
@@ -510,7 +511,7 @@ def test_public_errors_name_no_paths_and_readyz_no_exception_text(settings, corp
         r = client.get("/v1/articles/x/related")
         assert r.status_code == 503 and str(settings.data_dir) not in r.text and "index" in r.json()["error"]["message"]
     build_index(settings, corpus)
-    version = current_version_name(settings.index_root)
+    version = directory.read_current(settings.index_root)[0]
     # A file where the segments go: the next publish fails.
     (settings.index_root / "versions" / version / "segments").write_text("a file where the segments go")
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:

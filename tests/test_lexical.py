@@ -20,10 +20,10 @@ from recommender.lexical import (
     TfidfModel,
     build_keyword_models,
     entity_terms,
-    impact_postings,
     keyword_rows,
     stem_words,
 )
+from recommender.lexical.sparse import impact_postings
 from recommender.text import keyword_text, tokenize
 
 DEMO = Path(__file__).parents[1] / "recommender" / "data" / "sample_articles.jsonl"

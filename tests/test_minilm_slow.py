@@ -10,8 +10,8 @@ from recommender.config import Settings
 from recommender.ingest import ingest_files
 from recommender.pipeline import reindex
 from recommender.service import Engine
-from recommender.store import Store
-from tests.helpers import PEACE_TALKS
+from recommender.store import SqliteStore
+from tests.helpers import PEACE_TALKS, lazy
 
 pytestmark = pytest.mark.slow
 
@@ -24,10 +24,10 @@ def engine(tmp_path_factory):
     sample = resources.files("recommender") / "data" / "sample_articles.jsonl"
     report = ingest_files(settings, [sample])
     assert report.added == 48 and not report.rejected
-    from recommender.embed import SentenceTransformerEmbedder
+    from recommender.embedders.torch_backend import SentenceTransformerEmbedder
 
-    with Store.open(settings.store_path) as store:
-        summary = reindex(settings, store, lambda: SentenceTransformerEmbedder.load(settings.model))
+    with SqliteStore.open(settings.store_path) as store:
+        summary = reindex(settings, store, lazy(settings, lambda: SentenceTransformerEmbedder.load(settings.model)))
     assert summary.embedded == 48
     with Engine.open(settings) as engine:
         yield engine
@@ -59,7 +59,7 @@ def test_bfloat16_vectors_match_float32(engine):
     import numpy as np
     import torch
 
-    from recommender.embed import BF16_MIN_TEXTS, SentenceTransformerEmbedder
+    from recommender.embedders.torch_backend import BF16_MIN_TEXTS, SentenceTransformerEmbedder
 
     lines = (resources.files("recommender") / "data" / "sample_articles.jsonl").read_text().splitlines()
     texts = lines[: BF16_MIN_TEXTS + 4]

@@ -16,19 +16,19 @@ from fastapi.testclient import TestClient
 from recommender.api import create_app
 from recommender.cli import main
 from recommender.config import Settings
-from recommender.embed import SentenceTransformerEmbedder, load_embedder
+from recommender.embedders import load_embedder, resolve
+from recommender.embedders import query as query_module
+from recommender.embedders.onnx_backend import OnnxEmbedder, export_file
+from recommender.embedders.query import MIN_COSINE, load_query_embedder, open_query_model
+from recommender.embedders.torch_backend import SentenceTransformerEmbedder
 from recommender.errors import ConfigError
 from recommender.ingest import ingest_files
 from recommender.pipeline import reindex
-from recommender.query_embed import (
-    MIN_COSINE,
-    OnnxQueryEmbedder,
-    export_file,
-    load_query_embedder,
-    open_query_model,
-)
 from recommender.service import Engine
-from recommender.store import Store
+from recommender.store import SqliteStore
+from tests.helpers import lazy
+
+LOGGER = "recommender.embedders.query"
 
 LONG = " ".join(
     "Negotiators from both sides met again on Thursday in the mountain town, where the envoy said a ceasefire "
@@ -60,12 +60,14 @@ QUERIES = [
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory):
     """The packaged MiniLM on torch, its ONNX export, and the demo corpus indexed by torch."""
-    settings = Settings.load({"backend": "torch", "data_dir": tmp_path_factory.mktemp("onnx")}, environ={})
-    reference = load_embedder(settings)
-    onnx = open_query_model(settings, reference)
+    settings = Settings.load({"backend": "torch", "precision": "float32", "data_dir": tmp_path_factory.mktemp("onnx")},
+                             environ={})
+    reference = load_embedder(resolve(settings))
+    assert isinstance(reference, SentenceTransformerEmbedder)
+    onnx = open_query_model(resolve(settings), reference)
     ingest_files(settings, [resources.files("recommender") / "data" / "sample_articles.jsonl"])
-    with Store.open(settings.store_path) as store:
-        reindex(settings, store, lambda: reference)
+    with SqliteStore.open(settings.store_path) as store:
+        reindex(settings, store, lazy(settings, reference))
     return settings, reference, onnx
 
 
@@ -105,12 +107,12 @@ def test_threads_embed_at_once(minilm):
 @pytest.mark.slow
 def test_the_export_is_reused_not_written_again(minilm, caplog):
     settings, reference, _ = minilm
-    target = export_file(settings)
+    target = export_file(resolve(settings))
     assert target.parent.parent == settings.data_dir / "models" / "onnx"
     before = target.stat().st_mtime_ns
-    with caplog.at_level(logging.INFO, logger="recommender.query_embed"):
-        again = load_query_embedder(settings.replace(query_backend="onnx"), lambda: reference)
-    assert isinstance(again, OnnxQueryEmbedder) and target.stat().st_mtime_ns == before
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        again = load_query_embedder(resolve(settings), "onnx", lambda: reference)
+    assert isinstance(again, OnnxEmbedder) and target.stat().st_mtime_ns == before
     assert "exported" not in caplog.text and "min cosine" in caplog.text
     assert not list(target.parent.glob("*.tmp"))
 
@@ -118,7 +120,7 @@ def test_the_export_is_reused_not_written_again(minilm, caplog):
 def _damaged_copy(settings: Settings, tmp_path, damage) -> Settings:
     """A data folder holding a copy of the good export, damaged by ``damage(bytes) -> bytes``."""
     damaged = settings.replace(data_dir=tmp_path / "data", query_backend="onnx")
-    source, target = export_file(settings), export_file(damaged)
+    source, target = export_file(resolve(settings)), export_file(resolve(damaged))
     shutil.copytree(source.parent, target.parent)
     target.write_bytes(damage(target.read_bytes()))
     return damaged
@@ -137,27 +139,38 @@ def _damaged_copy(settings: Settings, tmp_path, damage) -> Settings:
 def test_a_damaged_export_is_refused_for_torch(minilm, tmp_path, caplog, damage):
     settings, reference, _ = minilm
     damaged = _damaged_copy(settings, tmp_path, damage)
-    size = export_file(damaged).stat().st_size
-    with caplog.at_level(logging.WARNING, logger="recommender.query_embed"):
-        chosen = load_query_embedder(damaged, lambda: reference)
+    size = export_file(resolve(damaged)).stat().st_size
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        chosen = load_query_embedder(resolve(damaged), damaged.query_backend, lambda: reference)
     assert chosen is reference
     assert "refused" in caplog.text
-    assert export_file(damaged).stat().st_size == size  # refused, not silently replaced
+    assert export_file(resolve(damaged)).stat().st_size == size  # refused, not silently replaced
 
 
 @pytest.mark.slow
 def test_torch_is_used_without_export_when_asked(minilm, tmp_path):
     settings, reference, _ = minilm
-    chosen = load_query_embedder(settings.replace(data_dir=tmp_path / "data", query_backend="torch"),
-                                 lambda: reference)
+    chosen = load_query_embedder(resolve(settings.replace(data_dir=tmp_path / "data")), "torch", lambda: reference)
     assert chosen is reference and not (tmp_path / "data" / "models").exists()
 
 
 @pytest.mark.slow
-def test_auto_takes_onnx_here(minilm):
-    """One query is several times faster on onnxruntime than on torch (scripts/bench_query_embed.py)."""
+@pytest.mark.parametrize("onnx_ms, torch_ms, faster", [(2.0, 9.0, OnnxEmbedder), (9.0, 2.0, SentenceTransformerEmbedder),
+                                                       (5.0, 5.0, SentenceTransformerEmbedder)])
+def test_auto_takes_the_faster_of_onnx_and_torch(minilm, monkeypatch, onnx_ms, torch_ms, faster):
+    """"auto" times both on this machine and takes onnxruntime only where it is
+    faster (a tie stays on torch); the timings are given here, so the choice,
+    not the race, is what is checked (scripts/bench_query_embed.py measures the race)."""
     settings, reference, _ = minilm
-    assert isinstance(load_query_embedder(settings, lambda: reference), OnnxQueryEmbedder)
+    timed = []
+
+    def median_seconds(embedders, *args, **kwargs):
+        timed.append([type(e) for e in embedders])
+        return [onnx_ms / 1e3, torch_ms / 1e3]
+
+    monkeypatch.setattr(query_module, "median_seconds", median_seconds)
+    assert isinstance(load_query_embedder(resolve(settings), "auto", lambda: reference), faster)
+    assert timed == [[OnnxEmbedder, SentenceTransformerEmbedder]]
 
 
 @pytest.mark.slow
@@ -165,10 +178,11 @@ def test_search_gives_the_same_results_on_both_backends(minilm):
     settings, reference, _ = minilm
     results = {}
     for backend in ("torch", "onnx"):
-        with Engine.open(settings.replace(query_backend=backend), lambda: reference) as engine:
+        chosen = settings.replace(query_backend=backend)
+        with Engine.open(chosen, lazy(chosen, reference)) as engine:
             results[backend] = [[(i.id, i.hit.score) for i in engine.search(q, 5)] for q in QUERIES]
             kind = type(engine.query_embedder.get())
-            assert kind is (SentenceTransformerEmbedder if backend == "torch" else OnnxQueryEmbedder)
+            assert kind is (SentenceTransformerEmbedder if backend == "torch" else OnnxEmbedder)
     for query, by_torch, by_onnx in zip(QUERIES, results["torch"], results["onnx"]):
         assert [i for i, _ in by_onnx] == [i for i, _ in by_torch], query
         np.testing.assert_allclose([s for _, s in by_onnx], [s for _, s in by_torch], atol=1e-3)
@@ -179,7 +193,8 @@ def test_the_http_search_gives_the_same_results_on_both_backends(minilm):
     settings, reference, _ = minilm
     ids = {}
     for backend in ("torch", "onnx"):
-        app = create_app(settings.replace(query_backend=backend), load_embedder=lambda: reference)
+        chosen = settings.replace(query_backend=backend)
+        app = create_app(chosen, embedder=lazy(chosen, reference))
         with TestClient(app) as client:
             ids[backend] = [[i["id"] for i in client.get("/v1/search", params={"q": q, "k": 5}).json()["items"]]
                             for q in QUERIES]
@@ -193,7 +208,7 @@ def test_the_command_exports_checks_and_times(minilm, tmp_path, capsys):
     assert main(["export-query-model", "--json", "--data-dir", str(data_dir)], load_embedder=lambda s: reference) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["min_cosine"] >= MIN_COSINE and result["onnx_ms"] > 0 and result["torch_ms"] > 0
-    assert result["path"] == str(export_file(settings.replace(data_dir=data_dir)))
+    assert result["path"] == str(export_file(resolve(settings.replace(data_dir=data_dir))))
     damaged = _damaged_copy(settings, tmp_path / "damaged", lambda data: data[:1000])
     args = ["export-query-model", "--data-dir", str(damaged.data_dir)]
     assert main(args, load_embedder=lambda s: reference) == 1
@@ -215,18 +230,18 @@ def test_the_setting_choices(tmp_path):
 def test_a_model_that_cannot_be_exported_stays_on_torch(settings, caplog, backend, level):
     """The tests' tiny model is a static word-embedding model, not a transformer."""
     reference = SentenceTransformerEmbedder.load(settings.model)
-    with caplog.at_level(logging.INFO, logger="recommender.query_embed"):
-        chosen = load_query_embedder(settings.replace(query_backend=backend), lambda: reference)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        chosen = load_query_embedder(resolve(settings), backend, lambda: reference)
     assert chosen is reference and not (settings.data_dir / "models").exists()
-    records = [r for r in caplog.records if r.name == "recommender.query_embed"]
+    records = [r for r in caplog.records if r.name == LOGGER]
     assert [r.levelno for r in records] == [level] and "StaticEmbedding" in records[0].getMessage()
 
 
 def test_new_model_files_get_a_new_export(settings, tiny_model_dir, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
-    copied = settings.replace(model=str(model))
+    copied = resolve(settings.replace(model=str(model)))
     first = export_file(copied)
-    assert export_file(copied) == first and export_file(settings) != first  # another path, another key
+    assert export_file(copied) == first and export_file(resolve(settings)) != first  # another path, another key
     (model / "modules.json").write_text((model / "modules.json").read_text() + "\n")
     assert export_file(copied) != first

@@ -12,15 +12,15 @@ import sys
 import numpy as np
 import pytest
 
-from recommender import pipeline
 from recommender.articles import parse_article
 from recommender.config import Settings
-from recommender.embed import load_embedder
-from recommender.pipeline import EmbeddingError, EmbedJob, reindex
+from recommender.embed_jobs import EmbeddingError, EmbedJob
+from recommender.embedders import load_embedder, resolve
+from recommender.pipeline import reindex
 from recommender.ray_engine import EmbedWorker, RayEngine, RemoteEmbeddingError, pack_results, unpack_result
-from recommender.store import Store
+from recommender.store import SqliteStore
 from recommender.version import IndexVersion
-from tests.helpers import PoisonEmbedder, write_jsonl
+from tests.helpers import PoisonEmbedder, lazy, write_jsonl
 
 try:
     import ray
@@ -40,8 +40,8 @@ def local_ray():
     ray.shutdown()
 
 
-def _ingested(settings: Settings, rows: list[dict]) -> Store:
-    store = Store.open(settings.store_path)
+def _ingested(settings: Settings, rows: list[dict]) -> SqliteStore:
+    store = SqliteStore.open(settings.store_path)
     store.upsert([parse_article(r) for r in rows])
     return store
 
@@ -57,10 +57,10 @@ def test_ray_engine_publishes_the_same_index_as_the_local_one(tmp_path, tiny_mod
     rows = corpus + [dict(corpus[0], id="copy-of-talks-0")]  # a syndicated copy: one story, passages reused
 
     with _ingested(local, rows) as store:
-        expected = reindex(local, store, lambda: load_embedder(local), batch_docs=8)
+        expected = reindex(local, store, lazy(local, lambda: load_embedder(resolve(local))), batch_docs=8)
     with _ingested(remote, rows) as store:
-        engine = RayEngine(remote, concurrency=2, threads_per_worker=1, window_jobs=3)
-        report = reindex(remote, store, lambda: pytest.fail("the ray engine must not load a model here"),
+        engine = RayEngine(resolve(remote), concurrency=2, threads_per_worker=1, window_jobs=3)
+        report = reindex(remote, store, lazy(remote, lambda: pytest.fail("the ray engine must not load a model here")),
                          engine=engine, batch_docs=8)
         assert ray.is_initialized()  # the engine used the running Ray and left it running
 
@@ -89,9 +89,9 @@ def test_ray_client_path_runs_each_window_in_a_cluster_task(tmp_path, tiny_model
                              environ={})
     remote = local.replace(data_dir=tmp_path / "ray")
     with _ingested(local, corpus[:10]) as store:
-        reindex(local, store, lambda: load_embedder(local))
+        reindex(local, store, lazy(local, lambda: load_embedder(resolve(local))))
     with _ingested(remote, corpus[:10]) as store:
-        report = reindex(remote, store, lambda: None, engine=RayEngine(remote, concurrency=2, threads_per_worker=1))
+        report = reindex(remote, store, lazy(remote, lambda: pytest.fail("the ray engine must not load a model here")), engine=RayEngine(resolve(remote), concurrency=2, threads_per_worker=1))
     assert (report.embedded, report.engine) == (10, "ray")
     np.testing.assert_allclose(IndexVersion.load(remote.index_root).doc_vectors,
                                IndexVersion.load(local.index_root).doc_vectors, atol=1e-5)
@@ -102,10 +102,10 @@ def test_ray_client_path_runs_each_window_in_a_cluster_task(tmp_path, tiny_model
 def test_a_model_that_cannot_load_on_the_workers_stops_the_run(tmp_path, corpus, local_ray):
     settings = Settings.load({"backend": "torch", "data_dir": tmp_path / "d", "model": str(tmp_path / "no-such-model")}, environ={})
     with _ingested(settings, corpus[:3]) as store:
-        engine = RayEngine(settings, concurrency=1, threads_per_worker=1)
+        engine = RayEngine(resolve(settings), concurrency=1, threads_per_worker=1)
         with pytest.raises(EmbeddingError, match="cannot load the model .*no-such-model.* on Ray worker"):
-            reindex(settings, store, lambda: None, engine=engine)
-        assert store.stale_embeddings(pipeline.embedding_key(settings))  # nothing saved
+            reindex(settings, store, lazy(settings, lambda: pytest.fail("the ray engine must not load a model here")), engine=engine)
+        assert store.stale_embeddings(resolve(settings).key)  # nothing saved
     assert not (settings.index_root / "CURRENT").exists()
 
 
@@ -153,7 +153,7 @@ def test_worker_isolates_a_failing_article(settings):
 
     threads = torch.get_num_threads()
     try:
-        worker = EmbedWorker(settings, threads=1)  # sets torch's threads, as in a Ray worker
+        worker = EmbedWorker(resolve(settings), threads=1)  # sets torch's threads, as in a Ray worker
     finally:
         torch.set_num_threads(threads)
     assert worker.error is None

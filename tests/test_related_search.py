@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 
 from recommender.articles import parse_article
-from recommender.embed import SentenceTransformerEmbedder
+from recommender.embedders.torch_backend import SentenceTransformerEmbedder
 from recommender.errors import ArticleNotFound, InvalidInput
-from recommender.evaluate import Fts5Bm25
+from recommender.evaluation.baselines import Fts5Bm25, fts_query
 from recommender.pipeline import reindex
-from recommender.rank import features, query_for_row, related
+from recommender.rank import related
 from recommender.rank.related import related_to_row
-from recommender.rank.search import fts_query
+from recommender.rank.signals import features, query_for_row
 from recommender.service import Engine
-from recommender.store import Store
+from recommender.store import SqliteStore
+from tests.helpers import lazy
 
 
 @pytest.fixture
@@ -24,9 +25,9 @@ def engine(settings, corpus):
     rows.append(dict(corpus[0], id="talks-0-wire", title="Wire: " + corpus[0]["title"]))
     rows.append(dict(corpus[7], id="bridge-1-v2", body=corpus[7]["body"] + " updated"))
     rows.append({"id": "names", "title": "irena kalvos", "body": "irena kalvos marek dunhill x x", "group": "names"})
-    with Store.open(settings.store_path) as store:
+    with SqliteStore.open(settings.store_path) as store:
         store.upsert([parse_article(r) for r in rows])
-        reindex(settings, store, lambda: SentenceTransformerEmbedder.load(settings.model))
+        reindex(settings, store, lazy(settings, lambda: SentenceTransformerEmbedder.load(settings.model)))
     with Engine.open(settings) as engine:
         yield engine
 
@@ -78,12 +79,12 @@ def test_candidate_pool_holds_the_nearest_vectors_and_the_best_keyword_matches(e
     vectors = np.asarray(version.doc_vectors, dtype=np.float32)
     for row in range(n):
         query = query_for_row(version, row)
-        rows = set(related._candidates(version, query, pool).tolist())
+        rows = set(related.candidate_rows(version, query, pool).tolist())
         assert len(rows) <= 2 * pool + 1 < n  # pool + 1 nearest vectors, pool keyword matches
         similarity = vectors @ query.vector
         boundary = np.sort(similarity)[::-1][pool]  # FAISS returns pool + 1: the article itself is among them
         assert set(np.flatnonzero(similarity > boundary + 1e-5).tolist()) <= rows, f"row {row}"
-        lexical = version.tfidf.scores(related._strongest_terms(query.terms, related.QUERY_TERMS))
+        lexical = version.tfidf.scores(related.strongest_terms(query.terms, related.QUERY_TERMS))
         boundary = np.sort(lexical)[::-1][pool - 1]
         assert set(np.flatnonzero((lexical > boundary) & (lexical > 0)).tolist()) <= rows, f"row {row}"
 

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 from recommender.config import Settings
-from recommender.rank import Ranker
 from recommender.rank import related as related_module
-from recommender.rank.model import DEFAULT_MODEL
 from recommender.rank.related import related_to_row
+from recommender.ranker import DEFAULT_MODEL, Ranker
 from recommender.service import Engine
 from tests.helpers import FILLER, PEACE_TALKS, TOPICS, Server, build_index, write_jsonl
 
@@ -113,7 +112,7 @@ def test_calibration_recovers_known_probabilities():
     """Fit on synthetic lists whose chance of being related is known: the
     confidence of the shown items matches what happens."""
     from recommender.rank.signals import SIGNALS
-    from recommender.rank.train import SetData, fit, ranked
+    from recommender.training import SetData, fit, ranked
 
     rng = np.random.default_rng(0)
     names = list(SIGNALS)

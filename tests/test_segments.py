@@ -11,29 +11,28 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from recommender import pipeline
+from recommender import build, directory, pipeline
 from recommender.articles import parse_article
-from recommender.embed import SentenceTransformerEmbedder
+from recommender.directory import CURRENT
+from recommender.embedders.torch_backend import SentenceTransformerEmbedder
 from recommender.filters import FilterColumns, Filters
 from recommender.lexical import Bm25Model, TfidfModel, keyword_rows
 from recommender.pipeline import reindex
 from recommender.rank.related import related_to_row
 from recommender.rank.search import search
-from recommender.segments import load_view
 from recommender.service import Engine, Reindexer
-from recommender.store import Store
-from recommender.version import CURRENT, IndexVersion, current_state, current_version_name
-from tests.helpers import make_corpus, wait_for
+from recommender.store import SqliteStore
+from recommender.store.sqlite import filter_sql
+from recommender.version import IndexVersion
+from recommender.view import load_view
+from tests.helpers import lazy, make_corpus, run_killed_at, wait_for
 
 
 @pytest.fixture
@@ -52,7 +51,7 @@ def publish(settings, store, embedder, rows=(), deleted=(), **kwargs):
         store.upsert([parse_article(r) for r in rows])
     if deleted:
         store.delete(list(deleted))
-    return reindex(settings, store, lambda: embedder, **kwargs)
+    return reindex(settings, store, lazy(settings, embedder), **kwargs)
 
 
 def writes(corpus):
@@ -68,13 +67,13 @@ def writes(corpus):
 
 
 def test_writes_go_into_a_segment_and_deletes_leave_at_once(segmented, corpus, embedder):
-    with Store.open(segmented.store_path) as store:
+    with SqliteStore.open(segmented.store_path) as store:
         first = publish(segmented, store, embedder, corpus)
         rows, deleted = writes(corpus)
         report = publish(segmented, store, embedder, rows, deleted)
         assert report.segment and report.version == first.version and report.published
         assert report.embedded == 1 + 1 + 5  # the update, the copy, the new ones; the metadata change keeps its vectors
-        name, segments = current_state(segmented.index_root)
+        name, segments = directory.read_current(segmented.index_root)
         assert name == first.version and segments == (report.segment,)
         view = load_view(segmented.index_root)
         assert view.live_count == store.count() == 30 - 1 + 1 + 5
@@ -84,7 +83,7 @@ def test_writes_go_into_a_segment_and_deletes_leave_at_once(segmented, corpus, e
 
 
 def test_segment_plus_version_ranks_as_a_rebuild_with_frozen_idf(segmented, corpus, embedder, monkeypatch):
-    with Store.open(segmented.store_path) as store:
+    with SqliteStore.open(segmented.store_path) as store:
         publish(segmented, store, embedder, corpus)
         rows, deleted = writes(corpus)
         publish(segmented, store, embedder, rows, deleted)
@@ -98,7 +97,7 @@ def test_segment_plus_version_ranks_as_a_rebuild_with_frozen_idf(segmented, corp
                     Bm25Model(stats.vocabulary, bm25.tocsc(), stats.idf, avgdl=stats.avgdl, k1=stats.k1, b=stats.b),
                     TfidfModel(base.entities.vocabulary, base.entities.idf, entities))
 
-        monkeypatch.setattr(pipeline, "build_keyword_models", frozen)
+        monkeypatch.setattr(build, "build_keyword_models", frozen)
         rebuilt_report = publish(segmented, store, embedder, full=True)
         assert rebuilt_report.published and not rebuilt_report.segment
         rebuilt = load_view(segmented.index_root)
@@ -124,12 +123,12 @@ def test_segment_plus_version_ranks_as_a_rebuild_with_frozen_idf(segmented, corp
 
 
 def test_tiered_merging_keeps_segments_few(segmented, corpus, embedder):
-    with Store.open(segmented.store_path) as store:
+    with SqliteStore.open(segmented.store_path) as store:
         publish(segmented, store, embedder, corpus)
         extra = make_corpus(per_topic=4, seed=5)
         for i, row in enumerate(extra):
             publish(segmented, store, embedder, [dict(row, id=f"more-{i}")])
-            _, segments = current_state(segmented.index_root)
+            _, segments = directory.read_current(segmented.index_root)
             assert 1 <= len(segments) <= 6
         view = load_view(segmented.index_root)
         assert view.live_count == store.count() == 50
@@ -138,7 +137,7 @@ def test_tiered_merging_keeps_segments_few(segmented, corpus, embedder):
 
 
 def sql_rows(store, version, filters: Filters) -> list[int]:
-    where, params = filters.sql()
+    where, params = filter_sql(filters)
     doc_ids = [r[0] for r in store.connection.execute(f"SELECT doc_id FROM articles WHERE {where}", params)]
     return sorted(version.rows_of(np.array(doc_ids, dtype=np.int64)).tolist())
 
@@ -156,7 +155,7 @@ def test_filter_columns_select_what_the_sql_selects(tmp_path):
             "tags": sorted({["ukraine", "nato", "fire", "élections", "a,b"][int(t)] for t in rng.integers(0, 5, int(rng.integers(0, 4)))}),
             "published": dates[int(rng.integers(len(dates)))],
         })
-    with Store.open(tmp_path / "s.sqlite") as store:
+    with SqliteStore.open(tmp_path / "s.sqlite") as store:
         store.upsert([parse_article(r) for r in rows])
         store.connection.execute("UPDATE articles SET lang = NULL WHERE doc_id % 7 = 0")  # unknown language
         articles = [s.article for s in store.iter_articles()]
@@ -186,10 +185,10 @@ def test_a_related_request_reads_the_store_by_index_only(segmented, corpus, embe
     """The hot path's store reads are few, and none scans the articles table
     (the language filter read every row before: 100 ms at 100k articles)."""
     rows = [dict(r, lang="en") for r in corpus] + [dict(corpus[0], id="fr-1", lang="fr")]
-    with Store.open(segmented.store_path) as store:
+    with SqliteStore.open(segmented.store_path) as store:
         publish(segmented, store, embedder, rows)
         publish(segmented, store, embedder, [dict(corpus[1], id="fresh", lang="en")])
-    with Engine.open(segmented, lambda: embedder) as engine:
+    with Engine.open(segmented, lazy(segmented, embedder)) as engine:
         store = engine.stores.get()
         statements: list[str] = []
         store.connection.set_trace_callback(statements.append)
@@ -207,12 +206,12 @@ def test_a_related_request_reads_the_store_by_index_only(segmented, corpus, embe
 
 
 def test_readers_never_fail_while_segments_and_full_builds_publish(segmented, corpus, embedder):
-    with Store.open(segmented.store_path) as store:
+    with SqliteStore.open(segmented.store_path) as store:
         publish(segmented, store, embedder, corpus)
     failures: list[BaseException] = []
     reads = [0]
     stop = threading.Event()
-    with Engine.open(segmented, lambda: embedder) as engine:
+    with Engine.open(segmented, lazy(segmented, embedder)) as engine:
         engine.live.watch(0.02)
 
         def reader(seed: int) -> None:
@@ -230,7 +229,7 @@ def test_readers_never_fail_while_segments_and_full_builds_publish(segmented, co
         for thread in threads:
             thread.start()
         try:
-            with Store.open(segmented.store_path) as store:
+            with SqliteStore.open(segmented.store_path) as store:
                 for i, row in enumerate(make_corpus(per_topic=2, seed=9)):
                     update = dict(corpus[i % len(corpus)], body=corpus[i % len(corpus)]["body"] + f" updated {i}")
                     publish(segmented, store, embedder, [dict(row, id=f"w-{i}"), update], full=i % 4 == 3)
@@ -246,52 +245,45 @@ WRITER = """
 import sys
 from recommender.articles import parse_article
 from recommender.config import Settings
-from recommender.embed import SentenceTransformerEmbedder
+from recommender.embedders import LazyEmbedder, resolve
 from recommender.pipeline import reindex
-from recommender.store import Store
+from recommender.store import SqliteStore
 settings = Settings.load({"backend": "torch", "data_dir": sys.argv[1], "model": sys.argv[2], "segment_merge_fraction": 1.0}, environ={})
-embedder = SentenceTransformerEmbedder.load(settings.model)
+embedder = LazyEmbedder(resolve(settings))
 start = int(sys.argv[3])
-with Store.open(settings.store_path) as store:
+with SqliteStore.open(settings.store_path) as store:
     for i in range(start, start + 10_000):
         body = "peace envoy talks w%03d w%03d mediators ceasefire border ministers region treaty." % (i % 400, (7 * i) % 400)
         store.upsert([parse_article({"id": f"live-{i}", "title": f"talks {i}", "body": body * 3})])
         if i % 3 == 0:
             store.delete([f"live-{i - 1}"])
-        reindex(settings, store, lambda: embedder)
+        reindex(settings, store, embedder)
         print(i, flush=True)
 """
+"""Writes and publishes segments without end, printing each acknowledged write's number."""
+
+KILL_POINTS = [(1, "before"), (2, "after"), (3, "before"), (4, "after"), (5, "before"), (7, "after")]
+"""Calls of ``directory.replace`` (each rename that brings a segment, a merged
+segment or CURRENT into place) at which the writer dies: before the rename,
+and after it."""
 
 
-def test_sigkill_while_publishing_segments_leaves_a_whole_state(settings, corpus, embedder, tmp_path):
-    with Store.open(settings.store_path) as store:
+@pytest.mark.parametrize("nth, when", KILL_POINTS)
+def test_sigkill_while_publishing_segments_leaves_a_whole_state(settings, corpus, embedder, nth, when):
+    with SqliteStore.open(settings.store_path) as store:
         publish(settings, store, embedder, corpus)
-    rng = np.random.default_rng(1)
-    start = 0
-    for _ in range(6):
-        process = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(settings.data_dir), str(settings.model), str(start)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        )
-        acknowledged = start - 1
-        for _ in range(int(rng.integers(2, 6))):
-            acknowledged = int(process.stdout.readline())
-        time.sleep(float(rng.uniform(0.0, 0.05)))  # land anywhere in the next publish
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        process.stdout.close()
-        view = load_view(settings.index_root)  # every segment CURRENT names is whole
-        live = view.doc_ids[view.live(np.arange(len(view)))]
-        assert len(np.unique(live)) == len(live)
-        with Store.open(settings.store_path) as store:
-            acked = store.get(f"live-{acknowledged}")
-            # An acknowledged publish is served (unless a later, unacknowledged one deleted it).
+    lines = run_killed_at("recommender.directory:replace", nth, when, WRITER, settings.data_dir, settings.model, 0)
+    acknowledged = [int(line) for line in lines[:-1]]
+    view = load_view(settings.index_root)  # every segment CURRENT names is whole
+    live = view.doc_ids[view.live(np.arange(len(view)))]
+    assert len(np.unique(live)) == len(live)
+    with SqliteStore.open(settings.store_path) as store:
+        for number in acknowledged:  # an acknowledged publish is served (unless a later write deleted it)
+            acked = store.get(f"live-{number}")
             assert acked is None or acked.doc_id in set(live.tolist())
-        with sqlite3.connect(settings.store_path) as db:
-            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        start = acknowledged + 1
-    assert start > 6
-    with Store.open(settings.store_path) as store:
+    with sqlite3.connect(settings.store_path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with SqliteStore.open(settings.store_path) as store:  # the next run publishes what the killed one left
         publish(settings, store, embedder)
         view = load_view(settings.index_root)
         assert sorted(view.doc_ids[view.live(np.arange(len(view)))].tolist()) == sorted(store.content_hashes())
@@ -326,7 +318,7 @@ def copy_as_rsync(source, target, pause: float) -> None:
 
 def test_a_replica_copied_file_by_file_never_serves_a_torn_state(segmented, corpus, embedder, tmp_path):
     replica = segmented.replace(data_dir=tmp_path / "replica", api_key="")
-    with Store.open(segmented.store_path) as store:
+    with SqliteStore.open(segmented.store_path) as store:
         publish(segmented, store, embedder, corpus)
     replica.data_dir.mkdir()
     copy_store(segmented.store_path, replica.store_path)
@@ -334,7 +326,7 @@ def test_a_replica_copied_file_by_file_never_serves_a_torn_state(segmented, corp
     failures: list[BaseException] = []
     seen: set[str] = set()
     stop = threading.Event()
-    with Engine.open(replica, lambda: embedder) as engine:
+    with Engine.open(replica, lazy(replica, embedder)) as engine:
         def reader() -> None:
             while not stop.is_set():
                 try:
@@ -351,11 +343,11 @@ def test_a_replica_copied_file_by_file_never_serves_a_torn_state(segmented, corp
         thread.start()
         try:
             states = [engine.live.current.state]
-            with Store.open(segmented.store_path) as store:
+            with SqliteStore.open(segmented.store_path) as store:
                 for i, full in enumerate([False, False, True, False]):
                     row = dict(make_corpus(per_topic=1, seed=20 + i)[0], id=f"replica-{i}")  # on talks-5's topic
                     publish(segmented, store, embedder, [row], full=full)
-                    name, segments = current_state(segmented.index_root)
+                    name, segments = directory.read_current(segmented.index_root)
                     states.append(f"{name}+{segments[-1]}" if segments else name)
                     copy_store(segmented.store_path, replica.store_path)  # the store first: it holds the articles
                     copy_as_rsync(segmented.index_root, replica.index_root, 0.002)
@@ -372,9 +364,9 @@ def test_a_replica_copied_file_by_file_never_serves_a_torn_state(segmented, corp
 
 def test_the_server_publishes_segments_and_merges_them_in_the_background(settings, corpus, embedder):
     served = settings.replace(api_key="k", segment_merge_fraction=0.05)  # 30 articles: the second write is past it
-    with Store.open(served.store_path) as store:
+    with SqliteStore.open(served.store_path) as store:
         first = publish(served, store, embedder, corpus).version
-    with Engine.open(served, lambda: embedder) as engine:
+    with Engine.open(served, lazy(served, embedder)) as engine:
         reindexer = Reindexer(served, engine, debounce=0.05).start()
         try:
             for i, row in enumerate(make_corpus(per_topic=1, seed=31)[:4]):
@@ -382,7 +374,7 @@ def test_the_server_publishes_segments_and_merges_them_in_the_background(setting
                 reindexer.request()
                 doc_id = engine.stores.get().get(f"bg-{i}").doc_id
                 assert wait_for(lambda d=doc_id: engine.live.current.row_of(d) is not None, timeout=30), i
-            assert wait_for(lambda: current_version_name(served.index_root) != first, timeout=60)
+            assert wait_for(lambda: directory.read_current(served.index_root)[0] != first, timeout=60)
             assert wait_for(lambda: engine.live.current.name != first, timeout=30)
             reindexer.request()  # whatever the merge did not hold is published as a segment of the new version
             assert wait_for(lambda: engine.live.current.live_count == 34, timeout=30)
@@ -399,9 +391,9 @@ def test_a_writer_keeps_the_parts_of_the_view_it_read_when_a_reader_loads_anothe
     while the writer builds its segment: the writer's version and segments
     stay those of the view it read (it once took them from the shared
     ``Views``, and published a CURRENT that dropped the earlier segment)."""
-    from recommender.segments import Views
+    from recommender.view import Views
 
-    with Store.open(segmented.store_path) as store:
+    with SqliteStore.open(segmented.store_path) as store:
         first = publish(segmented, store, embedder, corpus).version
         later = make_corpus(per_topic=1, seed=41)[:2]
         publish(segmented, store, embedder, [dict(later[0], id="w-0")])
@@ -422,7 +414,7 @@ def test_a_writer_keeps_the_parts_of_the_view_it_read_when_a_reader_loads_anothe
 
 def test_a_failed_background_publish_is_tried_again_without_another_write(settings, corpus, embedder, monkeypatch):
     served = settings.replace(api_key="k", segment_merge_fraction=0.5)
-    with Store.open(served.store_path) as store:
+    with SqliteStore.open(served.store_path) as store:
         publish(served, store, embedder, corpus)
     calls = []
     real = pipeline.build_segment
@@ -434,7 +426,7 @@ def test_a_failed_background_publish_is_tried_again_without_another_write(settin
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "build_segment", fails_once)
-    with Engine.open(served, lambda: embedder) as engine:
+    with Engine.open(served, lazy(served, embedder)) as engine:
         reindexer = Reindexer(served, engine, debounce=0.05).start()
         try:
             engine.upsert([parse_article(dict(make_corpus(per_topic=1, seed=43)[0], id="retry-0"))])

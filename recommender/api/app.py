@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,18 +21,22 @@ from recommender.api.metrics import Metrics
 from recommender.config import Settings
 from recommender.errors import RecommenderError
 
+if TYPE_CHECKING:
+    from recommender.embedders import LazyEmbedder
+
 log = logging.getLogger(__name__)
 
 
 
-def create_app(settings: Settings, *, load_embedder: Callable | None = None) -> FastAPI:
-    """The service. The index, the store and the model load in the lifespan."""
+def create_app(settings: Settings, *, embedder: LazyEmbedder | None = None) -> FastAPI:
+    """The service. The index, the store and the model load in the lifespan;
+    the embedder's backend is resolved there (``embedder``: a given one, in tests)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         from recommender.service import Engine, Reindexer
 
-        engine = Engine.open(settings, load_embedder)
+        engine = Engine.open(settings, embedder)
         engine.embedder.get()  # load the model now, not on the first search
         _limit_torch_threads(settings)
         engine.query_embedder.get()  # export or check the ONNX query model (settings.query_backend), timed as served

@@ -7,10 +7,13 @@ from __future__ import annotations
 import html
 from typing import Any
 
+import numpy as np
+
 from recommender.articles import http_url
-from recommender.lexical import snippet_html
+from recommender.lexical import stem_words
 from recommender.rank.lists import Item
 from recommender.store import StoredArticle
+from recommender.text import tokenize
 
 
 def item(entry: Item) -> dict[str, Any]:
@@ -79,3 +82,25 @@ def _rows(entries: list[Item]) -> list[str]:
         time_tag = f' <time datetime="{date}">{date[:10]}</time>' if date else ""
         rows.append(f'<li data-source="{e.hit.source}">{link}{time_tag}</li>')
     return rows
+
+
+SNIPPET_SCAN_WORDS = 600
+_PUNCTUATION = "".join(chr(c) for c in range(0x2000, 0x206F)) + "\"'.,;:!?()[]{}<>«»“”‘’-–—/\\*"
+
+
+def snippet_html(body: str, query: str, words: int = 28) -> str:
+    """The window of ``words`` words with the most query-term hits among the
+    first SNIPPET_SCAN_WORDS of ``body``, HTML-escaped, matches in <mark>."""
+    targets = set(stem_words(tokenize(query)))
+    tokens = body.split(maxsplit=SNIPPET_SCAN_WORDS)[:SNIPPET_SCAN_WORDS]
+    if not tokens:
+        return ""
+    stems = stem_words([t.lower().strip(_PUNCTUATION) for t in tokens])
+    hits = np.array([s in targets for s in stems], dtype=np.int32)
+    start = 0
+    if len(tokens) > words:
+        start = int(np.argmax(np.convolve(hits, np.ones(words, dtype=np.int32), mode="valid")))
+    end = min(len(tokens), start + words)
+    parts = [f"<mark>{html.escape(t)}</mark>" if hits[i] else html.escape(t) for i, t in enumerate(tokens[start:end], start)]
+    more = end < len(tokens) or len(body.split(maxsplit=end)) > end
+    return ("… " if start > 0 else "") + " ".join(parts) + (" …" if more else "")

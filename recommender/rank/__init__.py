@@ -1,7 +1,4 @@
-"""Ranking of related lists in one place: the signals (``signals``), the
-combiner and its calibration (``model``)."""
-
-from recommender.rank.model import DEFAULT_MODEL, Ranker
-from recommender.rank.signals import SIGNALS, Query, features, query_for_row
-
-__all__ = ["DEFAULT_MODEL", "SIGNALS", "Query", "Ranker", "features", "query_for_row"]
+"""Request-time ranking: the related-list signals (``signals``), the
+rankers (``related``, ``search``) and a list as a request gets it, rules and
+all (``lists``). The combiner they score with is ``recommender.ranker``;
+fitting it is ``recommender.training``."""

@@ -20,18 +20,20 @@ from typing import Literal
 import numpy as np
 
 from recommender.articles import MAX_DRAFT_CHARS, Article
+from recommender.clock import epoch_days, now_iso, today
 from recommender.config import Settings
 from recommender.copies import copies_among
-from recommender.embed import Embedder
+from recommender.embedders import Embedder
 from recommender.filters import NO_FILTERS, Filters
 from recommender.lexical import entity_terms
+from recommender.passages import article_vectors, chunk_article
 from recommender.rank.related import Hit, Policy, combine, rank_related, recency_adjust, related_to_row
 from recommender.rank.search import search
 from recommender.rank.signals import Query, query_for_row
 from recommender.rules import ListRules, Rule
 from recommender.store import Store, StoredArticle
-from recommender.text import chunk_article, document_text
-from recommender.version import IndexVersion
+from recommender.text import document_text
+from recommender.view import View
 
 DELETED_MARGIN = 5
 """Extra items ranked so that articles deleted since the last publish can be
@@ -120,14 +122,6 @@ class ListCache:
             while len(self._lists) > self.size:
                 self._lists.popitem(last=False)
 
-def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def today() -> float:
-    return float((dt.date.today() - dt.date(1970, 1, 1)).days)
-
-
 def within_age(filters: Filters, options: ListOptions) -> Filters:
     """The filters narrowed to the options' hard age window, if any."""
     if not options.max_age_days:
@@ -141,7 +135,7 @@ class Lists:
     """The lists of one request, over one index version and this thread's store."""
 
     settings: Settings
-    version: IndexVersion
+    version: View
     store: Store
     embedder: Embedder
     cache: ListCache
@@ -214,8 +208,6 @@ class Lists:
     def query_for_text(self, title: str, body: str, published: str | None = None) -> Query:
         """What the ranker needs of a text not in the index (a draft, or an
         article written since the last publish), read up to MAX_DRAFT_CHARS."""
-        from recommender.pipeline import article_vectors, published_days
-
         body = body[:MAX_DRAFT_CHARS]
         chunks = chunk_article(title, body, self.settings.chunk_words, self.settings.max_chunks)
         vectors = self.embedder.embed(chunks)
@@ -226,7 +218,7 @@ class Lists:
             lead=lead / max(float(np.linalg.norm(lead)), 1e-12),
             terms=self.version.tfidf.transform([document_text(title, body)]),
             entities=self.version.entities.transform_counts([entity_terms(body)]),
-            day=float(published_days([published])[0]),
+            day=float(epoch_days([published])[0]),
         )
 
     def _fallback(
@@ -364,7 +356,7 @@ class Lists:
         return items
 
 
-def reasons(version: IndexVersion, query: Query, hits: list[Hit]) -> list[Reasons | None]:
+def reasons(version: View, query: Query, hits: list[Hit]) -> list[Reasons | None]:
     """Per hit, the names, places and numbers it shares with the article (the
     rarest first) and the days between them; the hits' rows are read at once."""
     rows = [version.row_of(h.doc_id) for h in hits]

@@ -22,9 +22,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from recommender.config import Settings
-from recommender.rank import Query, Ranker, features, query_for_row
-from recommender.rank.signals import Raw
-from recommender.version import IndexVersion
+from recommender.rank.signals import Query, Raw, features, query_for_row
+from recommender.ranker import Ranker
+from recommender.view import View, in_sorted
 
 QUERY_TERMS = 32
 """Distinctive terms of the query article used to gather lexical candidates."""
@@ -73,7 +73,7 @@ NO_POLICY = Policy()
 
 
 def related_to_row(
-    version: IndexVersion, row: int, k: int, settings: Settings, *, allowed_rows: np.ndarray | None = None,
+    version: View, row: int, k: int, settings: Settings, *, allowed_rows: np.ndarray | None = None,
     policy: Policy = NO_POLICY, ranker: Ranker | None = None,
 ) -> list[Hit]:
     """The k articles most related to the indexed article at ``row``."""
@@ -82,7 +82,7 @@ def related_to_row(
 
 
 def rank_related(
-    version: IndexVersion,
+    version: View,
     query: Query,
     k: int,
     settings: Settings,
@@ -109,7 +109,7 @@ def rank_related(
             score = score + policy.adjust(rows) * max(float(np.std(score)), 1e-9)
         return _select(version, rows, score, confidence, raw, k, exclude_row, policy)
 
-    return rank_candidates(n, k, settings, allowed_rows, lambda pool: _candidates(version, query, pool), rank)
+    return rank_candidates(n, k, settings, allowed_rows, lambda pool: candidate_rows(version, query, pool), rank)
 
 
 def rank_candidates(
@@ -139,27 +139,20 @@ def rank_candidates(
         pool = min(n, pool * 4)
 
 
-def in_sorted(rows: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """Whether each row is in ``allowed`` (sorted, unique): a binary search
-    per row, so a filter allowing most of a large archive costs the
-    candidates' number, not the archive's (``np.isin`` sorts both)."""
-    if not len(allowed):
-        return np.zeros(len(rows), dtype=bool)
-    at = np.minimum(np.searchsorted(allowed, rows), len(allowed) - 1)
-    return allowed[at] == rows
-
-
-def _candidates(version: IndexVersion, query: Query, pool: int) -> np.ndarray:
+def candidate_rows(version: View, query: Query, pool: int) -> np.ndarray:
+    """The live rows of the ``pool`` nearest article vectors and of the
+    ``pool`` best keyword matches of the query's strongest terms."""
     n = len(version)
     if pool >= n:
         return version.live(np.arange(n))
     _, ids = version.docs.search(query.vector.reshape(1, -1), pool + 1)
     dense_rows = version.rows_of(ids[0][ids[0] >= 0])
-    lexical_rows = version.tfidf.top_rows(_strongest_terms(query.terms, QUERY_TERMS), pool)
+    lexical_rows = version.tfidf.top_rows(strongest_terms(query.terms, QUERY_TERMS), pool)
     return np.union1d(dense_rows, version.live(lexical_rows))
 
 
-def _strongest_terms(terms: sp.csr_matrix, m: int) -> sp.csr_matrix:
+def strongest_terms(terms: sp.csr_matrix, m: int) -> sp.csr_matrix:
+    """A TF-IDF row cut to its ``m`` highest weights."""
     if terms.nnz <= m:
         return terms
     keep = np.argpartition(-terms.data, m - 1)[:m]
@@ -167,7 +160,7 @@ def _strongest_terms(terms: sp.csr_matrix, m: int) -> sp.csr_matrix:
 
 
 def _select(
-    version: IndexVersion,
+    version: View,
     rows: np.ndarray,
     score: np.ndarray,
     confidence: np.ndarray,
@@ -221,7 +214,7 @@ def _select(
 
 
 def recency_adjust(
-    version: IndexVersion, half_life_days: float, weight: float, today: float
+    version: View, half_life_days: float, weight: float, today: float
 ) -> Callable[[np.ndarray], np.ndarray]:
     """Score change by age: 0 for an article published ``today``, -weight/2 at
     one half-life, tending to -weight; none for undated articles."""
@@ -249,7 +242,7 @@ def combine(*adjustments: Callable[[np.ndarray], np.ndarray] | None) -> Callable
     return total
 
 
-def mmr(version: IndexVersion, rows: np.ndarray, score: np.ndarray, order: list[int], k: int, lam: float) -> list[int]:
+def mmr(version: View, rows: np.ndarray, score: np.ndarray, order: list[int], k: int, lam: float) -> list[int]:
     """Greedy maximal marginal relevance over the best candidates: each step
     takes the one with the best ``lam * relevance - (1 - lam) * similarity to
     those already taken`` (relevance scaled to [0, 1])."""

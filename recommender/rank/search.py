@@ -9,18 +9,10 @@ import scipy.sparse as sp
 
 from recommender.config import Settings
 from recommender.errors import InvalidInput
-from recommender.rank.related import NO_POLICY, QUERY_TERMS, Hit, Policy, _strongest_terms, in_sorted, rank_candidates
-from recommender.text import tokenize
-from recommender.version import IndexVersion
+from recommender.rank.related import NO_POLICY, QUERY_TERMS, Hit, Policy, rank_candidates, strongest_terms
+from recommender.view import View, in_sorted
 
 MAX_QUERY_CHARS = 1000
-
-
-def fts_query(text: str) -> str:
-    """A safe FTS5 expression: each word quoted, OR-ed (BM25 ranks the overlap)."""
-    words = tokenize(text) or [w for w in text.lower().split() if w.strip()]
-    quoted = dict.fromkeys('"' + w.replace('"', '""') + '"' for w in words if any(c.isalnum() for c in w))
-    return " OR ".join(quoted)
 
 
 def validate_query(query: str) -> str:
@@ -33,7 +25,7 @@ def validate_query(query: str) -> str:
 
 
 def search(
-    version: IndexVersion,
+    version: View,
     vector: np.ndarray,
     query: str,
     k: int,
@@ -75,7 +67,7 @@ def search(
             top = rows[np.argsort(-score, kind="stable")[:m]]
             centroid = sp.csr_matrix(version.tfidf.matrix[top].sum(axis=0))
             centroid = centroid / max(float(np.sqrt(centroid.multiply(centroid).sum())), 1e-12)
-            found = version.tfidf.top_rows(_strongest_terms(sp.csr_matrix(centroid), QUERY_TERMS), settings.candidates)
+            found = version.tfidf.top_rows(strongest_terms(sp.csr_matrix(centroid), QUERY_TERMS), settings.candidates)
             extra = shown(found)
             if allowed_rows is not None:  # new rows meet the request's filters too
                 extra = extra[in_sorted(extra, allowed_rows)]
@@ -116,7 +108,7 @@ PASSAGE_BLOCK_ARTICLES = 512
 512 x 16 passages (12 MiB at 384 dimensions), whatever a filter allows."""
 
 
-def passage_scores(version: IndexVersion, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
+def passage_scores(version: View, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """Best passage plus mean passage similarity of each article to the query,
     scored in blocks of PASSAGE_BLOCK_ARTICLES articles."""
     out = np.empty(len(rows), dtype=np.float32)

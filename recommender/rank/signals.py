@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from recommender.lexical import posting_sums
 
 if TYPE_CHECKING:
-    from recommender.version import IndexVersion
+    from recommender.view import View
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Query:
     """What is known of the article a list is for (indexed, or a draft)."""
 
     vector: np.ndarray
-    """Its article vector (see ``pipeline.article_vectors``)."""
+    """Its article vector (see ``passages.article_vectors``)."""
     lead: np.ndarray
     """The vector of its first passage: title and opening."""
     terms: sp.csr_matrix
@@ -39,10 +39,10 @@ class Query:
     entities: sp.csr_matrix
     """Its names, places and numbers, weighted like TF-IDF."""
     day: float = float("nan")
-    """Days since 1970-01-01 of its publication; NaN when unknown."""
+    """Days since 1970-01-01 of its publication (``clock.epoch_days``); NaN when unknown."""
     _stats: dict | None = None
 
-    def stats(self, version: IndexVersion) -> dict[str, tuple[float, float]]:
+    def stats(self, version: View) -> dict[str, tuple[float, float]]:
         """Mean and spread of the query's similarities over the version's sample."""
         if self._stats is None:
             self._stats = {
@@ -52,7 +52,7 @@ class Query:
         return self._stats
 
 
-def query_for_row(version: IndexVersion, row: int) -> Query:
+def query_for_row(version: View, row: int) -> Query:
     return Query(
         vector=np.asarray(version.doc_vectors[row], dtype=np.float32),
         lead=np.asarray(version.chunk_vectors[int(version.chunk_offsets[row])], dtype=np.float32),
@@ -70,56 +70,56 @@ class Raw:
     lexical: np.ndarray
 
 
-def raw_scores(version: IndexVersion, query: Query, rows: np.ndarray) -> Raw:
+def raw_scores(version: View, query: Query, rows: np.ndarray) -> Raw:
     return Raw(
         semantic=np.asarray(version.doc_vectors[rows] @ query.vector, dtype=np.float32),
         lexical=version.tfidf.pair_scores(query.terms, rows),
     )
 
 
-Signal = Callable[["IndexVersion", Query, np.ndarray, Raw], np.ndarray]
+Signal = Callable[["View", Query, np.ndarray, Raw], np.ndarray]
 
 
-def semantic(version: IndexVersion, query: Query, rows: np.ndarray, raw: Raw) -> np.ndarray:
+def semantic(version: View, query: Query, rows: np.ndarray, raw: Raw) -> np.ndarray:
     """Cosine of the article vectors."""
     return raw.semantic
 
 
-def semantic_z(version: IndexVersion, query: Query, rows: np.ndarray, raw: Raw) -> np.ndarray:
+def semantic_z(version: View, query: Query, rows: np.ndarray, raw: Raw) -> np.ndarray:
     mean, std = query.stats(version)["semantic"]
     return (raw.semantic - mean) / std
 
 
-def lexical(version: IndexVersion, query: Query, rows: np.ndarray, raw: Raw) -> np.ndarray:
+def lexical(version: View, query: Query, rows: np.ndarray, raw: Raw) -> np.ndarray:
     """Cosine of the TF-IDF rows (title and body)."""
     return raw.lexical
 
 
-def lexical_z(version: IndexVersion, query: Query, rows: np.ndarray, raw: Raw) -> np.ndarray:
+def lexical_z(version: View, query: Query, rows: np.ndarray, raw: Raw) -> np.ndarray:
     mean, std = query.stats(version)["lexical"]
     return (raw.lexical - mean) / std
 
 
-def entities(version: IndexVersion, query: Query, rows: np.ndarray, raw: Raw) -> np.ndarray:
+def entities(version: View, query: Query, rows: np.ndarray, raw: Raw) -> np.ndarray:
     """Cosine of the names, places and numbers (idf-weighted)."""
     if query.entities.nnz == 0:
         return np.zeros(len(rows), dtype=np.float32)
     return version.entities.pair_scores(query.entities, rows)
 
 
-def lead(version: IndexVersion, query: Query, rows: np.ndarray, raw: Raw) -> np.ndarray:
+def lead(version: View, query: Query, rows: np.ndarray, raw: Raw) -> np.ndarray:
     """Cosine of the first passages: headline and opening."""
     leads = version.chunk_vectors[version.chunk_offsets[rows]]
     return np.asarray(leads @ query.lead, dtype=np.float32)
 
 
-def days_apart(version: IndexVersion, query: Query, rows: np.ndarray, raw: Raw) -> np.ndarray:
+def days_apart(version: View, query: Query, rows: np.ndarray, raw: Raw) -> np.ndarray:
     """log(1 + days between the publication dates); 0 when either is unknown."""
     days = np.abs(version.published_days[rows] - query.day)
     return np.nan_to_num(np.log1p(days), nan=0.0).astype(np.float32)
 
 
-def dated(version: IndexVersion, query: Query, rows: np.ndarray, raw: Raw) -> np.ndarray:
+def dated(version: View, query: Query, rows: np.ndarray, raw: Raw) -> np.ndarray:
     """1 where both dates are known (so ``days_apart`` means something)."""
     return (~np.isnan(version.published_days[rows] - query.day)).astype(np.float32)
 
@@ -136,7 +136,7 @@ SIGNALS: dict[str, Signal] = {
 }
 
 
-def features(version: IndexVersion, query: Query, rows: np.ndarray, names: list[str]) -> tuple[np.ndarray, Raw]:
+def features(version: View, query: Query, rows: np.ndarray, names: list[str]) -> tuple[np.ndarray, Raw]:
     """The (len(rows), len(names)) matrix of the named signals."""
     raw = raw_scores(version, query, rows)
     out = np.empty((len(rows), len(names)), dtype=np.float32)

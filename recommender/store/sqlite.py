@@ -1,5 +1,9 @@
-"""The SQLite store: articles, their hashes, the editorial rules and the
-embedding cache. It is the source of truth; the FAISS index is derived from it."""
+"""The embedded store: one SQLite file (``<data_dir>/store.sqlite``) holding
+the articles, their hashes, the numbered writes, the editorial rules and the
+embedding cache. The only module of the package that speaks SQL (with the
+evaluation's FTS5 baseline). Its schema comes from numbered migrations
+(``MIGRATIONS``), applied in order when a store is opened; ``PRAGMA
+user_version`` records how far a file has come."""
 
 from __future__ import annotations
 
@@ -7,104 +11,52 @@ import datetime as dt
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from recommender import directory
 from recommender.articles import Article
-from recommender.filters import HAS_TAG_SQL
+from recommender.clock import utc_stamp
+from recommender.errors import ConfigError
+from recommender.filters import Filters
 from recommender.rules import Rule
+from recommender.store.base import (
+    CHUNK_HASH_BYTES,
+    Changes,
+    StoredArticle,
+    UpsertCounts,
+    Watermark,
+    is_embargoed,
+    parse_utc,
+)
 
-if TYPE_CHECKING:
-    from recommender.filters import Filters
+HAS_TAG_SQL = "EXISTS (SELECT 1 FROM json_each(articles.tags) WHERE json_each.value = ?)"
+"""An article's tags are a JSON array; this matches one tag."""
 
 EMBARGO_SQL = "SELECT doc_id, published FROM articles WHERE published >= ?"
 """Runs on every related request: it must stay a range read of the
 ``articles_by_published`` index. (With ``ORDER BY doc_id`` SQLite scanned the
 whole table instead: 45 ms per request at 100k articles.)"""
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS articles (
-    doc_id       INTEGER PRIMARY KEY AUTOINCREMENT,
-    id           TEXT NOT NULL UNIQUE,
-    title        TEXT NOT NULL,
-    body         TEXT NOT NULL,
-    url          TEXT,
-    published    TEXT,
-    section      TEXT,
-    tags         TEXT NOT NULL DEFAULT '[]',
-    lang         TEXT,
-    metadata     TEXT NOT NULL DEFAULT '{}',
-    content_hash TEXT NOT NULL,
-    record_hash  TEXT NOT NULL,
-    updated_at   REAL NOT NULL, -- when the title or body last changed (see Store.behind)
-    seq          INTEGER NOT NULL DEFAULT 0  -- the write that last changed the record (see Store.changes_since)
-);
-CREATE TABLE IF NOT EXISTS embeddings (
-    model_key    TEXT NOT NULL,
-    doc_id       INTEGER NOT NULL,
-    content_hash TEXT NOT NULL,
-    n_chunks     INTEGER NOT NULL,
-    dim          INTEGER NOT NULL,
-    vectors      BLOB NOT NULL,
-    chunk_hashes BLOB,
-    PRIMARY KEY (model_key, doc_id)
-);
-CREATE INDEX IF NOT EXISTS embeddings_by_content ON embeddings (model_key, content_hash);
-CREATE TABLE IF NOT EXISTS rules (
-    rule_id     INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind        TEXT NOT NULL,
-    article     TEXT,
-    target      TEXT NOT NULL,
-    target_type TEXT NOT NULL DEFAULT 'article',
-    position    INTEGER,
-    weight      REAL,
-    note        TEXT NOT NULL DEFAULT '',
-    created_at  TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS rules_by_article ON rules (article);
-CREATE INDEX IF NOT EXISTS articles_by_published ON articles (published);
-CREATE INDEX IF NOT EXISTS articles_by_section ON articles (section);
-CREATE INDEX IF NOT EXISTS articles_by_section_published ON articles (section, published);
-CREATE INDEX IF NOT EXISTS articles_by_updated ON articles (updated_at);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS articles_by_seq ON articles (seq);
-CREATE TABLE IF NOT EXISTS tombstones (doc_id INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS tombstones_by_seq ON tombstones (seq);
-"""
-
-CHUNK_HASH_BYTES = 8
-
 COLUMNS = "doc_id, id, title, body, url, published, section, tags, lang, metadata, content_hash"
 
 
-@dataclass(frozen=True)
-class StoredArticle:
-    doc_id: int
-    article: Article
-    content_hash: str
+WAIT_POLL_SECONDS = 0.1
+"""How often ``wait_for_changes`` reads the write number."""
 
 
-@dataclass
-class UpsertCounts:
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-
-
-class Store:
-    """One SQLite file. Open with :meth:`open`; a Store is used by one thread."""
+class SqliteStore:
+    """One SQLite file. Open with :meth:`open`; a store is used by one thread."""
 
     def __init__(self, connection: sqlite3.Connection, path: Path):
         self.connection = connection
         self.path = path
 
     @classmethod
-    def open(cls, path: Path, *, create: bool = True) -> Store:
+    def open(cls, path: Path, *, create: bool = True) -> SqliteStore:
         path = Path(path)
         if not create and not path.exists():
             raise FileNotFoundError(path)
@@ -113,14 +65,13 @@ class Store:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA foreign_keys=ON")
-        _migrate(connection)
-        connection.executescript(SCHEMA)
+        migrate(connection, path)
         return cls(connection, path)
 
     def close(self) -> None:
         self.connection.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> SqliteStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -209,7 +160,7 @@ class Store:
     def add_rule(self, rule: Rule) -> Rule:
         """Store a rule; a pin replaces an earlier pin of the same article to the
         same list, and an identical rule is not stored twice."""
-        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        created = utc_stamp()
         with self._transaction() as db:
             if rule.kind == "pin":
                 db.execute("DELETE FROM rules WHERE kind = 'pin' AND article = ? AND target = ?", (rule.article, rule.target))
@@ -275,7 +226,7 @@ class Store:
         """Articles whose publication time is still to come: never shown yet
         (see :func:`is_embargoed`). Only dates from the day before on are read
         (the widest time-zone offset is 14 hours)."""
-        now = _utc(now_iso)
+        now = parse_utc(now_iso)
         since = (now - dt.timedelta(days=1)).date().isoformat()
         return sorted(doc_id for doc_id, published in self.connection.execute(EMBARGO_SQL, (since,))
                       if is_embargoed(published, now))
@@ -284,7 +235,7 @@ class Store:
         """The given doc_ids that match ``filters``."""
         if not doc_ids:
             return np.zeros(0, dtype=np.int64)
-        where, params = filters.sql()
+        where, params = filter_sql(filters)
         marks = ",".join("?" * len(doc_ids))
         rows = self.connection.execute(
             f"SELECT doc_id FROM articles WHERE doc_id IN ({marks}) AND {where}", [*map(int, doc_ids), *params]
@@ -301,9 +252,6 @@ class Store:
             [*params, until + "~", int(limit)],
         )
         return [doc_id for doc_id, published in rows if not is_embargoed(published, until)]
-
-    def languages(self) -> set[str]:
-        return {r[0] for r in self.connection.execute("SELECT DISTINCT lang FROM articles WHERE lang IS NOT NULL")}
 
     def rules_generation(self) -> int:
         """A number that changes whenever a rule is added or removed (cache keys)."""
@@ -494,37 +442,29 @@ class Store:
         deleted = max(0, mark.articles - (self.count() - added))
         return int(added + changed + deleted)
 
+    # -- coordination between processes -----------------------------------
+
+    def wait_for_changes(self, seq: int, timeout: float) -> int:
+        """The latest write number once it is past ``seq``, or after ``timeout``:
+        the number is read every ``WAIT_POLL_SECONDS`` (one primary-key read)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            latest = self.seq()
+            left = deadline - time.monotonic()
+            if latest > seq or left <= 0:
+                return latest
+            time.sleep(min(WAIT_POLL_SECONDS, left))
+
+    @contextmanager
+    def indexing_role(self, *, blocking: bool = False) -> Iterator[bool]:
+        """The indexing role of this store's processes: a lock file beside it."""
+        with directory.lock(self.path.with_name(self.path.name + ".indexing.lock"), blocking=blocking) as held:
+            yield held
+
     # -- helpers ---------------------------------------------------------
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self.connection)
-
-
-@dataclass(frozen=True)
-class Watermark:
-    """The highest doc_id, the latest content change and the article count of
-    a snapshot (doc_ids only grow, and content changes are stamped inside the
-    write transaction, so later writes lie above both marks)."""
-
-    max_doc_id: int
-    content_updated_at: float
-    articles: int
-    seq: int | None = None
-    """The latest write's number (see :meth:`Store.changes_since`); None in
-    snapshots recorded before writes were numbered."""
-
-
-@dataclass(frozen=True)
-class Changes:
-    """Writes after a given write number: articles added or changed in any
-    field (metadata too), articles deleted, and the latest number."""
-
-    changed: list[int]
-    deleted: list[int]
-    seq: int
-
-    def __len__(self) -> int:
-        return len(self.changed) + len(self.deleted)
 
 
 class _Transaction:
@@ -537,24 +477,6 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.connection.execute("ROLLBACK" if exc_type else "COMMIT")
-
-
-def _utc(iso: str) -> dt.datetime:
-    when = dt.datetime.fromisoformat(iso)
-    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when
-
-
-def is_embargoed(published: str | None, now: dt.datetime | str) -> bool:
-    """Whether an article dated ``published`` is still to come at ``now``. A
-    bare date counts from the start of its day (UTC); a time without an offset
-    is taken as UTC."""
-    if not published:
-        return False
-    try:
-        when = _utc(published)
-    except ValueError:
-        return False
-    return when > (_utc(now) if isinstance(now, str) else now)
 
 
 def _stored(row: tuple) -> StoredArticle:
@@ -586,26 +508,140 @@ def _next_seq(db: sqlite3.Connection) -> int:
     return int(db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
 
 
-def _migrate(connection: sqlite3.Connection) -> None:
-    """Bring a store made by an older release up to the current schema."""
-    _add_column(connection, "articles", "seq", "INTEGER NOT NULL DEFAULT 0")
-    # The full-text index (FTS5) no request read cost every upsert; the
-    # evaluation's FTS5 baseline builds its own (recommender.evaluate).
-    if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'articles_fts'").fetchone():
-        connection.executescript("""
-        DROP TRIGGER IF EXISTS articles_ai;
-        DROP TRIGGER IF EXISTS articles_ad;
-        DROP TRIGGER IF EXISTS articles_au;
-        DROP TABLE IF EXISTS articles_fts;
-        """)
-    _add_column(connection, "embeddings", "chunk_hashes", "BLOB")
+def filter_sql(filters: Filters) -> tuple[str, list[str]]:
+    """A WHERE clause over the ``articles`` table and its parameters (what
+    ``FilterColumns.mask`` selects from the index's columns)."""
+    clauses, params = [], []
+    if filters.section:
+        clauses.append("section = ?")
+        params.append(filters.section)
+    if filters.lang:
+        clauses.append("lang = ?")
+        params.append(filters.lang)
+    if filters.same_language:
+        clauses.append("(lang = ? OR lang IS NULL)")
+        params.append(filters.same_language)
+    if filters.tag:
+        clauses.append(HAS_TAG_SQL)
+        params.append(filters.tag)
+    if filters.since:
+        clauses.append("published >= ?")
+        params.append(filters.since)
+    if filters.until:
+        # '2024-05-31' < '2024-05-31T10:00' < '2024-05-31~' in byte order.
+        clauses.append("published <= ?")
+        params.append(filters.until + "~" if len(filters.until) == 10 else filters.until)
+    return " AND ".join(clauses) or "1", params
 
 
-def _add_column(connection: sqlite3.Connection, table: str, column: str, declaration: str) -> None:
-    columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+# -- the schema: numbered migrations ---------------------------------------------
+# Each runs once per file, in order, inside one write transaction with the
+# update of ``PRAGMA user_version``. Stores written before migrations were
+# numbered (user_version 0) may be at any step up to 4: those steps check
+# before they change anything.
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[Migration] = []
+
+
+def migration(step: Migration) -> Migration:
+    MIGRATIONS.append(step)
+    return step
+
+
+@migration
+def m001_articles_embeddings_rules(db: sqlite3.Connection) -> None:
+    for statement in (
+        """CREATE TABLE IF NOT EXISTS articles (
+            doc_id       INTEGER PRIMARY KEY AUTOINCREMENT,
+            id           TEXT NOT NULL UNIQUE,
+            title        TEXT NOT NULL,
+            body         TEXT NOT NULL,
+            url          TEXT,
+            published    TEXT,
+            section      TEXT,
+            tags         TEXT NOT NULL DEFAULT '[]',
+            lang         TEXT,
+            metadata     TEXT NOT NULL DEFAULT '{}',
+            content_hash TEXT NOT NULL,
+            record_hash  TEXT NOT NULL,
+            updated_at   REAL NOT NULL -- when the title or body last changed (see SqliteStore.behind)
+        )""",
+        """CREATE TABLE IF NOT EXISTS embeddings (
+            model_key    TEXT NOT NULL,
+            doc_id       INTEGER NOT NULL,
+            content_hash TEXT NOT NULL,
+            n_chunks     INTEGER NOT NULL,
+            dim          INTEGER NOT NULL,
+            vectors      BLOB NOT NULL,
+            PRIMARY KEY (model_key, doc_id)
+        )""",
+        "CREATE INDEX IF NOT EXISTS embeddings_by_content ON embeddings (model_key, content_hash)",
+        """CREATE TABLE IF NOT EXISTS rules (
+            rule_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind        TEXT NOT NULL,
+            article     TEXT,
+            target      TEXT NOT NULL,
+            target_type TEXT NOT NULL DEFAULT 'article',
+            position    INTEGER,
+            weight      REAL,
+            note        TEXT NOT NULL DEFAULT '',
+            created_at  TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS rules_by_article ON rules (article)",
+        "CREATE INDEX IF NOT EXISTS articles_by_published ON articles (published)",
+        "CREATE INDEX IF NOT EXISTS articles_by_section ON articles (section)",
+        "CREATE INDEX IF NOT EXISTS articles_by_section_published ON articles (section, published)",
+        "CREATE INDEX IF NOT EXISTS articles_by_updated ON articles (updated_at)",
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    ):
+        db.execute(statement)
+
+
+@migration
+def m002_drop_full_text_index(db: sqlite3.Connection) -> None:
+    """The full-text index (FTS5) that no request read cost every upsert; the
+    evaluation's FTS5 baseline builds its own (``recommender.evaluation.baselines``)."""
+    for statement in ("DROP TRIGGER IF EXISTS articles_ai", "DROP TRIGGER IF EXISTS articles_ad",
+                      "DROP TRIGGER IF EXISTS articles_au", "DROP TABLE IF EXISTS articles_fts"):
+        db.execute(statement)
+
+
+@migration
+def m003_passage_hashes(db: sqlite3.Connection) -> None:
+    """Each cached vector's passage text hash: a passage's vector is reused for the same text."""
+    _add_column(db, "embeddings", "chunk_hashes", "BLOB")
+
+
+@migration
+def m004_numbered_writes(db: sqlite3.Connection) -> None:
+    """Every write gets a number (``meta.seq``), each article the number of its
+    last write and each deletion a tombstone: segments read the writes after
+    a version's number."""
+    _add_column(db, "articles", "seq", "INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE INDEX IF NOT EXISTS articles_by_seq ON articles (seq)")
+    db.execute("CREATE TABLE IF NOT EXISTS tombstones (doc_id INTEGER PRIMARY KEY, seq INTEGER NOT NULL)")
+    db.execute("CREATE INDEX IF NOT EXISTS tombstones_by_seq ON tombstones (seq)")
+
+
+def migrate(connection: sqlite3.Connection, path: Path) -> None:
+    """Apply the migrations a file lacks, in one write transaction (the
+    server's workers open the store together: one migrates, the others then
+    find it done). A file from a newer release is refused."""
+    known = len(MIGRATIONS)
+    if connection.execute("PRAGMA user_version").fetchone()[0] == known:
+        return
+    with _Transaction(connection) as db:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > known:
+            raise ConfigError(f"{path} has schema version {version}, newer than this release knows ({known}): "
+                              "upgrade recommender, or use a copy of the store from this release")
+        for step in MIGRATIONS[version:]:
+            step(db)
+        db.execute(f"PRAGMA user_version = {known}")
+
+
+def _add_column(db: sqlite3.Connection, table: str, column: str, declaration: str) -> None:
+    columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
     if columns and column not in columns:
-        try:
-            connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-        except sqlite3.OperationalError as exc:  # another worker migrated it first
-            if "duplicate column" not in str(exc):
-                raise
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")

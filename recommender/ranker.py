@@ -1,18 +1,23 @@
-"""The combiner is data: a logistic regression over the signals, and an
-isotonic map from its score to a confidence. Both are a few numbers in a
-JSON file (``related.json`` beside this module), copied into every index
-version at build time, so a version always ranks with the model it was built
-with. ``scripts/train_ranker.py`` fits them on the development sets."""
+"""The related-list combiner is data: a linear score over the signals
+(``recommender.rank.signals``), and a logistic map from the absolute
+similarities to a confidence. Both are a few numbers in a JSON file
+(``ranker.json`` beside this module), copied into every index version at
+build time, so a version always ranks with the model it was built with.
+``recommender.training`` fits them (``scripts/train_ranker.py``).
+
+A leaf: it imports nothing of the project. Whoever loads a model for use
+passes the names of the signals it can compute (``SIGNALS``)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-DEFAULT_MODEL = Path(__file__).with_name("related.json")
+DEFAULT_MODEL = Path(__file__).with_name("ranker.json")
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,9 @@ class Ranker:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> Ranker:
+    def from_dict(cls, data: dict, signals: Collection[str]) -> Ranker:
+        """A model from its JSON; ``signals``: the names the caller can compute
+        (a model naming another is refused: ValueError)."""
         def array(values) -> np.ndarray:
             return np.asarray(values, dtype=np.float64)
 
@@ -89,9 +96,7 @@ class Ranker:
         if any(n != "score" and n not in names for n in ranker.calibration_names) or len(
             ranker.calibration_names) != len(ranker.calibration_weights):
             raise ValueError("ranker model's calibration names unknown signals")
-        from recommender.rank.signals import SIGNALS
-
-        unknown = [n for n in names if n not in SIGNALS]
+        unknown = [n for n in names if n not in signals]
         if unknown or not (len(names) == len(ranker.mean) == len(ranker.scale) == len(ranker.weights)):
             raise ValueError(f"ranker model is inconsistent (unknown signals: {unknown})")
         if len(ranker.calibration_x) < 2 or len(ranker.calibration_x) != len(ranker.calibration_y):
@@ -102,8 +107,8 @@ class Ranker:
         path.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, path: Path = DEFAULT_MODEL) -> Ranker:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    def load(cls, path: Path, signals: Collection[str]) -> Ranker:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")), signals)
 
     def without(self, name: str) -> Ranker:
         """This model with one signal's weight set to 0 (an ablation)."""

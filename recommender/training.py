@@ -1,7 +1,8 @@
-"""Fitting the related-list ranker: a logistic regression over the signals,
-then an isotonic map from its score to a confidence. Used by
-scripts/train_ranker.py (which gathers the development sets); scikit-learn
-is needed here only, never on the request path."""
+"""Fitting the related-list ranker (``recommender.ranker``): a linear score
+over the signals, fitted to the story MAP of the lists it makes, then a
+logistic confidence over the absolute similarities. Used by
+scripts/train_ranker.py, which gathers the development sets; scipy's
+optimizers run here only, never on the request path."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from recommender.evaluate import story_average_precision
-from recommender.rank.model import Ranker
+from recommender.evaluation.metrics import story_average_precision
 from recommender.rank.signals import SIGNALS
+from recommender.ranker import Ranker
 
 DEPTH = 100
 LIST = 10

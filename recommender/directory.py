@@ -1,0 +1,216 @@
+"""The one owner of the data folder's on-disk protocol, in the spirit of
+Lucene's ``Directory`` and ``Lock``: how a file or folder comes into place
+(written beside it, fsynced, renamed over, its folder fsynced), the lock
+files, the names of versions and segments, and ``CURRENT``.
+
+    <data_dir>/index/CURRENT                       line 1: the live version; then its segments, oldest first
+    <data_dir>/index/versions/<version>/           a published version (``recommender.version.Layout``)
+    <data_dir>/index/versions/<version>/segments/<segment>/   writes since it (``recommender.segments``)
+    <data_dir>/index/staging/<version>/            a version being built
+    <data_dir>/reindex.lock, merge.lock            held to publish, and by a full build
+    <data_dir>/models/                             exported models (``recommender.embedders``)
+
+A reader resolves CURRENT once and keeps what it names; a writer builds a new
+folder, then replaces CURRENT, so readers see the old state or the new one,
+never a half-written one. No other module renames, fsyncs or locks files.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+CURRENT = "CURRENT"
+VERSIONS = "versions"
+STAGING = "staging"
+SEGMENTS = "segments"
+WRITE_LOCK = "reindex.lock"
+"""Held to publish (a segment, or the swap to a new version): short."""
+MERGE_LOCK = "merge.lock"
+"""Held by a full build, one at a time: long, and segments are published meanwhile."""
+EXPORT_LOCK = "export.lock"
+"""In a folder of exported models: one export at a time (a server's workers start together)."""
+ABANDONED_STAGING_SECONDS = 3600.0
+SEGMENT_GRACE_SECONDS = 60.0
+
+
+# -- files ---------------------------------------------------------------------
+
+
+def fsync(path: Path) -> None:
+    """Flush a file's data, or every file of a folder, to the disk."""
+    paths = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for file in paths:
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename into it) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace(source: Path, target: Path) -> None:
+    """Move a written file or folder over ``target`` in one rename, its data
+    flushed first and the rename after: after a crash ``target`` is the old
+    one or the new one, whole."""
+    fsync(source)
+    os.replace(source, target)
+    fsync_dir(target.parent)
+
+
+def write_atomically(target: Path, write: Callable[[Path], object]) -> None:
+    """``write`` into a temporary file beside ``target``, then :func:`replace`
+    it over: a reader finds the old file, the new one, or none, never a partial one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(handle)
+    temp = Path(name)
+    try:
+        write(temp)
+        replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_text(target: Path, text: str) -> None:
+    """:func:`write_atomically` of a UTF-8 text."""
+    write_atomically(target, lambda path: path.write_text(text, encoding="utf-8"))
+
+
+@contextmanager
+def lock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive lock file, across processes and threads (each holder opens
+    the file itself). Non-blocking, it yields False when another holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def new_name() -> str:
+    """A version's or a segment's name: its UTC time to the nanosecond and the
+    writer's pid, so names sort by time and two writers never pick the same."""
+    now = time.time_ns()
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now // 10**9))}.{now % 10**9:09d}-{os.getpid()}"
+
+
+# -- the index folder -------------------------------------------------------------
+
+
+def version_dir(index_root: Path, name: str) -> Path:
+    return index_root / VERSIONS / name
+
+
+def segments_dir(index_root: Path, version: str) -> Path:
+    return version_dir(index_root, version) / SEGMENTS
+
+
+def read_current(index_root: Path) -> tuple[str | None, tuple[str, ...]]:
+    """The live version and its segments, as CURRENT names them (one read of one file)."""
+    try:
+        lines = (index_root / CURRENT).read_text(encoding="utf-8").split()
+    except FileNotFoundError:
+        return None, ()
+    return (lines[0], tuple(lines[1:])) if lines else (None, ())
+
+
+def write_current(index_root: Path, version: str, segments: Sequence[str]) -> None:
+    """Point readers at a version and its segments, in one atomic replace."""
+    write_text(index_root / CURRENT, "".join(f"{line}\n" for line in (version, *segments)))
+
+
+def new_staging(index_root: Path) -> tuple[str, Path]:
+    """A new version's name and the empty folder it is built in."""
+    name = new_name()
+    staging = index_root / STAGING / name
+    staging.mkdir(parents=True)
+    return name, staging
+
+
+def publish_version(
+    index_root: Path, name: str, staging: Path, *, keep: int = 3,
+    catch_up: Callable[[], Sequence[str]] | None = None,
+) -> Path:
+    """Move a fully written staging folder into place and point CURRENT at it.
+    ``catch_up`` writes segments for the placed version (the writes made
+    while it was built) and names them; CURRENT names them too. Then the
+    oldest versions beyond ``keep`` and abandoned stagings are removed."""
+    versions = index_root / VERSIONS
+    versions.mkdir(parents=True, exist_ok=True)
+    final = version_dir(index_root, name)
+    replace(staging, final)
+    write_current(index_root, name, catch_up() if catch_up else ())
+    _prune_versions(versions, keep=max(1, keep), live=name)
+    _remove_abandoned(index_root / STAGING, ABANDONED_STAGING_SECONDS)
+    return final
+
+
+def place_segment(index_root: Path, version: str, name: str, write: Callable[[Path], object]) -> Path:
+    """Write a segment of ``version`` into a staging folder beside its final
+    place (``write(folder)``), then rename it into place."""
+    folder = segments_dir(index_root, version)
+    staging = folder / f".{name}.tmp"
+    staging.mkdir(parents=True)
+    write(staging)
+    final = folder / name
+    replace(staging, final)
+    return final
+
+
+def prune_segments(index_root: Path, version: str, live: Sequence[str], *,
+                   grace_seconds: float = SEGMENT_GRACE_SECONDS) -> None:
+    """Remove segments CURRENT no longer names (after ``grace_seconds``, so a
+    reader that has just read CURRENT can still load them), and abandoned stagings."""
+    folder = segments_dir(index_root, version)
+    if not folder.is_dir():
+        return
+    cutoff = time.time() - grace_seconds
+    for path in folder.iterdir():
+        if path.name not in live and path.stat().st_mtime < cutoff:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _prune_versions(versions: Path, *, keep: int, live: str) -> None:
+    old = sorted((p for p in versions.iterdir() if p.is_dir() and p.name != live), key=lambda p: p.name)
+    for path in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_abandoned(staging_root: Path, max_age_seconds: float) -> None:
+    """Staging folders left by killed builds; a live build touches its own."""
+    if not staging_root.is_dir():
+        return
+    cutoff = time.time() - max_age_seconds
+    for path in staging_root.iterdir():
+        if path.is_dir() and path.stat().st_mtime < cutoff:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def temporary_folder(parent: Path) -> Iterator[Path]:
+    """An empty folder inside ``parent`` (files written there are moved into
+    place with :func:`replace`), removed with whatever is left in it."""
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=".tmp-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

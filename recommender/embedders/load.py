@@ -1,0 +1,116 @@
+"""Opening what a spec names: the one factory the CLI, the server, the
+evaluation and the Ray workers use (``load_embedder``), and the lazily
+loaded embedder the commands and the server hold (``LazyEmbedder``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from recommender.embedders.base import Choice, Embedder, EmbedderSpec, resolve_model_path
+from recommender.embedders.onnx_backend import ExportedModel, OnnxEmbedder, export_file, export_onnx
+from recommender.embedders.openvino_backend import OpenVinoEmbedder, export_openvino, export_path
+from recommender.embedders.torch_backend import SentenceTransformerEmbedder
+
+
+class ExportedEmbedder:
+    """Articles on an exported backend. ``torch()`` gives the torch model
+    where one is needed (the search-query path checks its own export against
+    it), loaded on first use only."""
+
+    def __init__(self, runner: ExportedModel, spec: EmbedderSpec, reference: SentenceTransformerEmbedder | None = None):
+        self.runner = runner
+        self.spec = spec
+        self.model_id = runner.model_id
+        self.dimension = runner.dimension
+        self._reference = reference
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self.runner.embed(list(texts))
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+    def torch(self) -> SentenceTransformerEmbedder:
+        with self._lock:
+            if self._reference is None:
+                self._reference = SentenceTransformerEmbedder.of(self.spec, "float32")
+            return self._reference
+
+
+def load_embedder(spec: EmbedderSpec, reference: SentenceTransformerEmbedder | None = None) -> Embedder:
+    """The embedder the spec names. An exported backend's export is made
+    first where it is missing (from ``reference``, or the model loaded on torch)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if spec.backend == "torch":
+        if reference is not None and reference.precision == spec.precision:
+            return reference
+        return SentenceTransformerEmbedder.of(spec)
+    choice = spec.choice
+    target = export_file(spec) if spec.backend == "onnx" else export_path(spec, choice)
+    if not target.exists():
+        reference = reference or SentenceTransformerEmbedder.of(spec, "float32")
+        if spec.backend == "onnx":
+            export_onnx(reference.model, target)
+        else:
+            export_openvino(spec, choice, reference)
+    return ExportedEmbedder(_runner(spec, choice, target), spec, reference)
+
+
+def _runner(spec: EmbedderSpec, choice: Choice, target) -> ExportedModel:
+    model_path = resolve_model_path(spec.model)
+    if choice.backend == "onnx":
+        return OnnxEmbedder(target, model_path, spec.model_id, threads=_threads(), batch_size=spec.batch_size)
+    return OpenVinoEmbedder(target, model_path, spec.model_id, precision=choice.precision, threads=_threads(),
+                            batch_size=spec.batch_size)
+
+
+def _threads() -> int:
+    """torch's thread count where torch is loaded already; else the cores this
+    process may use (an exported backend need not import torch at all)."""
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else len(os.sched_getaffinity(0))
+
+
+class LazyEmbedder:
+    """The spec's embedder, loaded on first use, once, whichever thread asks
+    first: commands that need no model (related lists of indexed articles,
+    rules) never load it; the server loads it at start (``get()``).
+    ``load`` replaces the factory (the tests' tiny model)."""
+
+    def __init__(self, spec: EmbedderSpec, load: Callable[[], Embedder] | None = None):
+        self.spec = spec
+        self._load = load or (lambda: load_embedder(spec))
+        self._embedder: Embedder | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def key(self) -> str:
+        """The embedding cache key of the vectors this embedder makes."""
+        return self.spec.key
+
+    @property
+    def loaded(self) -> bool:
+        return self._embedder is not None
+
+    def get(self) -> Embedder:
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = self._load()
+            return self._embedder
+
+    @property
+    def model_id(self) -> str:
+        return self.get().model_id
+
+    @property
+    def dimension(self) -> int:
+        return self.get().dimension
+
+    def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        return self.get().embed(texts, progress=progress)
