@@ -55,8 +55,8 @@ def module_name(path: Path, root: Path = ROOT) -> str:
     return ".".join(parts)
 
 
-def project_modules() -> dict[str, Path]:
-    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+def project_modules(package: Path = PACKAGE) -> dict[str, Path]:
+    return {module_name(p, package.parent): p for p in sorted(package.rglob("*.py"))}
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -180,11 +180,14 @@ def layers(text: str | None = None) -> list[list[str]]:
 
 
 def layer_of(module: str, spec: list[list[str]]) -> int | None:
-    """The layer of the longest listed name that is the module or a package above it."""
+    """The layer of the longest listed name that is the module or a package
+    above it (the package's own ``__init__``, which holds the version, is below all)."""
+    if module == "recommender":
+        return 0
     best: tuple[int, int] | None = None
     for number, names in enumerate(spec):
         for listed in names:
-            full = "recommender" if listed == "recommender" else f"recommender.{listed}"
+            full = f"recommender.{listed}"
             if module == full or module.startswith(full + "."):
                 if best is None or len(full) > best[1]:
                     best = (number, len(full))
@@ -196,9 +199,9 @@ def upward(edges: dict[str, set[str]], spec: list[list[str]]) -> list[tuple[str,
                   if (la := layer_of(a, spec)) is not None and (lb := layer_of(b, spec)) is not None and lb > la)
 
 
-def private_imports(paths: dict[str, Path]) -> list[str]:
+def private_imports(paths: dict[str, Path], modules: dict[str, Path] | None = None) -> list[str]:
     """``from m import _x`` of another module's private name, and ``m._x`` through an imported project module."""
-    modules = project_modules()
+    modules = project_modules() if modules is None else modules
     found = []
     for name, path in paths.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
@@ -280,20 +283,15 @@ def test_the_checker_finds_what_it_looks_for(tmp_path):
                                      "def f():\n    import recommender.low.a\n")
     (package / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
                                   "    from recommender.high import x\n")
-    modules = {module_name(p, tmp_path): p for p in sorted(package.rglob("*.py"))}
+    modules = project_modules(package)
     edges, found = graph(modules)
     assert cycles(edges) == [["recommender.high", "recommender.low.a"]]
     assert "recommender.high" not in edges["recommender.b"]  # TYPE_CHECKING does not count
     spec = layers("## Layers\n```\n0: low, b\n1: high\n```\n")
     assert upward(edges, spec) == [("recommender.low.a", "recommender.high")]
     assert [i.line for i in found if i.in_function] == [3]
-    global PACKAGE
-    saved, PACKAGE = PACKAGE, package
-    try:
-        assert private_imports({"recommender.high": package / "high.py"}) == [
-            "recommender.high:1 imports recommender.low.a._secret"]
-    finally:
-        PACKAGE = saved
+    assert private_imports({"recommender.high": package / "high.py"}, modules) == [
+        "recommender.high:1 imports recommender.low.a._secret"]
 
 
 # -- the report ----------------------------------------------------------------------

@@ -152,14 +152,14 @@ def test_model_mismatch_is_refused(tmp_path, corpus, tiny_model_dir):
 
 
 def test_reindex_exit_code_3_when_some_articles_fail(tmp_path, corpus, tiny_model_dir, capsys):
-    from recommender.embed import load_embedder
+    from recommender.embedders import load_embedder, resolve
     from tests.helpers import PoisonEmbedder
 
     rows = corpus[:5] + [{"id": "bad-1", "title": "POISON", "body": "The model chokes on this one."}]
     common = ["--data-dir", str(tmp_path / "d"), "--model", str(tiny_model_dir)]
     assert cli.main(["ingest", str(write_jsonl(tmp_path / "a.jsonl", rows)), *common]) == 0
     def poisoned(settings):
-        return PoisonEmbedder(load_embedder(settings))
+        return PoisonEmbedder(load_embedder(resolve(settings)))
 
     capsys.readouterr()
     assert cli.main(["reindex", "--no-progress", "--json", *common], load_embedder=poisoned) == 3

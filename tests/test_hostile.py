@@ -126,10 +126,11 @@ class Spy:
     the keyword tokenizer: the work an article costs, without a clock."""
 
     def __init__(self, monkeypatch):
-        from recommender import lexical, text
+        from recommender import passages, text
+        from recommender.lexical import bm25, build, tfidf
 
         self.split = self.embedded = self.tokenized = self.passages = 0
-        real_split, real_tokenize = text._SENTENCE_END, lexical.tokenize
+        real_split, real_tokenize = passages._SENTENCE_END, text.tokenize
         spy = self
 
         class Splitter:
@@ -141,8 +142,9 @@ class Spy:
             spy.tokenized += len(value)
             return real_tokenize(value)
 
-        monkeypatch.setattr(text, "_SENTENCE_END", Splitter())
-        monkeypatch.setattr(lexical, "tokenize", tokenize)
+        monkeypatch.setattr(passages, "_SENTENCE_END", Splitter())
+        for keyword_module in (build, tfidf, bm25):  # every keyword path: the build, segments' rows, drafts, queries
+            monkeypatch.setattr(keyword_module, "tokenize", tokenize)
 
     def embedder(self, inner):
         spy = self

@@ -14,6 +14,7 @@ import pytest
 from recommender.config import Settings
 from recommender.rank import related as related_module
 from recommender.rank.related import related_to_row
+from recommender.rank.signals import SIGNALS
 from recommender.ranker import DEFAULT_MODEL, Ranker
 from recommender.service import Engine
 from tests.helpers import FILLER, PEACE_TALKS, TOPICS, Server, build_index, write_jsonl
@@ -63,7 +64,7 @@ def test_pooled_ranking_matches_exhaustive_and_a_dense_only_pool_does_not(settin
             _, ids = version.docs.search(query.vector.reshape(1, -1), pool + 1)
             return np.sort(version.rows_of(ids[0][ids[0] >= 0]))
 
-        monkeypatch.setattr(related_module, "_candidates", dense_only)
+        monkeypatch.setattr(related_module, "candidate_rows", dense_only)
         assert overlap(top_ids(version, settings.replace(candidates=8))) < 0.9  # the test can fail
 
 
@@ -93,7 +94,7 @@ def test_fallback_fills_a_short_list_and_is_marked(settings, corpus):
 
 
 def test_packaged_ranker_is_calibrated_and_explains_itself():
-    ranker = Ranker.load(DEFAULT_MODEL)
+    ranker = Ranker.load(DEFAULT_MODEL, SIGNALS)
     assert ranker.calibration_names and np.all(ranker.calibration_weights >= 0)
     rng = np.random.default_rng(1)
     values = np.abs(rng.standard_normal((400, len(ranker.names)))) * 0.3
