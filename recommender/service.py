@@ -41,6 +41,7 @@ class LiveIndex:
         self._version: View | None = None
         self._parts: ViewParts | None = None
         self._lock = threading.Lock()
+        self._swapped = threading.Condition()
         self.error: Exception | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -85,8 +86,21 @@ class LiveIndex:
                 return False
             if served is None or served.name != name:
                 log.info("serving index %s (%d articles)", name, len(parts.view))
-            self._version, self._parts, self.error = parts.view, parts, None
+            with self._swapped:
+                self._version, self._parts, self.error = parts.view, parts, None
+                self._swapped.notify_all()
             return True
+
+    def wait_for(self, seq: int, timeout: float) -> bool:
+        """Block until the served view holds the writes up to number ``seq``
+        (each swap wakes the waiters); False if ``timeout`` seconds pass first."""
+
+        def holds() -> bool:
+            view = self._version
+            return view is not None and view.seq is not None and view.seq >= seq
+
+        with self._swapped:
+            return self._swapped.wait_for(holds, timeout)
 
     def watch(self, interval: float) -> None:
         def loop() -> None:
@@ -258,7 +272,14 @@ class Reindexer:
         self._wanted = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reindexer", daemon=True)
-        self._merge: threading.Thread | None = None
+        self.merge_thread: threading.Thread | None = None
+        """The full build running in the background, or the last one (``_merge_in_background``)."""
+        self.started = threading.Event()
+        """Set once the start-up check is done: at once on a read-only replica,
+        which publishes nothing; after the first job where writes are enabled."""
+        self.jobs = 0
+        """Jobs run so far, whether they published, found nothing to do or failed."""
+        self._job_done = threading.Condition()
         self.last_error: str | None = None
 
     def start(self) -> Reindexer:
@@ -270,18 +291,25 @@ class Reindexer:
         publishes: its versions come from the indexing machine."""
         if self.settings.api_key:
             self._wanted.set()
+        else:
+            self.started.set()
         self._thread.start()
         return self
 
     def request(self) -> None:
         self._wanted.set()
 
+    def wait_for_jobs(self, count: int, timeout: float) -> bool:
+        """Block until ``count`` jobs have run (each wakes the waiters); False if ``timeout`` seconds pass first."""
+        with self._job_done:
+            return self._job_done.wait_for(lambda: self.jobs >= count, timeout)
+
     def close(self) -> None:
         self._stop.set()
         self._wanted.set()
         self._thread.join(timeout=60)
-        if self._merge is not None:
-            self._merge.join(timeout=60)
+        if self.merge_thread is not None:
+            self.merge_thread.join(timeout=60)
 
     def _run(self) -> None:
         retry = RETRY_FIRST_SECONDS
@@ -306,18 +334,28 @@ class Reindexer:
                 except Exception as exc:  # keep serving the last good index
                     self.last_error = type(exc).__name__  # the details go to the log, not to clients
                     log.exception("background reindex failed; trying again in %.0f s", retry)
+                    self._finished_job()
                     # Acknowledged writes wait for a publish: try again without
                     # waiting for the next write, backing off while it fails.
                     self._stop.wait(retry)
                     retry = min(retry * 2, RETRY_MAX_SECONDS)
                     self._wanted.set()
-                self.engine.live.refresh()
+                else:
+                    self._finished_job()
+
+    def _finished_job(self) -> None:
+        """The served view follows the job; then the job counts as run."""
+        self.engine.live.refresh()
+        self.started.set()
+        with self._job_done:
+            self.jobs += 1
+            self._job_done.notify_all()
 
     def _merge_in_background(self) -> None:
         """A full build replacing the version and its segments, in a thread of
         its own, so that writes keep being published as segments meanwhile.
         One build at a time across processes (the merge lock)."""
-        if self._merge is not None and self._merge.is_alive():
+        if self.merge_thread is not None and self.merge_thread.is_alive():
             return
         with directory.lock(self.settings.data_dir / directory.MERGE_LOCK, blocking=False) as free:
             if not free:  # another process is merging
@@ -333,8 +371,8 @@ class Reindexer:
             except Exception:  # the segments keep serving
                 log.exception("background merge failed")
 
-        self._merge = threading.Thread(target=merge, name="merge", daemon=True)
-        self._merge.start()
+        self.merge_thread = threading.Thread(target=merge, name="merge", daemon=True)
+        self.merge_thread.start()
 
 
 def _log_progress(step: float = 0.1) -> Callable[[int, int], None]:

@@ -41,6 +41,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serve import free_port, stop, wrk  # noqa: E402
@@ -262,7 +263,7 @@ def probes(tree: Path, data: Path, work: Path, n: int) -> dict:
         results["6 passage scoring of a filter allowing 20,000 articles"] = passage_memory(tree)
         results["6 half_life=1.000001 .. 1.000005"] = "see tests/test_hostile.py (cache entries are in-process)"
         # 7-9. one validation
-        hostile = {
+        hostile: dict[str, dict[str, Any]] = {
             "7 batch: 5 MB title": {"title": "t" * 5_000_000},
             "7 batch: 1 MB section": {"section": "s" * 1_000_000},
             "7 batch: 200,000 tags": {"tags": [f"t{i}" for i in range(200_000)]},
@@ -311,7 +312,7 @@ def probes(tree: Path, data: Path, work: Path, n: int) -> dict:
     cli(tree, "ingest", str(extra), "--data-dir", str(folder))
     server = Served(tree, folder)
     try:
-        started, articles = time.monotonic(), None
+        started, articles = time.monotonic(), 0
         while time.monotonic() - started < 60:
             articles = json.loads(server.get("/readyz")[1])["articles"]
             if articles >= n + 50:
@@ -378,7 +379,7 @@ def throughput(trees: dict[str, Path], data: Path, work: Path, n: int, seconds: 
         for server in servers.values():
             server.close()
     baseline = next(iter(variants))
-    table = {}
+    table: dict[str, dict[str, dict[str, Any]]] = {}
     for name, by_kind in runs.items():
         table[name] = {}
         for kind, rs in by_kind.items():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from recommender import lexical
 from recommender.articles import parse_article
-from recommender.store import Store
+from recommender.store import SqliteStore
 
 OLD_FTS = """
 CREATE VIRTUAL TABLE articles_fts USING fts5(
@@ -69,7 +69,7 @@ def timed(build, titles, bodies) -> tuple[float, tuple]:
 
 
 def upsert_seconds(articles, with_fts: bool) -> float:
-    with tempfile.TemporaryDirectory() as folder, Store.open(Path(folder) / "s.sqlite") as store:
+    with tempfile.TemporaryDirectory() as folder, SqliteStore.open(Path(folder) / "s.sqlite") as store:
         if with_fts:
             store.connection.executescript(OLD_FTS)
         start = time.perf_counter()

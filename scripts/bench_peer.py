@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import math
 import os
@@ -61,6 +62,7 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never ask the hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -69,11 +71,26 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from devsets import DATA, get  # noqa: E402
+
 from recommender.api import present  # noqa: E402
 from recommender.articles import Article  # noqa: E402
 from recommender.config import Settings  # noqa: E402
-from recommender.evaluate import average_precision, load_dataset, ndcg_at  # noqa: E402
-from recommender.text import chunk_article, document_text  # noqa: E402
+from recommender.embedders import Embedder, EmbedderSpec, LazyEmbedder, load_embedder, resolve  # noqa: E402
+from recommender.embedders.base import resolve_model_path  # noqa: E402
+from recommender.embedders.query import torch_reference  # noqa: E402
+from recommender.embedders.torch_backend import SentenceTransformerEmbedder  # noqa: E402
+from recommender.evaluation.metrics import average_precision, ndcg_at  # noqa: E402
+from recommender.evaluation.runs import load_dataset  # noqa: E402
+from recommender.passages import chunk_article  # noqa: E402
+from recommender.pipeline import reindex  # noqa: E402
+from recommender.service import Engine  # noqa: E402
+from recommender.store import open_store  # noqa: E402
+from recommender.text import document_text  # noqa: E402
+from recommender.version import read_current_manifest  # noqa: E402
+
+RELATED_SET = get("bbc_news", "related")
+SEARCH_SET = get("time_docs", "search")
 
 SEARCH_K = 10
 
@@ -96,29 +113,33 @@ def evenly(items: list, limit: int | None) -> list:
 class Ours:
     """The engine as a publisher runs it: store -> reindex -> Engine."""
 
-    def __init__(self, embedder, settings: Settings, workdir: Path):
+    def __init__(self, embedder: Embedder, spec: EmbedderSpec, max_tokens: int, settings: Settings, workdir: Path):
         self.name = "recommender (hybrid)"
         self.embedder = embedder
+        self.choice = spec.choice
+        self.max_tokens = max_tokens
         self.base_settings = settings
         self.workdir = workdir
-        self.engine = None
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        assert self._engine is not None, "index first"
+        return self._engine
 
     def index(self, articles: list[Article]) -> dict:
-        from recommender.pipeline import reindex
-        from recommender.service import Engine
-        from recommender.store import Store
-        from recommender.version import read_current_manifest
-
         self.close()
         settings = self.base_settings.replace(data_dir=Path(tempfile.mkdtemp(prefix="ours-", dir=self.workdir)))
+        # The embedder loaded before the clock starts, under the spec of this data folder (its exports go there).
+        embedder = LazyEmbedder(EmbedderSpec.of(settings, self.choice), lambda: self.embedder)
         wall, cpu = time.perf_counter(), time.process_time()
-        with Store.open(settings.store_path) as store:
+        with open_store(settings) as store:
             store.upsert(articles)
-            report = reindex(settings, store, lambda: self.embedder)
+            report = reindex(settings, store, embedder)
         seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
         manifest = read_current_manifest(settings.index_root)
         self.settings = settings
-        self.engine = Engine.open(settings, load_embedder=lambda: self.embedder)
+        self._engine = Engine.open(settings, embedder)
         self.id_of = {s.doc_id: s.article.id for s in self.engine.stores.get().iter_articles()}
         return {"seconds": seconds, "cpu_seconds": cpu_seconds, "save_seconds": None,
                 "texts_embedded": manifest.chunks if manifest else 0, "embedded_articles": report.embedded}
@@ -129,7 +150,7 @@ class Ours:
         passages = [
             p for a in articles for p in chunk_article(a.title, a.body, settings.chunk_words, settings.max_chunks)
         ]
-        return passages, int(self.embedder.model.max_seq_length)
+        return passages, self.max_tokens
 
     def rank(self, query: str, depth: int) -> list[str]:
         return [item.id for item in self.engine.search(query, depth)]
@@ -144,10 +165,10 @@ class Ours:
         }
 
     def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
+        if self._engine is not None:
+            self._engine.close()
             shutil.rmtree(self.settings.data_dir, ignore_errors=True)
-            self.engine = None
+            self._engine = None
 
 
 class Txtai:
@@ -160,10 +181,10 @@ class Txtai:
         self.hybrid = hybrid
         self.config = {"path": model_path, "content": True, **({"hybrid": True} if hybrid else {}), **extra}
         self.workdir = workdir
-        self.embeddings = None
+        self.embeddings: Any = None
 
     def index(self, articles: list[Article]) -> dict:
-        from txtai import Embeddings
+        Embeddings = importlib.import_module("txtai").Embeddings  # not a dependency: the bench extra
 
         self.close()
         self.embeddings = Embeddings(**self.config)  # loads the model: not timed, as for ours
@@ -303,7 +324,7 @@ def source_state() -> dict:
 
 def versions() -> dict:
     names = ["txtai", "torch", "sentence-transformers", "transformers", "faiss-cpu", "numpy", "recommender"]
-    out = {}
+    out: dict[str, str | None] = {}
     for name in names:
         try:
             out[name] = metadata.version(name)
@@ -317,10 +338,10 @@ def versions() -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder with the JSONL sets")
-    parser.add_argument("--corpus", default="bbc_news.jsonl", help="set timed for indexing and used for related")
-    parser.add_argument("--docs", default="time_docs.jsonl", help="search documents (TIME)")
-    parser.add_argument("--queries", default="time_queries.jsonl", help="search queries with relevant_ids (TIME)")
+    parser.add_argument("--data", type=Path, default=DATA, help="folder with the JSONL sets")
+    parser.add_argument("--corpus", default=RELATED_SET.file, help="set timed for indexing and used for related")
+    parser.add_argument("--docs", default=SEARCH_SET.file, help="search documents (TIME)")
+    parser.add_argument("--queries", default=SEARCH_SET.queries, help="search queries with relevant_ids (TIME)")
     parser.add_argument("--limit", type=int, help="use only this many articles of each set, evenly spaced "
                         "(a quick check of the script, not a result)")
     parser.add_argument("--timings", type=int, default=300,
@@ -340,13 +361,11 @@ def main() -> int:
     args = parser.parse_args()
 
     try:
-        import txtai  # noqa: F401
+        importlib.import_module("txtai")
     except ImportError:
         print("txtai is not installed; install the pinned peer with: pip install -e '.[bench]'", file=sys.stderr)
         return 2
     import torch
-
-    from recommender.embed import load_embedder, resolve_model_path
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -364,15 +383,20 @@ def main() -> int:
     log(f"{args.corpus}: {len(corpus)} articles; {args.docs}: {len(docs)} articles, {len(queries)} queries; "
         f"torch threads {threads}; model {model_path}")
 
-    embedder = load_embedder(settings)  # as the engine loads it (precision included)
-    embedder.embed(["warm-up"])
-    tokenizer = embedder.model.tokenizer  # the model's own word pieces, to count what each system reads
     workdir = Path(tempfile.mkdtemp(prefix="bench-peer-"))
+    # As the engine over a fresh data folder resolves and loads it (backend and precision included).
+    spec = resolve(settings.replace(data_dir=workdir))
+    embedder = load_embedder(spec)
+    embedder.embed(["warm-up"])
+    reference = torch_reference(embedder)  # the model on torch: itself, or an exported backend's
+    assert isinstance(reference, SentenceTransformerEmbedder)
+    tokenizer = reference.model.tokenizer  # the model's own word pieces, to count what each system reads
+    max_tokens = int(reference.model.max_seq_length)
     variants = [False] if args.no_hybrid else [False, True]
 
     def make_systems() -> list:
         peers = [Txtai(model_path, hybrid, args.txtai_config, workdir) for hybrid in variants]
-        return [Ours(embedder, settings, workdir), *peers]
+        return [Ours(embedder, spec, max_tokens, settings, workdir), *peers]
 
     try:
         # TIME first: its indexes serve the search measurements, then are dropped.
@@ -429,9 +453,9 @@ def main() -> int:
          "article, and its index also builds TF-IDF (related) and BM25 (search) models and writes a SQLite "
          "store with FTS5; txtai embeds one text per article (title + body), truncated to the model's max "
          f"length as txtai reads it ({' / '.join(sorted({str(d['max_tokens']) for d in txtai_setup.values()}))} "
-         f"word pieces; ours reads each passage up to {embedder.model.max_seq_length}). `tokens` is the word "
+         f"word pieces; ours reads each passage up to {max_tokens}). `tokens` is the word "
          "pieces each system actually feeds the model (after truncation), `cut` the texts longer than that cap."),
-        (f"Ours embeds with {embedder.precision} arithmetic (setting precision={settings.precision!r}; 'auto' picks "
+        (f"Ours embeds with {spec.precision} arithmetic (setting precision={settings.precision!r}; 'auto' picks "
          "a bfloat16 copy of the model for bulk embedding where the CPU has AMX/AVX512-BF16 units); txtai "
          "computes in float32 (its default)."),
         ("Index seconds include writing the index to disk: ours publishes a version (SQLite store + FAISS "
@@ -456,8 +480,8 @@ def main() -> int:
                 "chunk_words", "max_chunks", "search_semantic_weight", "candidates",
                 "batch_size", "precision",
             )},
-            "ours_max_tokens": embedder.model.max_seq_length,
-            "ours_precision": embedder.precision,
+            "ours_max_tokens": max_tokens,
+            "ours_precision": spec.precision,
             "txtai": txtai_setup,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
@@ -465,7 +489,7 @@ def main() -> int:
         "related": related_rows, "notes": notes,
     }
 
-    print(f"### Index (torch threads {threads}, {os.cpu_count()} cores; ours in {embedder.precision})\n")
+    print(f"### Index (torch threads {threads}, {os.cpu_count()} cores; ours in {spec.precision})\n")
     print("| corpus | system | docs | texts embedded | tokens | cut | seconds | of which save s | cpu s | docs/s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in index_rows:

@@ -19,7 +19,7 @@ to plain float32 ``encode``.
   model exported offline with ``torch.onnx.export`` and run with onnxruntime,
   the int8 ones after ``quantize_dynamic``;
 * ``backend ...``: every backend articles can embed on here
-  (``recommender.backends``): onnx float32, and with the openvino extra
+  (``recommender.embedders``): onnx float32, and with the openvino extra
   OpenVINO float32, bfloat16 and int8 (static, NNCF), as the reindex runs them.
 """
 
@@ -40,8 +40,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 
 from recommender.config import Settings  # noqa: E402
-from recommender.embed import resolve_model_path  # noqa: E402
-from recommender.text import chunk_article  # noqa: E402
+from recommender.embedders import EmbedderSpec, candidates, load_embedder  # noqa: E402
+from recommender.embedders.base import resolve_model_path  # noqa: E402
+from recommender.embedders.machine import cpu_info  # noqa: E402
+from recommender.embedders.torch_backend import SentenceTransformerEmbedder  # noqa: E402
+from recommender.passages import chunk_article  # noqa: E402
 
 
 def unit(vectors) -> np.ndarray:
@@ -149,11 +152,8 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory(prefix="bench-precision-") as tmp:
         variants.update(onnx_variants(path, model.tokenizer, Path(tmp)))
-        # The backends articles can embed on (recommender/backends.py), exported into a scratch data folder.
-        from recommender.backends import candidates, cpu_flags, open_backend
-        from recommender.embed import SentenceTransformerEmbedder
-
-        cpu = cpu_flags()
+        # The backends articles can embed on (recommender/embedders/), exported into a scratch data folder.
+        cpu = cpu_info()
         print(f"CPU: {cpu['model']}; flags: {' '.join(cpu['flags'])}", file=sys.stderr, flush=True)
         scratch = Settings.load({"data_dir": Path(tmp) / "data"}, environ={})
         reference = SentenceTransformerEmbedder(model, "reference", 32, "float32")
@@ -161,8 +161,7 @@ def main() -> int:
             c for c in candidates(scratch) if c.precision != "float32"]
         for choice in choices:
             if choice.backend != "torch":
-                backend = open_backend(scratch.replace(backend=choice.backend, precision=choice.precision), choice,
-                                       reference)
+                backend = load_embedder(EmbedderSpec.of(scratch, choice), reference)
                 variants[f"backend {choice.name}"] = backend.embed
         reference = variants["float32"](passages)
         for run in variants.values():

@@ -5,8 +5,8 @@
 
 Embeds 200 typical search queries (2-8 words cut from the shipped sample
 corpus) and 20 draft-length texts (whole sample articles) one at a time with
-the torch embedder (load_embedder, float32 as queries run) and with the ONNX
-export (recommender/query_embed.py), one thread each, the two taking turns
+the torch embedder (float32, as queries run) and with the ONNX export
+(recommender/embedders/query.py), one thread each, the two taking turns
 text by text so that a neighbour's load falls on both. Drafts are timed twice:
 as one text (truncated at the model's 256 word pieces, like a query) and as the
 draft path embeds them (its passages, in one call). Prints the CPU, the
@@ -84,21 +84,23 @@ def main() -> int:
     import torch
 
     from recommender.config import Settings
-    from recommender.embed import load_embedder
-    from recommender.query_embed import open_query_model
-    from recommender.text import chunk_article
+    from recommender.embedders import Embedder, resolve
+    from recommender.embedders.query import open_query_model
+    from recommender.embedders.torch_backend import SentenceTransformerEmbedder
+    from recommender.passages import chunk_article
 
     torch.set_num_threads(1)
     overrides = {"data_dir": args.data_dir or Path(tempfile.mkdtemp(prefix="bench-query-")), "model": args.model}
     settings = Settings.load(overrides)
     name, flags = cpu()
     print(f"cpu: {name} ({os.cpu_count()} logical)\nflags: {flags}", flush=True)
-    reference = load_embedder(settings)
+    spec = resolve(settings)
+    reference = SentenceTransformerEmbedder.of(spec, "float32")
     started = time.perf_counter()
-    onnx = open_query_model(settings, reference)
+    onnx = open_query_model(spec, reference)
     print(f"export and check: {time.perf_counter() - started:.1f} s; min cosine on the check's texts "
           f"{onnx.min_cosine:.6f}", flush=True)
-    backends = {"torch": reference, "onnx": onnx}
+    backends: dict[str, Embedder] = {"torch": reference, "onnx": onnx}
     queries, drafts = workload(args.queries, args.drafts, args.seed)
     cases = {
         "query": [[q] for q in queries],

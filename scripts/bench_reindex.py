@@ -42,11 +42,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
+from devsets import DATA, EVALUATED  # noqa: E402
 
-from recommender.backends import Choice, candidates, choose, cpu_flags, open_backend  # noqa: E402
 from recommender.config import Settings  # noqa: E402
-from recommender.embed import resolve_model_path  # noqa: E402
-from recommender.text import chunk_article  # noqa: E402
+from recommender.embedders import Choice, EmbedderSpec, candidates, load_embedder  # noqa: E402
+from recommender.embedders.base import resolve_model_path  # noqa: E402
+from recommender.embedders.choice import choose  # noqa: E402
+from recommender.embedders.machine import cpu_info  # noqa: E402
+from recommender.passages import chunk_article  # noqa: E402
+from recommender.store import SqliteStore  # noqa: E402
+from recommender.version import read_current_manifest  # noqa: E402
 
 THREADS = 2
 PLAIN = """
@@ -59,14 +64,6 @@ model = SentenceTransformer(sys.argv[2], device="cpu")
 vectors = model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
 np.save(sys.argv[3], vectors)
 """
-QUALITY_SETS = [
-    ("related", "bbc_news.jsonl", None),
-    ("related", "newswcl50.jsonl", None),
-    ("related", "wikiref220.jsonl", None),
-    ("related", "gva_dev.jsonl", None),
-    ("search", "time_docs.jsonl", "time_queries.jsonl"),
-    ("search", "gva_dev.jsonl", "gva_dev_queries.jsonl"),
-]
 
 
 def load_rows(path: Path, limit: int) -> list[dict]:
@@ -104,7 +101,7 @@ def recommender(*args: str) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder with bbc_news.jsonl")
+    parser.add_argument("--data", type=Path, default=DATA, help="folder with bbc_news.jsonl")
     parser.add_argument("--articles", type=int, default=2000, help="the first N BBC articles (default: 2,000)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of every row, in turn (default: 2)")
     parser.add_argument("--backends", help="comma-separated backend-precision rows, e.g. torch-float32,"
@@ -117,7 +114,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
 
-    cpu = cpu_flags()
+    cpu = cpu_info()
     print(f"CPU: {cpu['model']}, {cpu['cores']} cores; flags: {' '.join(cpu['flags']) or 'none of note'}",
           file=sys.stderr, flush=True)
     defaults = Settings.load({}, environ={})
@@ -152,8 +149,7 @@ def main() -> int:
                 results["one_time"][name] = {"seconds": round(time.perf_counter() - started, 1),
                                              "choice": choice.name, "measured": [vars(m) for m in measured]}
             else:
-                choice = Choice.parse(name)
-                open_backend(settings.replace(backend=choice.backend, precision=choice.precision), choice)
+                load_embedder(EmbedderSpec.of(settings, Choice.parse(name)))
                 results["one_time"][name] = {"seconds": round(time.perf_counter() - started, 1)}
             print(f"  one-time {name}: {results['one_time'][name]['seconds']} s", file=sys.stderr, flush=True)
 
@@ -231,31 +227,29 @@ def _plain_vectors(model_path: str, texts: list[str]) -> np.ndarray:
 
 
 def _key_of(data_dir: Path) -> str:
-    from recommender.version import read_current_manifest
-
     manifest = read_current_manifest(data_dir / "index")
     assert manifest is not None
     return manifest.embedding_key
 
 
 def _passage_vectors(data_dir: Path, row: str) -> np.ndarray:
-    from recommender.store import Store
-
-    with Store.open(data_dir / "store.sqlite") as store:
+    with SqliteStore.open(data_dir / "store.sqlite") as store:
         return np.concatenate([v for _, v in store.iter_embeddings(_key_of(data_dir))])
 
 
 def quality(data: Path, root: Path, row: str) -> dict[str, float]:
     """Story MAP (related) and MAP (search) on each development set, on this backend."""
     out = {}
-    for task, dataset, queries in QUALITY_SETS:
-        command = recommender("eval", task, "--dataset", str(data / dataset), "--json", "--data-dir",
-                              str(root / "quality" / row / f"{dataset}-{task}"))
+    for dev in EVALUATED:
+        assert dev.task is not None
+        command = recommender("eval", dev.task, "--dataset", str(dev.path(data)), "--json", "--data-dir",
+                              str(root / "quality" / row / f"{dev.file}-{dev.task}"))
+        queries = dev.queries_path(data)
         if queries:
-            command += ["--queries", str(data / queries)]
+            command += ["--queries", str(queries)]
         _, stdout = timed(command, env_for(row))
         system = json.loads(stdout)["systems"]["recommender"]
-        name = f"{dataset.split('.')[0]} {task}"
+        name = f"{dev.name} {dev.task}"
         out[name] = system.get("story map", system["map"])
         print(f"  {row:18s} {name:20s} {out[name]:.4f}", file=sys.stderr, flush=True)
     return out

@@ -52,12 +52,16 @@ def main() -> int:
     settings = Settings.load({"data_dir": args.data_dir})
     with Engine.open(settings) as engine:
         version = engine.live.current
-        ids = [s.article.id for s in engine.stores.get().get_many(
-            [int(d) for d in random.Random(args.seed).sample(list(version.doc_ids), args.lists + 20)]).values()]
+        stored = list(engine.stores.get().get_many(
+            [int(d) for d in random.Random(args.seed).sample(list(version.doc_ids), args.lists + 20)]).values())
+        ids = [s.article.id for s in stored]
         if args.ranking_only:
             from recommender.rank.related import related_to_row
 
-            rows = [version.row_of(engine.stores.get().get(a).doc_id) for a in ids]
+            found = [version.row_of(s.doc_id) for s in stored]
+            rows = [r for r in found if r is not None]
+            if len(rows) != len(found):
+                raise SystemExit("an article sampled from the version has no row in it")
 
             def one(i: int) -> None:
                 related_to_row(version, rows[i], args.k + 5, settings)
@@ -76,7 +80,7 @@ def main() -> int:
         "articles": len(version), "lists": len(times), "k": args.k, "ranking only": args.ranking_only,
         "p50_ms": round(times[len(times) // 2], 2), "p99_ms": round(times[int(len(times) * 0.99)], 2),
         "mean_ms": round(sum(times) / len(times), 2), "cpu": cpu_flags(),
-        "code": str(Path(sys.modules["recommender"].__file__).resolve().parents[1]),
+        "code": str(Path(str(sys.modules["recommender"].__file__)).resolve().parents[1]),
     }
     print(json.dumps(result))
     if args.out:

@@ -46,16 +46,22 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from devsets import get, named
 
 ROOT = Path(__file__).resolve().parent.parent
-SETS = ["reuters21578", "agnews_test", "bbc_news", "wikiref220", "time_docs", "newswcl50"]
+SETS = [s.file for s in named(("reuters21578", "agnews_test", "bbc_news", "wikiref220", "time_docs", "newswcl50"))]
+"""The development sets the archive's records come from (scripts/devsets.py), in this order: article
+number i is made from record i, so the order decides the archive (and a build resumes only in it)."""
+SEARCH_SET = get("time_docs", "search")
+"""Its queries are the searches timed."""
 
 BASELINE_APP = '''
 import os, numpy as np, faiss
 from fastapi import FastAPI
-from recommender.embed import SentenceTransformerEmbedder
+from recommender.embedders.torch_backend import SentenceTransformerEmbedder
 
 faiss.omp_set_num_threads(1)
 path = os.environ["BENCH_VERSION"]
@@ -107,7 +113,8 @@ def cpu_line() -> str:
     """The CPU model and the flags that decide kernels (AVX-512, AMX, VNNI, BF16)."""
     info = Path("/proc/cpuinfo").read_text()
     model = re.search(r"model name\s*:\s*(.*)", info)
-    flags = set(re.search(r"flags\s*:\s*(.*)", info).group(1).split())
+    listed = re.search(r"flags\s*:\s*(.*)", info)
+    flags = set(listed.group(1).split()) if listed else set()
     keep = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "avx_vnni")))
     return f"{model.group(1) if model else '?'}, {os.cpu_count()} cores; {' '.join(keep)}"
 
@@ -115,7 +122,7 @@ def cpu_line() -> str:
 def _records(data: Path) -> list[dict]:
     records = []
     for name in SETS:
-        with open(data / f"{name}.jsonl", encoding="utf-8") as handle:
+        with open(data / name, encoding="utf-8") as handle:
             records += [json.loads(line) for line in handle]
     return [r for r in records if r.get("body") and r.get("title")]
 
@@ -166,16 +173,20 @@ def build(data_dir: Path, data: Path, n_articles: int, dim: int = 384) -> dict:
     returns what was measured (the full build's seconds)."""
     from recommender.articles import parse_article
     from recommender.config import Settings
-    from recommender.embed import load_embedder
-    from recommender.pipeline import embedding_key, reindex
-    from recommender.store import Store
-    from recommender.text import chunk_article
-    from recommender.version import current_version_name
+    from recommender.directory import read_current
+    from recommender.embedders import Embedder, LazyEmbedder, load_embedder, resolve
+    from recommender.passages import chunk_article
+    from recommender.pipeline import reindex
+    from recommender.store import SqliteStore
+
+    def no_model() -> Embedder:
+        raise RuntimeError("every vector is written before the reindex: it has nothing to embed")
 
     settings = Settings.load({"data_dir": data_dir}, environ={})
+    spec = resolve(settings)
     records = _records(data)
     names = sorted({w for r in records[:3000] for w in NAME.findall(r["body"][:2000])})[:500]
-    with Store.open(settings.store_path) as store:
+    with SqliteStore.open(settings.store_path) as store:
         have = store.count()
         if have < n_articles:
             print(f"storing {n_articles - have} articles from {len(records)} real records ...", file=sys.stderr)
@@ -187,14 +198,14 @@ def build(data_dir: Path, data: Path, n_articles: int, dim: int = 384) -> dict:
                     batch = []
                     print(f"  {i + 1} stored", file=sys.stderr)
             store.upsert(batch)
-        key = embedding_key(settings)
+        key = spec.key
         stale = store.stale_embeddings(key)
         probes = [store.get(article_record(i, records, names)["id"]) for i in probe_ids(len(records))]
         real = {p.doc_id for p in probes if p is not None}
         todo = [d for d in stale if d in real]
         if todo:
             print(f"embedding {len(todo)} probe articles with {settings.model} ...", file=sys.stderr)
-            embedder = load_embedder(settings)
+            embedder = load_embedder(spec)
             found = store.get_many(todo)
             store.save_embeddings(key, [
                 (d, found[d].content_hash, embedder.embed(chunk_article(found[d].article.title, found[d].article.body,
@@ -221,7 +232,8 @@ def build(data_dir: Path, data: Path, n_articles: int, dim: int = 384) -> dict:
         started = time.perf_counter()
         # A full build the first time; afterwards only what changed (nothing,
         # for an archive left as it was), so that a rerun does not rebuild.
-        report = reindex(settings, store, lambda: None, full=current_version_name(settings.index_root) is None)
+        full = read_current(settings.index_root)[0] is None
+        report = reindex(settings, store, LazyEmbedder(spec, no_model), full=full)
         seconds = time.perf_counter() - started
         print(f"index: {report.articles} articles, published={report.published} in {seconds:.0f}s", file=sys.stderr)
         languages = dict(store.connection.execute("SELECT coalesce(lang, '?'), count(*) FROM articles GROUP BY lang"))
@@ -255,16 +267,22 @@ def wrk(url_base: str, paths: list[str], seconds: int, connections: int) -> dict
             ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s", "-s", str(script), url_base],
             capture_output=True, text=True, check=True,
         ).stdout
+    def found(pattern: str, flags: int = 0) -> re.Match:
+        m = re.search(pattern, out, flags)
+        if m is None:
+            raise RuntimeError(f"wrk's output has no {pattern!r}:\n{out}")
+        return m
+
     def latency(label: str) -> float:
-        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)
+        m = found(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)", re.MULTILINE)
         value, unit = float(m.group(1)), m.group(2)
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    requests = int(found(r"(\d+) requests in").group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sockets = re.search(r"Socket errors: (.*)", out)
     return {
         "requests": requests,
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "rps": float(found(r"Requests/sec:\s+([\d.]+)").group(1)),
         "p50_ms": latency("50"),
         "p99_ms": latency("99"),
         "non_2xx": int(errors.group(1)) if errors else 0,
@@ -400,23 +418,27 @@ def main() -> int:
     data_dir = args.data_dir or ROOT / "indexes" / f"bench-{args.articles}"
     print(f"CPU: {cpu_line()}", file=sys.stderr)
     if (data_dir / "store.sqlite").exists():  # follow-ups left by an interrupted run
-        from recommender.store import Store
+        from recommender.store import SqliteStore
 
-        with Store.open(data_dir / "store.sqlite") as store:
+        with SqliteStore.open(data_dir / "store.sqlite") as store:
             store.delete([r[0] for r in store.connection.execute("SELECT id FROM articles WHERE id LIKE 'fresh-%'")])
     built = build(data_dir, args.data, args.articles)
 
     from recommender.config import Settings
-    from recommender.store import Store
-    from recommender.version import Layout, Manifest, current_version_name
+    from recommender.directory import read_current
+    from recommender.store import SqliteStore
+    from recommender.version import Layout, Manifest
 
     settings = Settings.load({"data_dir": data_dir}, environ={})
-    version_dir = Layout.of(settings.index_root, current_version_name(settings.index_root)).folder
+    current = read_current(settings.index_root)[0]
+    if current is None:
+        raise SystemExit(f"no index published in {settings.index_root}")
+    version_dir = Layout.of(settings.index_root, current).folder
     manifest = Manifest.read(Layout(version_dir).manifest).to_dict()
     rng = random.Random(0)
     records = _records(args.data)
     names = sorted({w for r in records[:3000] for w in NAME.findall(r["body"][:2000])})[:500]
-    with Store.open(settings.store_path) as store:
+    with SqliteStore.open(settings.store_path) as store:
         pairs = list(store.connection.execute("SELECT doc_id, id FROM articles"))
         probes = []
         for i in probe_ids(len(records)):
@@ -424,7 +446,9 @@ def main() -> int:
             if found is not None and found.article.lang in (None, "en"):
                 probes.append((found.article.id, found.article.title, found.article.body))
     sample = rng.sample(pairs, min(20000, len(pairs)))  # mostly distinct ids: measures uncached related lists
-    queries = [json.loads(line)["query"] for line in open(args.data / "time_queries.jsonl", encoding="utf-8")]
+    queries_file = SEARCH_SET.queries_path(args.data)
+    assert queries_file is not None
+    queries = [json.loads(line)["query"] for line in open(queries_file, encoding="utf-8")]
     from urllib.parse import quote, urlencode
 
     key = "bench-key"
@@ -434,7 +458,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "bench_baseline_app.py").write_text(BASELINE_APP)
         for workers in args.workers:
-            runs = {
+            runs: dict[str, dict[str, Any]] = {
                 "recommender": {
                     "command": [sys.executable, "-m", "recommender.cli", "serve", "--data-dir", str(data_dir),
                                 "--workers", str(workers)],

@@ -63,6 +63,7 @@ def readers(server: Server, ids: list[str], queries: list[str], seconds: float, 
             else:
                 path = f"/v1/articles/{urllib.parse.quote(ids[rng.integers(len(ids))])}/related?k=10"
             start = time.perf_counter()
+            status: int | str
             try:
                 status, _ = server.request("GET", path)
             except OSError as exc:
@@ -81,6 +82,14 @@ def readers(server: Server, ids: list[str], queries: list[str], seconds: float, 
     return {"requests": len(latencies), "failed": len(failures), "failures": failures[:10],
             "p50_ms": round(float(np.percentile(latencies, 50)), 1),
             "p99_ms": round(float(np.percentile(latencies, 99)), 1)}
+
+
+def search_ids(server: Server, query: str) -> set[str]:
+    """The ids of a search's top 10."""
+    _, answer = server.request("GET", "/v1/search?" + urllib.parse.urlencode({"q": query, "k": 10}))
+    if not isinstance(answer, dict):
+        raise RuntimeError(f"search answered {answer[:200]!r}")
+    return {i["id"] for i in answer["items"]}
 
 
 def main() -> int:
@@ -127,9 +136,7 @@ def main() -> int:
             missing = list(new)
             while missing and time.monotonic() < deadline:
                 time.sleep(1.0)
-                missing = [r for r in missing if r["id"] not in {
-                    i["id"] for i in server.request("GET", "/v1/search?" + urllib.parse.urlencode(
-                        {"q": r["title"], "k": 10}))[1]["items"]}]
+                missing = [r for r in missing if r["id"] not in search_ids(server, r["title"])]
             readable = sum(server.request("GET", f"/v1/articles/{r['id']}")[0] == 200 for r in new)
             gone = sum(server.request("GET", f"/v1/articles/{d}")[0] == 404 for d in deleted)
         finally:

@@ -11,7 +11,7 @@ article replaced, syndicated under another id. Each copy keeps its original's
 label. Then, through the served path (recommender eval related):
 
 * merges: pairs of articles the engine puts in one story, against pairs the
-  rule (recommender.evaluate.copy_clusters, an independent exact
+  rule (recommender.evaluation.metrics.copy_clusters, an independent exact
   implementation) calls copies: precision and recall, and how many pairs of
   different reports of one event or incident (same label, not copies) the
   engine merged;
@@ -34,12 +34,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from devsets import DATA, named  # noqa: E402
+
 from recommender.config import Settings  # noqa: E402
-from recommender.evaluate import copy_clusters, evaluate_related  # noqa: E402
+from recommender.evaluation.metrics import copy_clusters  # noqa: E402
+from recommender.evaluation.runs import evaluate_related  # noqa: E402
+from recommender.service import Engine  # noqa: E402
 
 BOILERPLATE = ("Copyright 2024 The Daily Ledger. All rights reserved. This material may not be published, "
                "broadcast, rewritten or redistributed. Sign up for our newsletter to get the top stories every "
                "morning, and follow us for breaking news alerts.")
+INJECT = {"gva_dev": True, "bbc_news": True, "newswcl50": False, "wikiref220": False}
+"""The related sets studied (scripts/devsets.py), and whether each gets copies injected."""
 EDITS = ["truncated to 60%", "boilerplate added", "retitled", "one paragraph rewritten", "syndicated under another id"]
 
 
@@ -78,8 +84,6 @@ def pairs(labels) -> set[tuple[int, int]]:
 
 
 def merges(settings: Settings, rows: list[dict]) -> dict:
-    from recommender.service import Engine
-
     with Engine.open(settings) as engine:
         version = engine.live.current
         by_doc = {s.doc_id: s.article.id for s in engine.stores.get().iter_articles()}
@@ -99,12 +103,13 @@ def merges(settings: Settings, rows: list[dict]) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     results = {}
-    for name, inject in (("gva_dev", True), ("bbc_news", True), ("newswcl50", False), ("wikiref220", False)):
-        rows = [json.loads(line) for line in (args.data / f"{name}.jsonl").open(encoding="utf-8")]
+    for dev in named(INJECT, "related"):
+        name, inject = dev.name, INJECT[dev.name]
+        rows = [json.loads(line) for line in dev.path(args.data).open(encoding="utf-8")]
         if inject:
             rows = with_copies(rows)
         label = f"{name} + copies" if inject else name

@@ -15,28 +15,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-RUNS = [
-    ("related", "bbc_news.jsonl", None),
-    ("related", "newswcl50.jsonl", None),
-    ("related", "wikiref220.jsonl", None),
-    ("related", "gva_dev.jsonl", None),
-    ("search", "time_docs.jsonl", "time_queries.jsonl"),
-    ("search", "gva_dev.jsonl", "gva_dev_queries.jsonl"),
-]
+from devsets import DATA, EVALUATED
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder with the JSONL sets")
+    parser.add_argument("--data", type=Path, default=DATA, help="folder with the JSONL sets")
     parser.add_argument("--out", type=Path, help="also write all reports to this JSON file")
     parser.add_argument("--ablation", action="store_true",
                         help="also print the ablation table (dedup, floor, recency, MMR, hybrid each switched)")
     args = parser.parse_args()
     reports = []
-    for task, dataset, queries in RUNS:
-        command = [sys.executable, "-m", "recommender.cli", "eval", task, "--dataset", str(args.data / dataset), "--json"]
+    for dev in EVALUATED:
+        assert dev.task is not None
+        command = [sys.executable, "-m", "recommender.cli", "eval", dev.task, "--dataset", str(dev.path(args.data)),
+                   "--json"]
+        queries = dev.queries_path(args.data)
         if queries:
-            command += ["--queries", str(args.data / queries)]
+            command += ["--queries", str(queries)]
         if args.ablation:
             command.append("--ablation")
         print("$", " ".join(command[2:]).replace("recommender.cli", "recommender"), file=sys.stderr, flush=True)

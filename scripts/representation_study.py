@@ -18,15 +18,17 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from devsets import DATA, named
 
 from recommender.config import Settings
-from recommender.evaluate import average_precision, load_dataset
+from recommender.embedders import resolve
+from recommender.evaluation.metrics import average_precision
+from recommender.evaluation.runs import load_dataset
 from recommender.lexical import TfidfModel
-from recommender.pipeline import embedding_key
-from recommender.store import Store
+from recommender.store import SqliteStore
 from recommender.text import document_text
 
-SETS = ("bbc_news", "newswcl50", "wikiref220")
+SETS = [s.name for s in named(("bbc_news", "newswcl50", "wikiref220"), "related")]
 
 
 def z(scores: np.ndarray) -> np.ndarray:
@@ -50,7 +52,7 @@ def mean_ap(scores: np.ndarray, ids: list[str], groups: dict) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--weight", type=float, default=0.6, help="vector share of the blend")
     args = parser.parse_args()
     print("| representation | " + " | ".join(f"{s} alone | {s} blend {args.weight}" for s in SETS) + " |")
@@ -59,9 +61,9 @@ def main() -> int:
     for name in SETS:
         articles, groups = load_dataset(args.data / f"{name}.jsonl")
         settings = Settings.load({"data_dir": Path("indexes/eval") / name}, environ={})
-        with Store.open(settings.store_path, create=False) as store:
+        with SqliteStore.open(settings.store_path, create=False) as store:
             doc_ids = {s.article.id: s.doc_id for s in store.iter_articles()}
-            cached = dict(store.iter_embeddings(embedding_key(settings)))
+            cached = dict(store.iter_embeddings(resolve(settings).key))
         missing = [a.id for a in articles if doc_ids.get(a.id) not in cached]
         if missing:
             raise SystemExit(f"{name}: {len(missing)} articles have no cached vectors; run the eval first")

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Fit the related-list ranker (recommender/rank/related.json) on the development sets.
+"""Fit the related-list ranker (recommender/ranker.json) on the development sets.
 
     python scripts/train_ranker.py --data ../shared/data [--ablation] [--out docs/ranker-training.json]
 
 For every set, each labelled article's candidate pool is gathered exactly as
-the served path gathers it (recommender.rank.related._candidates, 4 x k deep for
+the served path gathers it (recommender.rank.related.candidate_rows, 4 x k deep for
 k = 100), and every signal of recommender.rank.signals is computed for it.
 "Related" is the set's label: the same incident or event (gva_dev,
 NewsWCL50), the same story or topic (WikiRef220), the same topic (BBC, AG
@@ -34,37 +34,43 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recommender.config import Settings  # noqa: E402
-from recommender.evaluate import load_dataset, related_queries  # noqa: E402
-from recommender.rank import SIGNALS, Ranker, features, query_for_row  # noqa: E402
-from recommender.rank.train import DEPTH, SetData, fit, story_map  # noqa: E402
+from devsets import DATA, named  # noqa: E402
 
-SETS = ["gva_dev.jsonl", "newswcl50.jsonl", "wikiref220.jsonl", "bbc_news.jsonl", "agnews_test.jsonl"]
-RANKING_SETS = {"gva_dev", "newswcl50", "wikiref220", "bbc_news"}
+from recommender.cli import progress_bar  # noqa: E402
+from recommender.config import Settings  # noqa: E402
+from recommender.evaluation.runs import load_dataset, prepare_engine, related_queries  # noqa: E402
+from recommender.rank.related import candidate_rows  # noqa: E402
+from recommender.rank.signals import SIGNALS, features, query_for_row  # noqa: E402
+from recommender.ranker import DEFAULT_MODEL, Ranker  # noqa: E402
+from recommender.training import DEPTH, SetData, fit, story_map  # noqa: E402
+
+RELATED = named(("gva_dev", "newswcl50", "wikiref220", "bbc_news", "agnews_test"), "related")
+"""The related sets (scripts/devsets.py), in the order they are gathered and
+fitted: the order decides the queries the fit samples (one random stream), so
+the shipped model is reproduced in this order only."""
+SETS = [s.file for s in RELATED]
+RANKING_SETS = {s.name for s in RELATED if s.articles}
 """AG News holds a headline and one to three sentences per item, not an
 article: it calibrates the confidence and checks the floor, but does not
 shape the ranking of article lists."""
 PRECISION_TARGET = 0.90
 FULL_LISTS = 0.01
-TOPIC_ARTICLE_SETS = ("bbc_news", "wikiref220")
+TOPIC_ARTICLE_SETS = tuple(s.name for s in RELATED if s.articles and s.topical)
 
 
 def gather(settings: Settings, path: Path, limit: int | None) -> SetData:
-    from recommender.cli import progress_bar
-    from recommender.evaluate import _prepare_engine
-    from recommender.rank.related import _candidates
-
     articles, groups = load_dataset(path)
     queries, cluster_of = related_queries(articles, groups)
     if limit:
         queries = queries[:: max(1, len(queries) // limit)]
     with progress_bar("embedding", "doc") as on_progress:
-        engine = _prepare_engine(settings, articles, on_progress)
+        engine = prepare_engine(settings, articles, on_progress)
     version = engine.live.current
     by_doc = {s.doc_id: s.article.id for s in engine.stores.get().iter_articles()}
     row_ids = [by_doc[int(d)] for d in version.doc_ids]
@@ -78,7 +84,7 @@ def gather(settings: Settings, path: Path, limit: int | None) -> SetData:
     for number, (article_id, _, relevant_clusters) in enumerate(queries):
         row = row_of[article_id]
         query = query_for_row(version, row)
-        rows = _candidates(version, query, pool)
+        rows = candidate_rows(version, query, pool)
         rows = rows[version.story_ids[rows] != version.story_ids[row]]
         values, _ = features(version, query, rows, names)
         xs.append(values)
@@ -94,11 +100,11 @@ def gather(settings: Settings, path: Path, limit: int | None) -> SetData:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--sets", nargs="*", default=SETS)
     parser.add_argument("--limit", type=int, default=1500, help="at most this many query articles per set")
     parser.add_argument("--ablation", action="store_true", help="also refit with each signal left out")
-    parser.add_argument("--model", type=Path, default=Path("recommender/rank/related.json"))
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--out", type=Path, default=Path("docs/ranker-training.json"))
     parser.add_argument("--cache", type=Path, help="keep the gathered candidates here (pickles) for reruns")
     args = parser.parse_args()
@@ -152,7 +158,7 @@ def main() -> int:
                  if all(rows[n]["shorter than 10"] <= FULL_LISTS for n in TOPIC_ARTICLE_SETS if n in rows))
     reaches_target = next((f for f, rows in floor_table.items()
                            if all(r["precision@shown"] >= PRECISION_TARGET for r in rows.values())), None)
-    report = {
+    report: dict[str, Any] = {
         "trained": time.strftime("%Y-%m-%d"),
         "machine": platform.processor() or platform.machine(),
         "sets": {s.name: {"queries": len(s.relevant_clusters), "candidates": int(len(s.y)),
