@@ -33,7 +33,9 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check recommender tests scripts
-	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy                               # the package (pyproject.toml)
+	$(VENV)/bin/mypy --explicit-package-bases tests  # tests import tests.helpers
+	$(VENV)/bin/mypy scripts                       # scripts import devsets beside them
 
 eval: install
 	$(PY) scripts/eval_all.py --data ../shared/data

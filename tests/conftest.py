@@ -36,7 +36,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     try:
         from sentence_transformers.sentence_transformer.modules import StaticEmbedding
     except ImportError:  # sentence-transformers < 6
-        from sentence_transformers.models import StaticEmbedding
+        from sentence_transformers.models import StaticEmbedding  # type: ignore[no-redef]
 
     words = sorted({w for text in TOPICS.values() for w in text.split()} | set(NAMES) | set(FILLER) | {"updated", "x"})
     vocab = {"[UNK]": 0, "[PAD]": 1, **{w: i + 2 for i, w in enumerate(words)}}

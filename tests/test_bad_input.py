@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from recommender import cli
 from recommender.api import create_app
-from tests.helpers import AUTH, KEY, build_index, make_corpus
+from tests.helpers import AUTH, KEY, build_index, make_corpus, stored_article
 
 GOOD = {"id": "good-1", "title": "Harbour bridge opens", "body": "The council opened the harbour bridge today."}
 BIG_BODY = "word " * 1_000_000  # 5 MB
@@ -96,9 +96,9 @@ def test_ingest_control_characters_and_script_titles_are_kept_as_text(tmp_path, 
     from recommender.store import SqliteStore
 
     with SqliteStore.open(tmp_path / "d" / "store.sqlite") as store:
-        ctl = store.get("ctl").article
+        ctl = stored_article(store, "ctl").article
         assert not any(ord(c) < 32 and c not in "\n\t" for c in ctl.title + ctl.body)
-        assert store.get("html").article.title == "<script>alert(1)</script> news"  # stored as text
+        assert stored_article(store, "html").article.title == "<script>alert(1)</script> news"  # stored as text
 
 
 def test_ingest_duplicate_ids_in_one_batch_last_wins(tmp_path, capsys):
@@ -108,7 +108,7 @@ def test_ingest_duplicate_ids_in_one_batch_last_wins(tmp_path, capsys):
     from recommender.store import SqliteStore
 
     with SqliteStore.open(tmp_path / "d" / "store.sqlite") as store:
-        assert store.count() == 1 and store.get("good-1").article.title == "second"
+        assert store.count() == 1 and stored_article(store, "good-1").article.title == "second"
 
 
 def test_ingest_far_future_date_is_kept_and_embargoed(tmp_path, capsys):

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -182,6 +183,7 @@ def test_reindex_progress_bar_on_stderr(tmp_path, corpus, tiny_model_dir, capsys
 
 def test_progress_bar_helper_restarts_per_stage(capsys):
     with cli.progress_bar("eval", "step") as update:
+        assert update is not None  # enabled: a callback
         for total in (3, 2):
             for done in range(total + 1):
                 update(done, total)
@@ -239,7 +241,8 @@ def test_serve_hands_the_workers_its_settings_as_json(tmp_path, monkeypatch):
     from recommender.api import metrics
     from recommender.config import SETTINGS_JSON_ENV, Settings
 
-    calls, prepared = [], []
+    calls: list[tuple[tuple, dict]] = []
+    prepared: list[Path] = []
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: calls.append((a, kw)))
     # The real one sets PROMETHEUS_MULTIPROC_DIR in this process (for the
     # workers): tests/test_metrics.py checks it in a child process.
@@ -256,8 +259,13 @@ def test_serve_hands_the_workers_its_settings_as_json(tmp_path, monkeypatch):
     handed = Settings.model_validate_json(os.environ[SETTINGS_JSON_ENV])
     assert handed.port == 8123 and handed.data_dir == tmp_path / "d" and handed.max_header_bytes == 9000
 
-    created = []
-    monkeypatch.setattr(app_module, "create_app", lambda settings: created.append(settings) or "app")
+    created: list[Settings] = []
+
+    def create_app(settings: Settings) -> str:
+        created.append(settings)
+        return "app"
+
+    monkeypatch.setattr(app_module, "create_app", create_app)
     monkeypatch.setenv("RECOMMENDER_PORT", "9999")  # the JSON wins over the variables
     assert app_module.app_from_environment() == "app" and created[-1] == handed
     monkeypatch.delenv(SETTINGS_JSON_ENV)

@@ -79,8 +79,8 @@ def test_hashed_rule_agrees_with_exact_rule_near_the_thresholds():
             cut = int(len(words) * keep)
             bodies.append(" ".join(words[:cut] + list(rng.choice(vocabulary, len(words) - cut))))
             bodies.append(" ".join(words[:cut]))  # contained in the original
-    words = copies.WordHashes()
-    assert pairs(copies.story_labels([copies.shingles(b, words) for b in bodies])) == pairs(copy_clusters(bodies))
+    hashes = copies.WordHashes()
+    assert pairs(copies.story_labels([copies.shingles(b, hashes) for b in bodies])) == pairs(copy_clusters(bodies))
 
 
 def test_boilerplate_shared_by_many_bodies_links_nothing():

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -108,12 +109,13 @@ def _record(tmp_path: Path) -> dict:
         get("422 k", f"/v1/articles/{ids[0]}/related", k=0)
         get("422 fallback", f"/v1/articles/{ids[0]}/related", fallback="random")
         get("422 search", "/v1/search", q="")
-        for name, (method, path, kwargs) in {
+        error_requests: dict[str, tuple[str, str, dict[str, Any]]] = {
             "401 put": ("PUT", f"/v1/articles/{ids[0]}", {"json": {"title": "x", "body": "y"}}),
             "413 post": ("POST", "/v1/articles", {"content": b"[" + b" " * 9_000_000 + b"]", "headers": AUTH}),
             "404 rule": ("DELETE", "/v1/rules/987654", {"headers": AUTH}),
             "405": ("PATCH", "/v1/search", {}),
-        }.items():
+        }
+        for name, (method, path, kwargs) in error_requests.items():
             r = client.request(method, path, **kwargs)
             http[name] = {"status": r.status_code, "body": r.json()}
         r = client.get("/readyz")

@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import time
 import tracemalloc
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,8 +25,8 @@ from recommender.pipeline import reindex
 from recommender.service import Engine
 from recommender.store import SqliteStore
 from recommender.version import IndexVersion
-from recommender.view import load_view
-from tests.helpers import AUTH, KEY, Server, build_index, lazy, make_corpus, write_jsonl
+from recommender.view import View, load_view
+from tests.helpers import AUTH, KEY, Server, build_index, lazy, make_corpus, samples, stored_article, write_jsonl
 
 FUTURE = "2999-01-01T00:00:00+00:00"
 RUN_ON = "a " * 999_999  # 2 MB, one "sentence"
@@ -256,15 +257,16 @@ def test_write_landing_during_a_publish_is_published_by_the_next_run(settings, c
         report = reindex(settings, store, loader(settings), full=True)  # no KeyError for the deleted one
         assert report.published and state["done"]
         monkeypatch.undo()
-        name, segments = directory.read_current(settings.index_root)
-        assert name == report.version and len(segments) == 1  # the catch-up segment
+        current, segments = directory.read_current(settings.index_root)
+        assert current == report.version and len(segments) == 1  # the catch-up segment
         assert reindex(settings, store, loader(settings), dry_run=True).reason == ""
         again = reindex(settings, store, loader(settings))
         assert not again.published and again.embedded == 0
-        stored = store.get(corpus[1]["id"])
+        stored = stored_article(store, corpus[1]["id"])
         (_, vectors), = [(d, v) for d, v in store.iter_embeddings(resolve(settings).key) if d == stored.doc_id]
     version = load_view(settings.index_root)
     row = version.row_of(stored.doc_id)
+    assert row is not None and version.base_rows is not None  # a live row, in a view with segments
     assert row >= version.base_rows  # the rewrite is the segment's row, the version's is dead
     np.testing.assert_allclose(version.chunk_vectors[version.chunk_offsets[row]], vectors[0], rtol=1e-6)
     assert version.row_of(store_doc_id(settings, corpus[2]["id"])) is None
@@ -286,52 +288,47 @@ def test_articles_acknowledged_before_a_crash_are_published_at_start_up(settings
                                      "body": "irena kalvos ceasefire envoy mediators treaty border talks"})
                       for i in range(5)])
     before = (settings.index_root / "CURRENT").read_text()
-    server = Server(settings.data_dir, settings.model, env={"RECOMMENDER_API_KEY": KEY})
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            status, ready = server.request("GET", "/readyz")
-            if status == 200 and ready["behind"] == 0:
-                break
-            time.sleep(0.2)
+    app = create_app(settings.replace(api_key=KEY))
+    with TestClient(app) as client:
+        assert app.state.reindexer.started.wait(timeout=600)  # the start-up check ran
+        ready = client.get("/readyz").json()
         assert ready["behind"] == 0 and ready["articles"] == len(corpus) + 5, ready
         assert (settings.index_root / "CURRENT").read_text() != before
-        found = server.request("GET", "/v1/search?q=Irena+Kalvos+envoy&k=10")[1]["items"]
+        found = client.get("/v1/search", params={"q": "Irena Kalvos envoy", "k": 10}).json()["items"]
         assert found[0]["id"].startswith("late-")  # (the five are copies of one story: one is shown)
-    finally:
-        server.stop()
 
 
 def test_a_start_on_an_unchanged_store_publishes_nothing(settings, corpus):
     build_index(settings, corpus)
     versions = sorted(p.name for p in (settings.index_root / "versions").iterdir())
-    server = Server(settings.data_dir, settings.model, env={"RECOMMENDER_API_KEY": KEY})
-    try:
-        deadline = time.monotonic() + 20
-        while "recommender_reindex_runs_total 1" not in server.request("GET", "/metrics")[1]:
-            assert time.monotonic() < deadline, "the start-up check did not run"
-            time.sleep(0.1)
-        assert server.request("GET", "/readyz")[1]["behind"] == 0
-    finally:
-        server.stop()
+    app = create_app(settings.replace(api_key=KEY))
+    with TestClient(app) as client:
+        assert app.state.reindexer.started.wait(timeout=600)  # the start-up check ran
+        assert "recommender_reindex_runs_total 1" in client.get("/metrics").text
+        assert client.get("/readyz").json()["behind"] == 0
     assert sorted(p.name for p in (settings.index_root / "versions").iterdir()) == versions
 
 
-def test_a_read_only_replica_never_publishes_at_start_up(settings, corpus):
+@pytest.mark.parametrize("api_key", ["", KEY])
+def test_a_read_only_replica_never_publishes_at_start_up(settings, corpus, api_key):
     """No key, no writes: its versions come from the indexing machine, even
-    while its copy of the store is ahead of them (guide.md, replicas)."""
+    while its copy of the store is ahead of them (guide.md, replicas). With a
+    key, the same start publishes the write at once: the start-up check the
+    test waits for is the one that would have published."""
     build_index(settings, corpus)
     with SqliteStore.open(settings.store_path) as store:
         store.upsert([parse_article({"id": "copied-early", "title": "t", "body": "irena kalvos envoy"})])
     before = (settings.index_root / "CURRENT").read_text()
-    server = Server(settings.data_dir, settings.model)
-    try:
-        time.sleep(2)  # the start-up check runs within 0.2 s where writes are enabled
-        assert server.request("GET", "/readyz")[1]["behind"] == 1
-        assert "recommender_reindex_runs_total 0" in server.request("GET", "/metrics")[1]
-    finally:
-        server.stop()
-    assert (settings.index_root / "CURRENT").read_text() == before
+    app = create_app(settings.replace(api_key=api_key))
+    with TestClient(app) as client:
+        assert app.state.reindexer.started.wait(timeout=600)  # the start-up check is done
+        behind = client.get("/readyz").json()["behind"]
+        runs = samples(client.get("/metrics").text, "recommender_reindex_runs_total")[0].value
+    published = (settings.index_root / "CURRENT").read_text() != before
+    if api_key:
+        assert (behind, runs, published) == (0, 1, True)
+    else:
+        assert (behind, runs, published) == (1, 0, False)
 
 
 def test_behind_counts_added_changed_and_deleted_articles(settings, corpus):
@@ -422,8 +419,9 @@ def test_filtered_search_scores_passages_in_bounded_blocks(settings):
     every = np.arange(len(version), dtype=np.int64)
     query = np.asarray(version.doc_vectors[0], dtype=np.float32)
     gathered = version.chunk_vectors.nbytes
+    view = View.of(version)
     tracemalloc.start()
-    scores = passage_scores(version, every, query)
+    scores = passage_scores(view, every, query)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < gathered / 2, (peak, gathered)  # never all passages at once
@@ -443,7 +441,7 @@ def test_float_options_are_rounded_before_the_cache(app_client):
 
 # -- 7, 8, 9. one validation on every write path ---------------------------------
 
-HOSTILE_RECORDS = {
+HOSTILE_RECORDS: dict[str, tuple[dict[str, Any], str]] = {
     "5 MB title": ({"title": "t" * 5_000_000}, "'title' is longer than 2000"),
     "1 MB section": ({"section": "s" * 1_000_000}, "'section' is longer than 200"),
     "200,000 tags": ({"tags": [f"t{i}" for i in range(200_000)]}, "'tags' holds 200000 tags"),
@@ -516,13 +514,15 @@ def test_public_errors_name_no_paths_and_readyz_no_exception_text(settings, corp
     version = directory.read_current(settings.index_root)[0]
     # A file where the segments go: the next publish fails.
     (settings.index_root / "versions" / version / "segments").write_text("a file where the segments go")
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        reindexer = app.state.reindexer
+        assert reindexer.started.wait(timeout=600)  # the start-up check: nothing to publish yet
+        jobs = reindexer.jobs
         assert client.put("/v1/articles/n1", json={"title": "t", "body": "irena kalvos"}, headers=AUTH).status_code == 200
-        deadline = time.monotonic() + 20
-        while client.get("/readyz").json()["last_reindex_error"] is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        assert reindexer.wait_for_jobs(jobs + 1, timeout=600)  # the job of the write ran, and failed
         ready = client.get("/readyz").json()
+        assert ready["last_reindex_error"] is not None
         assert str(settings.data_dir) not in json.dumps(ready) and ready["behind"] == 1
 
 

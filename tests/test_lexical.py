@@ -63,7 +63,7 @@ def reference_tfidf(counts: list[Counter]) -> tuple[dict[str, int], np.ndarray, 
 
 
 def reference_bm25(counts: list[Counter], k1: float = 1.2, b: float = 0.75) -> tuple[dict[str, int], sp.csr_matrix]:
-    stems = [Counter() for _ in counts]
+    stems: list[Counter[str]] = [Counter() for _ in counts]
     for merged, c in zip(stems, counts):
         for term, n in c.items():
             merged[stem_words([term])[0]] += n
@@ -138,10 +138,11 @@ def test_entity_terms_skip_sentence_openers_and_stopwords():
 
 def test_keyword_rows_of_the_corpus_are_its_own_rows(articles):
     titles, bodies = articles
-    models = build_keyword_models(titles, bodies)
-    for rows, model in zip(keyword_rows(*models, titles, bodies), models):
+    tfidf, bm25, entities = build_keyword_models(titles, bodies)
+    for rows, matrix in zip(keyword_rows(tfidf, bm25, entities, titles, bodies),
+                            (tfidf.matrix, bm25.matrix, entities.matrix)):
         assert rows.format == "csr"
-        assert_close(rows, model.matrix)
+        assert_close(rows, matrix)
 
 
 def test_keyword_rows_of_new_articles_use_the_frozen_statistics(articles):

@@ -14,15 +14,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from tests.helpers import Server, build_index
+from tests.helpers import Server, build_index, samples
 
 RELATED = "/v1/articles/{article_id}/related"
-
-
-def samples(text: str, name: str) -> list:
-    return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
 
 
 def requests_on(text: str, route: str) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +22,7 @@ BRIDGE = {"hl-0003", "hl-0010", "hl-0022", "hl-0034", "hl-0045", "hl-0046"}
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     settings = Settings.load({"backend": "torch", "data_dir": tmp_path_factory.mktemp("minilm")}, environ={})
-    sample = resources.files("recommender") / "data" / "sample_articles.jsonl"
+    sample = Path(str(resources.files("recommender") / "data" / "sample_articles.jsonl"))
     report = ingest_files(settings, [sample])
     assert report.added == 48 and not report.rejected
     from recommender.embedders.torch_backend import SentenceTransformerEmbedder

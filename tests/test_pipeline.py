@@ -266,6 +266,7 @@ def test_a_manifest_with_fields_of_another_release_still_loads_or_is_refused_cle
     from recommender.version import Layout, read_current_manifest
 
     report = reindex(settings, store, lazy(settings, embedder))
+    assert report.version is not None  # published
     path = Layout.of(settings.index_root, report.version).manifest
     data = json.loads(path.read_text())
     data["added_later"] = {"x": 1}

@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,7 +66,7 @@ def minilm(tmp_path_factory):
     reference = load_embedder(resolve(settings))
     assert isinstance(reference, SentenceTransformerEmbedder)
     onnx = open_query_model(resolve(settings), reference)
-    ingest_files(settings, [resources.files("recommender") / "data" / "sample_articles.jsonl"])
+    ingest_files(settings, [Path(str(resources.files("recommender") / "data" / "sample_articles.jsonl"))])
     with SqliteStore.open(settings.store_path) as store:
         reindex(settings, store, lazy(settings, reference))
     return settings, reference, onnx

@@ -14,7 +14,7 @@ import pytest
 
 from recommender.articles import parse_article
 from recommender.config import Settings
-from recommender.embed_jobs import EmbeddingError, EmbedJob
+from recommender.embed_jobs import EmbeddingError, EmbedJob, EmbedResult
 from recommender.embedders import load_embedder, resolve
 from recommender.pipeline import reindex
 from recommender.ray_engine import EmbedWorker, RayEngine, RemoteEmbeddingError, pack_results, unpack_result
@@ -27,7 +27,7 @@ try:
 except ImportError:
     if os.environ.get("REQUIRE_RAY"):
         raise RuntimeError("REQUIRE_RAY is set but Ray is not installed: pip install -e '.[ray]'") from None
-    ray = None
+    ray = None  # type: ignore[assignment]
 
 needs_ray = pytest.mark.skipif(ray is None, reason="needs Ray: pip install 'recommender[ray]'")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own settings
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.con
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")  # type: ignore[arg-type]
     yield ray
     ray.shutdown()
 
@@ -133,7 +133,7 @@ def test_cli_reindex_engine_ray_with_address(tmp_path, tiny_model_dir, corpus, l
 
 def test_results_and_per_article_errors_survive_the_trip():
     good = np.arange(6, dtype=np.float32).reshape(2, 3)
-    results = [good, ValueError("cannot embed this text"), np.zeros((0, 3), np.float32), good[:1] + 0.5]
+    results: EmbedResult = [good, ValueError("cannot embed this text"), np.zeros((0, 3), np.float32), good[:1] + 0.5]
     data, rows, errors = pack_results(results, 3)
     row = {"vectors": data, "rows": json.dumps(rows), "errors": json.dumps(errors), "job_error": ""}
     back = unpack_result(EmbedJob(0, [["a", "b"], ["c"], [], ["d"]]), row)

@@ -13,7 +13,6 @@ import os
 import shutil
 import sqlite3
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -32,7 +31,7 @@ from recommender.store import SqliteStore
 from recommender.store.sqlite import filter_sql
 from recommender.version import IndexVersion
 from recommender.view import load_view
-from tests.helpers import lazy, make_corpus, run_killed_at, wait_for
+from tests.helpers import lazy, make_corpus, run_killed_at, stored_article
 
 
 @pytest.fixture
@@ -77,7 +76,9 @@ def test_writes_go_into_a_segment_and_deletes_leave_at_once(segmented, corpus, e
         assert name == first.version and segments == (report.segment,)
         view = load_view(segmented.index_root)
         assert view.live_count == store.count() == 30 - 1 + 1 + 5
-        assert store.get("drought-3") is None and view.row_of(store.get("talks-2").doc_id) >= 30
+        assert store.get("drought-3") is None
+        row = view.row_of(stored_article(store, "talks-2").doc_id)
+        assert row is not None and row >= 30
         # Nothing changed: nothing published, and no full-table read either.
         assert not publish(segmented, store, embedder).published
 
@@ -108,12 +109,14 @@ def test_segment_plus_version_ranks_as_a_rebuild_with_frozen_idf(segmented, corp
 
         live = sorted(view.doc_ids[view.alive].tolist())
         assert live == sorted(rebuilt.doc_ids.tolist())
-        wire = store.get("wire-talks-1").doc_id
-        original = store.get("talks-1").doc_id
+        wire = stored_article(store, "wire-talks-1").doc_id
+        original = stored_article(store, "talks-1").doc_id
         assert view.story_ids[view.row_of(wire)] == view.row_of(original)  # the copy joined its original's story
         for doc_id in live:
-            a = related_to_row(view, view.row_of(doc_id), 8, segmented)
-            b = related_to_row(rebuilt, rebuilt.row_of(doc_id), 8, segmented)
+            row, rebuilt_row = view.row_of(doc_id), rebuilt.row_of(doc_id)
+            assert row is not None and rebuilt_row is not None, doc_id
+            a = related_to_row(view, row, 8, segmented)
+            b = related_to_row(rebuilt, rebuilt_row, 8, segmented)
             assert ranked(view, a) == ranked(rebuilt, b), doc_id
             assert wire not in {h.doc_id for h in a} or original not in {h.doc_id for h in a}
         for query in ["peace talks envoy", "bridge harbour cost", "kalvos brandt", "drought farmers"]:
@@ -189,19 +192,20 @@ def test_a_related_request_reads_the_store_by_index_only(segmented, corpus, embe
         publish(segmented, store, embedder, rows)
         publish(segmented, store, embedder, [dict(corpus[1], id="fresh", lang="en")])
     with Engine.open(segmented, lazy(segmented, embedder)) as engine:
-        store = engine.stores.get()
+        served = engine.stores.get()
+        assert isinstance(served, SqliteStore)  # the default store: its connection is traced
         statements: list[str] = []
-        store.connection.set_trace_callback(statements.append)
+        served.connection.set_trace_callback(statements.append)
         engine.related("talks-1", 5)  # uncached
         uncached = list(statements)
         statements.clear()
         engine.related("talks-1", 5)  # cached
         cached = list(statements)
         engine.related("talks-1", 5, Filters.parse(section="world", since="2025-01-01"))
-        store.connection.set_trace_callback(None)
+        served.connection.set_trace_callback(None)
         assert 0 < len(cached) <= len(uncached) <= 12
         for sql in set(uncached + statements):
-            plan = " ".join(str(r[-1]) for r in store.connection.execute("EXPLAIN QUERY PLAN " + sql))
+            plan = " ".join(str(r[-1]) for r in served.connection.execute("EXPLAIN QUERY PLAN " + sql))
             assert "SCAN articles" not in plan, (sql, plan)
 
 
@@ -295,10 +299,11 @@ def copy_store(source, target) -> None:
         src.backup(dst)
 
 
-def copy_as_rsync(source, target, pause: float) -> None:
+def copy_as_rsync(source, target, after_each=None) -> None:
     """Copy every file of an index folder, each through a temporary name then
     a rename (as rsync does), in path order, with CURRENT last; files the
-    source no longer has are removed at the end (``--delete-after``)."""
+    source no longer has are removed at the end (``--delete-after``).
+    ``after_each()`` runs after each file is in place."""
     files = sorted(p.relative_to(source) for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
     current = [f for f in files if f.name == CURRENT]
     for rel in [f for f in files if f.name != CURRENT] + current:
@@ -309,7 +314,8 @@ def copy_as_rsync(source, target, pause: float) -> None:
         tmp = dest.parent / f".{dest.name}.partial"
         shutil.copyfile(source / rel, tmp)
         os.replace(tmp, dest)
-        time.sleep(pause)
+        if after_each is not None:
+            after_each()
     for path in sorted(target.rglob("*"), reverse=True):
         rel = path.relative_to(target)
         if not (source / rel).exists():
@@ -317,52 +323,49 @@ def copy_as_rsync(source, target, pause: float) -> None:
 
 
 def test_a_replica_copied_file_by_file_never_serves_a_torn_state(segmented, corpus, embedder, tmp_path):
+    """After every file the copy brings (segments, whole versions, CURRENT
+    last), the replica reloads and answers: always a whole published state,
+    the old one until CURRENT arrives, then the new one."""
     replica = segmented.replace(data_dir=tmp_path / "replica", api_key="")
     with SqliteStore.open(segmented.store_path) as store:
         publish(segmented, store, embedder, corpus)
     replica.data_dir.mkdir()
     copy_store(segmented.store_path, replica.store_path)
-    copy_as_rsync(segmented.index_root, replica.index_root, 0.0)
-    failures: list[BaseException] = []
-    seen: set[str] = set()
-    stop = threading.Event()
+    copy_as_rsync(segmented.index_root, replica.index_root)
     with Engine.open(replica, lazy(replica, embedder)) as engine:
-        def reader() -> None:
-            while not stop.is_set():
-                try:
-                    engine.live.refresh()
-                    version = engine.live.current
-                    seen.add(version.state)
-                    assert engine.related("talks-1", 5)
-                    engine.search("peace talks", 5)
-                except BaseException as exc:  # noqa: BLE001 - any failed read fails the test
-                    failures.append(exc)
-                time.sleep(0.005)
+        states = [engine.live.current.state]
+        served: list[str] = []
 
-        thread = threading.Thread(target=reader)
-        thread.start()
-        try:
-            states = [engine.live.current.state]
-            with SqliteStore.open(segmented.store_path) as store:
-                for i, full in enumerate([False, False, True, False]):
-                    row = dict(make_corpus(per_topic=1, seed=20 + i)[0], id=f"replica-{i}")  # on talks-5's topic
-                    publish(segmented, store, embedder, [row], full=full)
-                    name, segments = directory.read_current(segmented.index_root)
-                    states.append(f"{name}+{segments[-1]}" if segments else name)
-                    copy_store(segmented.store_path, replica.store_path)  # the store first: it holds the articles
-                    copy_as_rsync(segmented.index_root, replica.index_root, 0.002)
-                    assert wait_for(lambda: engine.live.current.state == states[-1], timeout=10)
-            related = [i.id for i in engine.related("talks-5", 10)]
-        finally:
-            stop.set()
-            thread.join()
-    assert not failures, failures[:3]
-    assert seen <= set(states) and len(seen) >= 2
+        def read_the_replica() -> None:
+            engine.live.refresh()
+            served.append(engine.live.current.state)
+            assert served[-1] in states[-2:]  # the state before this copy, or the one it brings
+            assert engine.related("talks-1", 5)
+            engine.search("peace talks", 5)
+
+        with SqliteStore.open(segmented.store_path) as store:
+            for i, full in enumerate([False, False, True, False]):
+                row = dict(make_corpus(per_topic=1, seed=20 + i)[0], id=f"replica-{i}")  # on talks-5's topic
+                publish(segmented, store, embedder, [row], full=full)
+                name, segments = directory.read_current(segmented.index_root)
+                assert name is not None  # just published
+                states.append(f"{name}+{segments[-1]}" if segments else name)
+                copy_store(segmented.store_path, replica.store_path)  # the store first: it holds the articles
+                copied = len(served)
+                copy_as_rsync(segmented.index_root, replica.index_root, read_the_replica)
+                assert len(served) - copied >= 2  # read while files arrived, and once CURRENT had
+                assert served[copied] == states[-2] and served[-1] == states[-1]  # CURRENT is copied last
+        related = [i.id for i in engine.related("talks-5", 10)]
+    assert set(served) == set(states[1:]) | {states[0]}
     assert any(r.startswith("replica-") for r in related)
     assert json.loads((replica.index_root / "versions" / states[-1].split("+")[0] / "manifest.json").read_text())
 
 
 def test_the_server_publishes_segments_and_merges_them_in_the_background(settings, corpus, embedder):
+    """Each write is served as a segment as soon as its job publishes (waited
+    on: the served view's write number), while the full build that the second
+    write makes due runs in its own thread (joined); what it did not hold is a
+    segment of the new version."""
     served = settings.replace(api_key="k", segment_merge_fraction=0.05)  # 30 articles: the second write is past it
     with SqliteStore.open(served.store_path) as store:
         first = publish(served, store, embedder, corpus).version
@@ -372,12 +375,16 @@ def test_the_server_publishes_segments_and_merges_them_in_the_background(setting
             for i, row in enumerate(make_corpus(per_topic=1, seed=31)[:4]):
                 engine.upsert([parse_article(dict(row, id=f"bg-{i}"))])
                 reindexer.request()
-                doc_id = engine.stores.get().get(f"bg-{i}").doc_id
-                assert wait_for(lambda d=doc_id: engine.live.current.row_of(d) is not None, timeout=30), i
-            assert wait_for(lambda: directory.read_current(served.index_root)[0] != first, timeout=60)
-            assert wait_for(lambda: engine.live.current.name != first, timeout=30)
+                assert engine.live.wait_for(engine.stores.get().seq(), timeout=600), i
+                assert engine.live.current.row_of(stored_article(engine.stores.get(), f"bg-{i}").doc_id) is not None
+            assert reindexer.merge_thread is not None  # started by the job of a write, not waited for
+            reindexer.merge_thread.join()
+            assert directory.read_current(served.index_root)[0] != first
+            engine.live.refresh()
+            assert engine.live.current.name != first
             reindexer.request()  # whatever the merge did not hold is published as a segment of the new version
-            assert wait_for(lambda: engine.live.current.live_count == 34, timeout=30)
+            assert engine.live.wait_for(engine.stores.get().seq(), timeout=600)
+            assert engine.live.current.live_count == 34
         finally:
             reindexer.close()
     view = load_view(served.index_root)
@@ -409,7 +416,7 @@ def test_a_writer_keeps_the_parts_of_the_view_it_read_when_a_reader_loads_anothe
         report = publish(segmented, store, embedder, [dict(later[1], id="w-1")], views=views)
         assert report.segment and report.version == first
         view = load_view(segmented.index_root)
-        assert all(view.row_of(store.get(a).doc_id) is not None for a in ("w-0", "w-1"))
+        assert all(view.row_of(stored_article(store, a).doc_id) is not None for a in ("w-0", "w-1"))
 
 
 def test_a_failed_background_publish_is_tried_again_without_another_write(settings, corpus, embedder, monkeypatch):
@@ -431,8 +438,9 @@ def test_a_failed_background_publish_is_tried_again_without_another_write(settin
         try:
             engine.upsert([parse_article(dict(make_corpus(per_topic=1, seed=43)[0], id="retry-0"))])
             reindexer.request()  # the only request: the retry needs no other
-            doc_id = engine.stores.get().get("retry-0").doc_id
-            assert wait_for(lambda: engine.live.current.row_of(doc_id) is not None, timeout=30)
+            doc_id = stored_article(engine.stores.get(), "retry-0").doc_id
+            assert engine.live.wait_for(engine.stores.get().seq(), timeout=600)
+            assert engine.live.current.row_of(doc_id) is not None
         finally:
             reindexer.close()
     assert len(calls) >= 2 and reindexer.last_error is None

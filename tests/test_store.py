@@ -10,6 +10,7 @@ from recommender.articles import parse_article
 from recommender.errors import ConfigError
 from recommender.store import SqliteStore
 from recommender.store.sqlite import MIGRATIONS
+from tests.helpers import stored_article
 
 RELEASE_0_1_SCHEMA = """
 CREATE TABLE IF NOT EXISTS articles (
@@ -71,11 +72,11 @@ def test_upsert_counts_and_stable_doc_ids(tmp_path):
     with SqliteStore.open(tmp_path / "s.sqlite") as store:
         counts = store.upsert([art(1), art(2)])
         assert (counts.added, counts.updated, counts.unchanged) == (2, 0, 0)
-        doc_id = store.get("1").doc_id
+        doc_id = stored_article(store, "1").doc_id
         counts = store.upsert([art(1), art(2, body="changed body"), art(3)])
         assert (counts.added, counts.updated, counts.unchanged) == (1, 1, 1)
-        assert store.get("1").doc_id == doc_id
-        assert store.get("2").article.body == "changed body"
+        assert stored_article(store, "1").doc_id == doc_id
+        assert stored_article(store, "2").article.body == "changed body"
         assert store.count() == 3
 
 
@@ -98,7 +99,7 @@ def test_a_store_with_the_old_full_text_index_loses_it_and_keeps_its_articles(tm
         names = {r[0] for r in store.connection.execute("SELECT name FROM sqlite_master")}
         assert not {"articles_fts", "articles_ai", "articles_ad", "articles_au"} & names
         store.upsert([art(2, body="harbour bridge costs")])
-        assert store.get("1").article.body == "Ilham Aliev met the mediators" and store.count() == 2
+        assert stored_article(store, "1").article.body == "Ilham Aliev met the mediators" and store.count() == 2
     assert "articles_fts" not in {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
 
 
@@ -114,9 +115,9 @@ def test_embedding_cache_is_keyed_by_content_hash_and_model(tmp_path):
         store.upsert([art(2, section="new section")])  # metadata only: no re-embedding
         assert store.stale_embeddings("m") == []
         store.upsert([art(2, body="new text")])
-        assert store.stale_embeddings("m") == [store.get("2").doc_id]
+        assert store.stale_embeddings("m") == [stored_article(store, "2").doc_id]
         (doc_id, vectors), = list(store.iter_embeddings("m"))
-        assert doc_id == store.get("1").doc_id and vectors.shape == (2, 4)
+        assert doc_id == stored_article(store, "1").doc_id and vectors.shape == (2, 4)
 
 
 def test_reopen_keeps_data(tmp_path):
@@ -124,7 +125,7 @@ def test_reopen_keeps_data(tmp_path):
     with SqliteStore.open(path) as store:
         store.upsert([art(1, tags=["x", "y"], published="2024-02-03")])
     with SqliteStore.open(path) as store:
-        a = store.get("1").article
+        a = stored_article(store, "1").article
         assert a.tags == ("x", "y") and a.published == "2024-02-03"
 
 
@@ -172,10 +173,10 @@ def test_a_store_of_the_release_before_numbered_migrations_upgrades_in_place(tmp
     old.close()
     with SqliteStore.open(path) as store:
         assert store.connection.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 4
-        assert store.get("kept").article.body == "b" and store.seq() == 3
+        assert stored_article(store, "kept").article.body == "b" and store.seq() == 3
         assert [d for d, _ in store.iter_embeddings("m")] == [1]
         store.upsert([art(2)])
-        assert store.seq() == 4 and store.changes_since(3).changed == [store.get("2").doc_id]
+        assert store.seq() == 4 and store.changes_since(3).changed == [stored_article(store, "2").doc_id]
 
 
 def test_a_fresh_store_has_the_schema_of_an_upgraded_one(tmp_path):
