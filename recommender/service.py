@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 
 from recommender import directory
@@ -15,7 +14,7 @@ from recommender.articles import Article
 from recommender.clock import now_iso
 from recommender.config import Settings
 from recommender.embedders import LazyEmbedder, model_id_for, resolve
-from recommender.embedders.query import load_query_embedder
+from recommender.embedders.query import QueryEmbedder
 from recommender.errors import ArticleNotFound, IndexMismatch, IndexNotFound, RuleNotFound
 from recommender.filters import NO_FILTERS, Filters
 from recommender.index import set_query_threads
@@ -156,8 +155,7 @@ class Engine:
         self.settings = settings
         self.live = live
         self.embedder = embedder
-        self.query_embedder = LazyEmbedder(
-            embedder.spec, partial(load_query_embedder, embedder.spec, settings.query_backend, embedder.get))
+        self.query_embedder = QueryEmbedder(embedder.spec, settings.query_backend, embedder.get)
         """Search queries' embedder: ONNX where it is checked and faster (``settings.query_backend``)."""
         self.stores = ThreadStores(settings)
         self.cache = ListCache(settings.related_cache_size)
@@ -176,6 +174,9 @@ class Engine:
     def close(self) -> None:
         self.live.close()
         self.stores.close()
+        preparing = self.query_embedder.preparing
+        if preparing is not None:  # an export half-way is finished: the next start finds it whole
+            preparing.join(timeout=120)
 
     def __enter__(self) -> Engine:
         return self

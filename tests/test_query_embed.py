@@ -20,7 +20,7 @@ from recommender.config import Settings
 from recommender.embedders import load_embedder, resolve
 from recommender.embedders import query as query_module
 from recommender.embedders.onnx_backend import OnnxEmbedder, export_file
-from recommender.embedders.query import MIN_COSINE, load_query_embedder, open_query_model
+from recommender.embedders.query import MIN_COSINE, QueryEmbedder, load_query_embedder, open_query_model
 from recommender.embedders.torch_backend import SentenceTransformerEmbedder
 from recommender.errors import ConfigError
 from recommender.ingest import ingest_files
@@ -172,6 +172,23 @@ def test_auto_takes_the_faster_of_onnx_and_torch(minilm, monkeypatch, onnx_ms, t
     monkeypatch.setattr(query_module, "median_seconds", median_seconds)
     assert isinstance(load_query_embedder(resolve(settings), "auto", lambda: reference), faster)
     assert timed == [[OnnxEmbedder, SentenceTransformerEmbedder]]
+
+
+@pytest.mark.slow
+def test_auto_answers_on_torch_at_once_and_moves_to_onnx_when_it_is_ready(minilm, tmp_path, monkeypatch):
+    """A server's start does not wait for the ONNX model: with "auto", queries
+    embed on torch from the first, while the export (a first start's: this
+    data folder has none), its check and its timing run in a thread beside
+    serving; then queries move to it."""
+    settings, reference, _ = minilm
+    fresh = settings.replace(data_dir=tmp_path / "data")
+    monkeypatch.setattr(query_module, "median_seconds", lambda embedders, *a, **k: [0.002, 0.009])
+    embedder = QueryEmbedder(resolve(fresh), "auto", lambda: reference)
+    assert embedder.prepare() is reference and embedder.preparing is not None
+    vector = embedder.embed(["Irena Kalvos"])
+    embedder.preparing.join()
+    assert isinstance(embedder.prepare(), OnnxEmbedder) and export_file(resolve(fresh)).exists()
+    assert float(vector[0] @ embedder.embed(["Irena Kalvos"])[0]) > MIN_COSINE
 
 
 @pytest.mark.slow

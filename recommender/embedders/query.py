@@ -6,6 +6,7 @@ text's vector within ``MIN_COSINE``), and refused for torch when it differs."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -108,3 +109,57 @@ def load_query_embedder(spec: EmbedderSpec, query_backend: str, load_reference: 
             return reference
     log.info("search queries embed on onnxruntime (%s)", embedder.model_file)
     return embedder
+
+
+class QueryEmbedder:
+    """The embedder search queries use, held by a server for its life.
+
+    ``prepare()`` loads the reference (torch) and, with ``query_backend``
+    "onnx", the ONNX model before it returns. With "auto" the ONNX model is an
+    optimization that must not delay a server's start: queries embed on the
+    reference at once while a background thread exports (on a first start),
+    checks and times the ONNX model, and they move to it once it passes and is
+    the faster here (``load_query_embedder``'s rules)."""
+
+    def __init__(self, spec: EmbedderSpec, query_backend: str, load_reference: Callable[[], Embedder]):
+        self.spec = spec
+        self.query_backend = query_backend
+        self.load_reference = load_reference
+        self._current: Embedder | None = None
+        self._lock = threading.Lock()
+        self.preparing: threading.Thread | None = None
+        """The background preparation of "auto" (joined by tests), once started."""
+
+    def prepare(self) -> Embedder:
+        """The embedder queries use now; the first call decides, prepares, or starts preparing."""
+        with self._lock:
+            if self._current is not None:
+                return self._current
+            if self.query_backend != "auto":
+                self._current = load_query_embedder(self.spec, self.query_backend, self.load_reference)
+                return self._current
+            self._current = torch_reference(self.load_reference())
+            self.preparing = threading.Thread(target=self._prepare_onnx, name="query-model", daemon=True)
+            self.preparing.start()
+            return self._current
+
+    def _prepare_onnx(self) -> None:
+        try:
+            chosen = load_query_embedder(self.spec, "auto", self.load_reference)
+        except Exception:  # the reference keeps answering
+            log.exception("the ONNX query model could not be prepared; search queries embed on torch")
+            return
+        self._current = chosen
+
+    get = prepare
+
+    @property
+    def model_id(self) -> str:
+        return self.prepare().model_id
+
+    @property
+    def dimension(self) -> int:
+        return self.prepare().dimension
+
+    def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        return self.prepare().embed(texts, progress=progress)
