@@ -30,7 +30,6 @@ import argparse
 import concurrent.futures
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -46,6 +45,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serve import free_port, stop, wrk  # noqa: E402
 
+from recommender.embedders.machine import cpu_info  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-key"
 SECRET = {"id": "embargoed-1", "title": "Minister to resign", "body": "The minister will resign next week. " * 20,
@@ -53,18 +54,7 @@ SECRET = {"id": "embargoed-1", "title": "Minister to resign", "body": "The minis
 
 
 def cpu_flags() -> dict:
-    flags = set()
-    model = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-            elif line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
-    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags]}
+    return cpu_info()
 
 
 def cli(tree: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -12,7 +12,6 @@ import argparse
 import gc
 import importlib.util
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from recommender import lexical
 from recommender.articles import parse_article
+from recommender.embedders.machine import cpu_info  # noqa: E402
 from recommender.store import SqliteStore
 
 OLD_FTS = """
@@ -41,10 +41,8 @@ END;
 
 
 def cpu() -> str:
-    info = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
-    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in info.splitlines() if ":" in line)}
-    flags = [f for f in fields.get("flags", "").split() if f.startswith(("avx", "sse4", "fma"))]
-    return f"{fields.get('model name', '?')}, {os.cpu_count()} cpus ({' '.join(flags)})"
+    info = cpu_info()
+    return f"{info['model']}, {info['cores']} cpus ({' '.join(info['flags'])})"
 
 
 def old_lexical(revision: str):

@@ -75,6 +75,7 @@ from devsets import DATA, get  # noqa: E402
 
 from recommender.api import present  # noqa: E402
 from recommender.articles import Article  # noqa: E402
+from recommender.clock import utc_stamp  # noqa: E402
 from recommender.config import Settings  # noqa: E402
 from recommender.embedders import Embedder, EmbedderSpec, LazyEmbedder, load_embedder, resolve  # noqa: E402
 from recommender.embedders.base import resolve_model_path  # noqa: E402
@@ -483,7 +484,7 @@ def main() -> int:
             "ours_max_tokens": max_tokens,
             "ours_precision": spec.precision,
             "txtai": txtai_setup,
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "measured_at": utc_stamp(),
         },
         "index": index_rows, "search_quality": search_rows, "search_latency": latency_rows,
         "related": related_rows, "notes": notes,

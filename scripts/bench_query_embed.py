@@ -26,23 +26,16 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from recommender.embedders.machine import cpu_info  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def cpu() -> tuple[str, str]:
-    """/proc/cpuinfo's model name and flags."""
-    name = flags = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and name == "?":
-                name = value.strip()
-            elif key.strip() == "flags" and flags == "?":
-                flags = value.strip()
-    except OSError:
-        pass
-    return name, flags
+    """The CPU's model name and the flags that decide kernels."""
+    info = cpu_info()
+    return info["model"], " ".join(info["flags"])
 
 
 def workload(queries: int, drafts: int, seed: int) -> tuple[list[str], list[tuple[str, str]]]:

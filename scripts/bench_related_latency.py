@@ -15,24 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import time
 from pathlib import Path
 
+from recommender.embedders.machine import cpu_info  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                wanted = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "avx2")
-                return " ".join(f for f in line.split(":", 1)[1].split() if f in wanted)
-    except OSError:
-        pass
-    return platform.processor()
+    return " ".join(cpu_info()["flags"])
 
 
 def main() -> int:

@@ -51,6 +51,8 @@ from typing import Any
 import numpy as np
 from devsets import get, named
 
+from recommender.embedders.machine import cpu_info  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 SETS = [s.file for s in named(("reuters21578", "agnews_test", "bbc_news", "wikiref220", "time_docs", "newswcl50"))]
 """The development sets the archive's records come from (scripts/devsets.py), in this order: article
@@ -111,12 +113,8 @@ NAME = re.compile(r"(?<=[a-z,;] )[A-Z][a-z]{3,}\b")
 
 def cpu_line() -> str:
     """The CPU model and the flags that decide kernels (AVX-512, AMX, VNNI, BF16)."""
-    info = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"model name\s*:\s*(.*)", info)
-    listed = re.search(r"flags\s*:\s*(.*)", info)
-    flags = set(listed.group(1).split()) if listed else set()
-    keep = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "avx_vnni")))
-    return f"{model.group(1) if model else '?'}, {os.cpu_count()} cores; {' '.join(keep)}"
+    info = cpu_info()
+    return f"{info['model']}, {info['cores']} cores; {' '.join(info['flags'])}"
 
 
 def _records(data: Path) -> list[dict]:

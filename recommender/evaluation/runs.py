@@ -1,15 +1,7 @@
-"""Quality against labelled data: this engine, as a widget gets its lists,
-and lexical baselines (TF-IDF cosine, Okapi BM25), ranked to the same depth
-in the same run.
-
-Stories, not copies, are scored. Copies are defined here from the text
-alone, independently of the engine's own dedup (``recommender.copies``):
-two bodies are copies when their word 5-gram sets have a Jaccard of at least
-0.5, or one holds at least 0.8 of the other's 5-grams; 5-grams in more than
-50 bodies are ignored; clusters are the transitive closure. Story MAP then
-counts the first returned member of each relevant cluster as a hit, later
-members and copies of the query as misses; dup@10 is the share of lists
-whose top 10 shows one text twice (or a copy of the query)."""
+"""Quality against labelled data: this engine, as a widget gets its lists
+(the served defaults, through ``Engine``), and lexical baselines (TF-IDF
+cosine, Okapi BM25, SQLite's FTS5), ranked to the same depth in the same
+run. Stories, not copies, are scored (``recommender.evaluation.metrics``)."""
 
 
 from __future__ import annotations
