@@ -184,11 +184,13 @@ def test_auto_answers_on_torch_at_once_and_moves_to_onnx_when_it_is_ready(minilm
     fresh = settings.replace(data_dir=tmp_path / "data")
     monkeypatch.setattr(query_module, "median_seconds", lambda embedders, *a, **k: [0.002, 0.009])
     embedder = QueryEmbedder(resolve(fresh), "auto", lambda: reference)
-    assert embedder.prepare() is reference and embedder.preparing is not None
+    assert embedder.prepare(background=True) is reference and embedder.preparing is not None
     vector = embedder.embed(["Irena Kalvos"])
     embedder.preparing.join()
     assert isinstance(embedder.prepare(), OnnxEmbedder) and export_file(resolve(fresh)).exists()
     assert float(vector[0] @ embedder.embed(["Irena Kalvos"])[0]) > MIN_COSINE
+    waiting = QueryEmbedder(resolve(fresh), "auto", lambda: reference)  # a command, the evaluation: no thread
+    assert isinstance(waiting.prepare(), OnnxEmbedder) and waiting.preparing is None
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ def create_app(settings: Settings, *, embedder: LazyEmbedder | None = None) -> F
         engine = Engine.open(settings, embedder)
         engine.embedder.get()  # load the model now, not on the first search
         _limit_torch_threads(settings)
-        engine.query_embedder.prepare()  # queries answer now; an "auto" ONNX model is prepared beside serving
+        engine.query_embedder.prepare(background=True)  # queries answer now; ONNX ("auto") is prepared beside
         engine.live.watch(settings.index_poll_seconds)
         reindexer = Reindexer(settings, engine, on_run=app.state.metrics.reindex_run).start()
         app.state.engine, app.state.reindexer = engine, reindexer

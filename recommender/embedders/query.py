@@ -112,14 +112,14 @@ def load_query_embedder(spec: EmbedderSpec, query_backend: str, load_reference: 
 
 
 class QueryEmbedder:
-    """The embedder search queries use, held by a server for its life.
-
-    ``prepare()`` loads the reference (torch) and, with ``query_backend``
-    "onnx", the ONNX model before it returns. With "auto" the ONNX model is an
-    optimization that must not delay a server's start: queries embed on the
-    reference at once while a background thread exports (on a first start),
-    checks and times the ONNX model, and they move to it once it passes and is
-    the faster here (``load_query_embedder``'s rules)."""
+    """The embedder search queries use (``load_query_embedder``'s choice),
+    decided on first use. A server's start prepares it in the background
+    (``prepare(background=True)``): with "auto" the ONNX model is an
+    optimization that must not delay the start, so queries embed on the
+    reference (torch) at once while a thread exports (on a first start),
+    checks and times the ONNX model, and they move to it once it passes and
+    is the faster here. Everywhere else (a command, the evaluation) the first
+    query waits for the choice, so results do not depend on timing."""
 
     def __init__(self, spec: EmbedderSpec, query_backend: str, load_reference: Callable[[], Embedder]):
         self.spec = spec
@@ -128,14 +128,14 @@ class QueryEmbedder:
         self._current: Embedder | None = None
         self._lock = threading.Lock()
         self.preparing: threading.Thread | None = None
-        """The background preparation of "auto" (joined by tests), once started."""
+        """The background preparation, once started (joined by ``Engine.close`` and tests)."""
 
-    def prepare(self) -> Embedder:
-        """The embedder queries use now; the first call decides, prepares, or starts preparing."""
+    def prepare(self, *, background: bool = False) -> Embedder:
+        """The embedder queries use now; the first call decides (``background``: see the class)."""
         with self._lock:
             if self._current is not None:
                 return self._current
-            if self.query_backend != "auto":
+            if not background or self.query_backend != "auto":
                 self._current = load_query_embedder(self.spec, self.query_backend, self.load_reference)
                 return self._current
             self._current = torch_reference(self.load_reference())
