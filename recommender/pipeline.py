@@ -1,8 +1,9 @@
 """Reindex: publish what the store holds. Writes since the live version go
 beside it as a segment while the merge policy allows (seconds, whatever the
 archive's size); otherwise a new version is built from every article
-(``recommender.build``) and swapped in. The embedding step is
-``recommender.embed_jobs``'; the folder's protocol is ``recommender.directory``'s."""
+(``recommender.build``) and swapped in. The embedding step is in
+``recommender.embed_jobs``, the merge policy in ``recommender.merge_policy``,
+the folder's protocol in ``recommender.directory``."""
 
 from __future__ import annotations
 
