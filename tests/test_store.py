@@ -263,3 +263,26 @@ def test_one_holder_of_the_indexing_role(tmp_path):
         with second.indexing_role() as held_now:
             assert held_now  # released
 
+
+
+def test_the_settings_name_the_store(tmp_path):
+    """``store_url`` empty: the data folder's file; ``sqlite:///path``: that
+    file; another scheme: the store module of that name, which this release
+    lacks for PostgreSQL (a clear error that never shows the URL's password)."""
+    from recommender.config import Settings
+    from recommender.store import open_store
+
+    default = Settings.load({"data_dir": tmp_path / "d"}, environ={})
+    with open_store(default) as store:
+        store.upsert([art(1)])
+    assert (tmp_path / "d" / "store.sqlite").exists()
+    elsewhere = default.replace(store_url=f"sqlite://{tmp_path / 'shared' / 'news.sqlite'}")
+    with open_store(elsewhere) as store:
+        assert store.count() == 0
+    assert (tmp_path / "shared" / "news.sqlite").exists()
+    for url, message in (("postgresql://editor:s3cret@db.example:5432/news", "no store backend for postgresql://"),
+                         ("sqlite://relative.sqlite", "sqlite:///absolute/path"),
+                         ("not a url", "must be a URL")):
+        with pytest.raises(ConfigError, match=message) as raised:
+            open_store(default.replace(store_url=url))
+        assert "s3cret" not in str(raised.value)
