@@ -248,6 +248,7 @@ def main(argv: Sequence[str] | None = None, *, load_embedder: EmbedderLoader | N
 @common_options
 def cmd_ingest(files: tuple[Path, ...], as_json: bool) -> int:
     from recommender.ingest import ingest_files
+    from recommender.store import store_location
 
     settings = _settings()
     report = ingest_files(settings, list(files))
@@ -260,7 +261,7 @@ def cmd_ingest(files: tuple[Path, ...], as_json: bool) -> int:
             print(f"error: {failure}", file=sys.stderr)
         print(
             f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
-            f"{len(report.rejected)} rejected  ({settings.store_path})"
+            f"{len(report.rejected)} rejected  ({store_location(settings)})"
         )
     if report.failed_files and report.added + report.updated + report.unchanged == 0:
         return EXIT_FAILURE
@@ -319,7 +320,7 @@ def cmd_reindex(force: bool, full: bool, dry_run: bool, as_json: bool, no_progre
                 ray_address: str | None, ray_workers: int | None) -> int:
     from recommender.embed_jobs import EmbeddingError
     from recommender.pipeline import reindex
-    from recommender.store import open_store
+    from recommender.store import open_store, store_location
 
     settings = _settings()
     embedder = _embedder(settings)
@@ -334,7 +335,7 @@ def cmd_reindex(force: bool, full: bool, dry_run: bool, as_json: bool, no_progre
         return EXIT_USAGE
     with open_store(settings) as store:
         if store.count() == 0:
-            print(f"error: no articles in {settings.store_path}; run `recommender ingest FILE` first", file=sys.stderr)
+            print(f"error: no articles in {store_location(settings)}; run `recommender ingest FILE` first", file=sys.stderr)
             return EXIT_FAILURE
         try:
             with progress_bar("embedding", "doc", enabled=not no_progress) as on_progress:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from recommender import cli
-from tests.helpers import write_jsonl
+from recommender.embedders import load_embedder, resolve
+from tests.helpers import PoisonEmbedder, write_jsonl
 
 COMMANDS = ["ingest", "reindex", "rules list", "rules add", "rules delete", "related", "search", "eval related",
             "eval search", "serve"]
@@ -153,9 +154,6 @@ def test_model_mismatch_is_refused(tmp_path, corpus, tiny_model_dir):
 
 
 def test_reindex_exit_code_3_when_some_articles_fail(tmp_path, corpus, tiny_model_dir, capsys):
-    from recommender.embedders import load_embedder, resolve
-    from tests.helpers import PoisonEmbedder
-
     rows = corpus[:5] + [{"id": "bad-1", "title": "POISON", "body": "The model chokes on this one."}]
     common = ["--data-dir", str(tmp_path / "d"), "--model", str(tiny_model_dir)]
     assert cli.main(["ingest", str(write_jsonl(tmp_path / "a.jsonl", rows)), *common]) == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import KEY, Server, build_index, make_corpus
+from tests.helpers import HANG_GUARD, KEY, Server, build_index, make_corpus
 
 ST = shutil.which("st") or str(Path(sys.executable).with_name("st"))
 
@@ -25,7 +25,7 @@ def test_no_request_gets_a_server_error(settings):
         result = subprocess.run(
             [ST, "run", f"{server.base}/openapi.json", "--checks", "not_a_server_error", "-n", "30",
              "--phases", "examples,coverage,fuzzing", "-H", f"Authorization: Bearer {KEY}", "--seed", "1"],
-            capture_output=True, text=True, timeout=600, check=False, env={**os.environ, "NO_COLOR": "1"},
+            capture_output=True, text=True, timeout=HANG_GUARD, check=False, env={**os.environ, "NO_COLOR": "1"},
         )
     finally:
         server.stop()

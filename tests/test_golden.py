@@ -21,6 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from recommender.config import Settings
+from tests.helpers import HANG_GUARD, make_corpus, write_jsonl
 
 GOLDEN = Path(__file__).parent / "golden" / "demo.json"
 SAMPLE = Path(__file__).parents[1] / "recommender" / "data" / "sample_articles.jsonl"
@@ -39,7 +40,7 @@ QUERIES = ["Irena Kalvos", "who pays for the new crossing over the harbour", "in
 def _cli(data_dir: Path, *args: str) -> str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RECOMMENDER_PRECISION": "float32", "RECOMMENDER_DATA_DIR": str(data_dir)}
     done = subprocess.run([sys.executable, "-m", "recommender.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=HANG_GUARD)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -120,8 +121,6 @@ def _record(tmp_path: Path) -> dict:
             http[name] = {"status": r.status_code, "body": r.json()}
         r = client.get("/readyz")
         http["readyz keys"] = {"status": r.status_code, "body": sorted(r.json())}
-
-    from tests.helpers import make_corpus, write_jsonl
 
     corpus = write_jsonl(tmp_path / "corpus.jsonl", make_corpus())
     queries = write_jsonl(tmp_path / "queries.jsonl", [

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.helpers import Server, build_index, samples
+from tests.helpers import HANG_GUARD, Server, build_index, samples
 
 RELATED = "/v1/articles/{article_id}/related"
 
@@ -58,7 +58,7 @@ def test_two_apps_in_one_process(settings):
 
 
 def _run(args: list[str], env: dict) -> dict:
-    done = subprocess.run([sys.executable, "-c", *args], env=env, capture_output=True, text=True, timeout=60,
+    done = subprocess.run([sys.executable, "-c", *args], env=env, capture_output=True, text=True, timeout=HANG_GUARD,
                           check=False)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -20,7 +20,7 @@ from recommender.pipeline import reindex
 from recommender.ray_engine import EmbedWorker, RayEngine, RemoteEmbeddingError, pack_results, unpack_result
 from recommender.store import SqliteStore
 from recommender.version import IndexVersion
-from tests.helpers import PoisonEmbedder, lazy, write_jsonl
+from tests.helpers import HANG_GUARD, PoisonEmbedder, lazy, write_jsonl
 
 try:
     import ray
@@ -35,7 +35,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.con
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")  # type: ignore[arg-type]
+    # Ray starts its workers at niceness 15: beside two busy processes on 2
+    # cores they got ~4% of a core and a 12-article run outlasted its guard.
+    # The test cluster's workers compete as the driver does.
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning",  # type: ignore[arg-type]
+             _system_config={"worker_niceness": 0})
     yield ray
     ray.shutdown()
 
@@ -119,7 +123,8 @@ def test_cli_reindex_engine_ray_with_address(tmp_path, tiny_model_dir, corpus, l
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "recommender.cli", *args, *common], check=False,
-                              capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"}, timeout=300)
+                              capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"},
+                              timeout=HANG_GUARD)
 
     assert cli("ingest", str(write_jsonl(tmp_path / "a.jsonl", corpus[:12]))).returncode == 0
     result = cli("reindex", "--engine", "ray", "--ray-address", address, "--ray-workers", "2",

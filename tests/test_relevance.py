@@ -17,7 +17,7 @@ from recommender.rank.related import related_to_row
 from recommender.rank.signals import SIGNALS
 from recommender.ranker import DEFAULT_MODEL, Ranker
 from recommender.service import Engine
-from tests.helpers import FILLER, PEACE_TALKS, TOPICS, Server, build_index, write_jsonl
+from tests.helpers import FILLER, HANG_GUARD, PEACE_TALKS, TOPICS, Server, build_index, write_jsonl
 
 
 def event_corpus(seed: int = 11) -> list[dict]:
@@ -151,7 +151,7 @@ def test_eval_lists_are_the_http_lists(tmp_path, settings, corpus):
     run = subprocess.run(
         [sys.executable, "-m", "recommender.cli", "eval", "related", "--dataset", str(dataset), "--json",
          "--data-dir", str(data_dir), "--model", str(settings.model), "--lists", str(lists)],
-        capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=300,
+        capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=HANG_GUARD,
         check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]

@@ -270,9 +270,12 @@ def test_the_settings_name_the_store(tmp_path):
     file; another scheme: the store module of that name, which this release
     lacks for PostgreSQL (a clear error that never shows the URL's password)."""
     from recommender.config import Settings
-    from recommender.store import open_store
+    from recommender.store import open_store, store_location
 
     default = Settings.load({"data_dir": tmp_path / "d"}, environ={})
+    assert store_location(default) == str(tmp_path / "d" / "store.sqlite")
+    assert store_location(default.replace(store_url="postgresql://editor:s3cret@db.example:5432/news")) == \
+        "postgresql://editor:***@db.example:5432/news"
     with open_store(default) as store:
         store.upsert([art(1)])
     assert (tmp_path / "d" / "store.sqlite").exists()

@@ -54,5 +54,16 @@ def open_store(settings: Settings) -> Store:
     return backend.open_store(url, settings)
 
 
+def store_location(settings: Settings) -> str:
+    """Where the store is, for messages: the SQLite path, or the URL without its password."""
+    if not settings.store_url:
+        return str(settings.store_path)
+    parts = urlsplit(settings.store_url)
+    if parts.password is None:
+        return settings.store_url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+
+
 __all__ = ["CHUNK_HASH_BYTES", "Changes", "SqliteStore", "Store", "StoredArticle", "UpsertCounts", "Watermark",
-           "is_embargoed", "open_store"]
+           "is_embargoed", "open_store", "store_location"]
