@@ -24,6 +24,11 @@ KINDS = ("pin", "block", "boost", "bury")
 TARGET_TYPES = ("article", "section", "tag")
 MAX_POSITION = 100
 MAX_WEIGHT = 10.0
+MAX_RULES = 100_000
+"""Rules a store keeps, all lists together: rules are resolved to rows once
+per published view (a few hundred milliseconds at this count), not per request."""
+MAX_LIST_RULES = 1_000
+"""Rules for one article's list (pins, blocks, boosts): read and applied per request."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from recommender.errors import ArticleNotFound, IndexMismatch, IndexNotFound, Ru
 from recommender.filters import NO_FILTERS, Filters
 from recommender.index import set_query_threads
 from recommender.pipeline import reindex
-from recommender.rank.lists import Item, ListCache, ListOptions, Lists
+from recommender.rank.lists import Item, ListCache, ListOptions, Lists, RuleCache
 from recommender.rank.search import validate_query
 from recommender.rules import Rule
 from recommender.store import Store, StoredArticle, UpsertCounts, is_embargoed, open_store
@@ -159,6 +159,7 @@ class Engine:
         """Search queries' embedder: ONNX where it is checked and faster (``settings.query_backend``)."""
         self.stores = ThreadStores(settings)
         self.cache = ListCache(settings.related_cache_size)
+        self.rule_cache = RuleCache()
 
     @classmethod
     def open(cls, settings: Settings, embedder: LazyEmbedder | None = None, *, load_index: bool = True) -> Engine:
@@ -202,12 +203,13 @@ class Engine:
         """The article's related list: pins at their positions, then ranked items."""
         version = self.live.current  # 503 before any index, whatever the id
         stored = self.article(article_id)
-        lists = Lists(self.settings, version, self.stores.get(), self.embedder, self.cache)
+        lists = Lists(self.settings, version, self.stores.get(), self.embedder, self.cache, rule_cache=self.rule_cache)
         return lists.related(stored, k, filters, options or ListOptions.from_settings(self.settings))
 
     def related_to_draft(self, title: str, body: str, k: int = 10, filters: Filters = NO_FILTERS) -> list[Item]:
         version = self.live.current
-        return Lists(self.settings, version, self.stores.get(), self.embedder, self.cache).draft(title, body, k, filters)
+        return Lists(self.settings, version, self.stores.get(), self.embedder, self.cache,
+                     rule_cache=self.rule_cache).draft(title, body, k, filters)
 
     def search(
         self, query: str, k: int = 10, filters: Filters = NO_FILTERS, options: ListOptions | None = None
@@ -215,7 +217,7 @@ class Engine:
         query = validate_query(query)  # a bad query is 422 even before any index (503)
         version = self.live.current
         lists = Lists(self.settings, version, self.stores.get(), self.embedder, self.cache,
-                      query_embedder=self.query_embedder)
+                      query_embedder=self.query_embedder, rule_cache=self.rule_cache)
         return lists.search(query, k, filters, options or ListOptions.from_settings(self.settings))
 
     def behind(self) -> int | None:

@@ -160,17 +160,30 @@ class View:
         self.sample_vectors, self.sample_postings, self.tfidf.impacts, self.bm25.impacts  # noqa: B018
         return self
 
+    def target_weights(self, sections: dict[str, float], tags: dict[str, float]) -> np.ndarray:
+        """Per row, the summed weights of the named sections and tags it has
+        (``FilterColumns.weights``), 0 for dead rows."""
+        total = np.concatenate([part.weights(sections, tags) for part in self.columns])
+        return total if self.alive is None else np.where(self.alive, total, 0.0)
+
     def row_of(self, doc_id: int) -> int | None:
         rows = self.rows_of(np.array([doc_id], dtype=np.int64))
         return int(rows[0]) if len(rows) else None
 
     def rows_of(self, doc_ids: np.ndarray) -> np.ndarray:
         """The live rows of the doc_ids that are in this view (others are dropped)."""
+        rows = self.rows_or_missing(doc_ids)
+        return rows[rows >= 0]
+
+    def rows_or_missing(self, doc_ids: np.ndarray) -> np.ndarray:
+        """Per doc_id, its live row in this view, or -1."""
         doc_ids = np.asarray(doc_ids, dtype=np.int64)
         ids, rows = (self.doc_ids, None) if self.lookup is None else self.lookup
-        at = np.minimum(np.searchsorted(ids, doc_ids), max(len(ids) - 1, 0))
-        keep = ids[at] == doc_ids if len(ids) else np.zeros(len(doc_ids), bool)
-        return at[keep] if rows is None else rows[at[keep]]
+        if not len(ids):
+            return np.full(len(doc_ids), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(ids, doc_ids), len(ids) - 1)
+        found = at if rows is None else rows[at]
+        return np.where(ids[at] == doc_ids, found, -1).astype(np.int64)
 
     def chunk_owner(self, chunk_positions: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.chunk_offsets, chunk_positions, side="right") - 1

@@ -148,6 +148,10 @@ def test_boost_by_tag_everywhere(client, rules, rows):
     r = client.put("/v1/articles/bank-3", json={**{k: v for k, v in bank_3.items() if k != "id"},
                                                  "tags": ["explainer"]}, headers=AUTH)
     assert r.status_code == 200 and r.json()["updated"] == 1, r.text
+    # Rules resolve against the served view's columns, as filters do: the
+    # new tag counts once the write is published (a segment, in seconds).
+    engine = client.app.state.engine
+    assert engine.live.wait_for(engine.stores.get().seq(), timeout=600)
     assert "bank-3" not in ids(related(client, "talks-1"))
     rules(kind="boost", target="explainer", target_type="tag", weight=10)
     assert related(client, "talks-1")[0]["id"] == "bank-3" == related(client, "football-2")[0]["id"]

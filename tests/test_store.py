@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from recommender.articles import parse_article
-from recommender.errors import ConfigError
+from recommender.errors import ConfigError, InvalidInput
+from recommender.rules import Rule
 from recommender.store import SqliteStore
+from recommender.store import sqlite as sqlite_store
 from recommender.store.sqlite import MIGRATIONS
 from tests.helpers import stored_article
 
@@ -289,3 +291,30 @@ def test_the_settings_name_the_store(tmp_path):
         with pytest.raises(ConfigError, match=message) as raised:
             open_store(default.replace(store_url=url))
         assert "s3cret" not in str(raised.value)
+
+
+def test_rules_past_the_limits_are_refused_and_nothing_is_stored(tmp_path, monkeypatch):
+    """A store keeps at most MAX_RULES rules, one list at most MAX_LIST_RULES
+    (lowered here); a replaced pin or a repeated rule needs no room."""
+    monkeypatch.setattr(sqlite_store, "MAX_LIST_RULES", 2)
+    monkeypatch.setattr(sqlite_store, "MAX_RULES", 3)
+    with SqliteStore.open(tmp_path / "s.sqlite") as store:
+        store.upsert([art(i) for i in range(1, 6)])
+        store.add_rule(Rule("pin", "2", article="1", position=1))
+        store.add_rule(Rule("block", "3", article="1"))
+        generation = store.rules_generation()
+        with pytest.raises(InvalidInput, match="the list of '1' has 2 rules already"):
+            store.add_rule(Rule("block", "4", article="1"))
+        assert store.add_rule(Rule("pin", "2", article="1", position=3)).position == 3  # replaces the pin
+        assert store.add_rule(Rule("block", "3", article="1")).kind == "block"  # already there
+        store.add_rule(Rule("boost", "news", target_type="section", weight=2.0))
+        with pytest.raises(InvalidInput, match="there are 3 rules already"):
+            store.add_rule(Rule("boost", "sport", target_type="section", weight=2.0))
+        assert len(store.rules()) == 3 and store.rules_generation() > generation
+
+
+def test_articles_are_found_by_id_in_batches(tmp_path):
+    with SqliteStore.open(tmp_path / "s.sqlite") as store:
+        store.upsert([art(i) for i in range(1, 1201)])
+        found = store.doc_ids_of([str(i) for i in range(0, 1300)])  # 0 and past 1200: not there
+        assert len(found) == 1200 and found["700"] == stored_article(store, "700").doc_id

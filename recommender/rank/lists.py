@@ -122,6 +122,69 @@ class ListCache:
             while len(self._lists) > self.size:
                 self._lists.popitem(last=False)
 
+@dataclass(frozen=True)
+class RuleRows:
+    """Editorial rules resolved to rows of one view: the blocked rows and
+    each boosted row's summed weight. Resolving reads the view's in-memory
+    columns once for all the rules (``View.target_weights``) and the store
+    once per 500 named articles; a request then applies arrays, whatever the
+    number of rules."""
+
+    blocked_ids: frozenset[str] = frozenset()
+    blocked_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """Sorted, unique."""
+    boost_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """Sorted, unique."""
+    boost_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @classmethod
+    def resolve(cls, view: View, store: Store, rules: ListRules) -> RuleRows:
+        blocked = store.doc_ids_of(sorted(rules.blocked)) if rules.blocked else {}
+        blocked_rows = np.unique(view.rows_of(np.fromiter(blocked.values(), np.int64, len(blocked))))
+        by_type: dict[str, dict[str, float]] = {"article": {}, "section": {}, "tag": {}}
+        for rule in rules.boosts:
+            named = by_type[rule.target_type]
+            named[rule.target] = named.get(rule.target, 0.0) + rule.signed_weight
+        if not rules.boosts:
+            return cls(rules.blocked, blocked_rows)
+        total = view.target_weights(by_type["section"], by_type["tag"])
+        if by_type["article"]:
+            found = store.doc_ids_of(sorted(by_type["article"]))
+            rows = view.rows_or_missing(np.fromiter(found.values(), np.int64, len(found)))
+            weights = np.array([by_type["article"][i] for i in found])
+            np.add.at(total, rows[rows >= 0], weights[rows >= 0])
+        boost_rows = np.flatnonzero(total)
+        return cls(rules.blocked, blocked_rows, boost_rows, total[boost_rows])
+
+    def __add__(self, other: RuleRows) -> RuleRows:
+        """Both sets of rules: blocks joined, the boosts of a row summed."""
+        if not other.blocked_ids and not len(other.boost_rows):
+            return self
+        rows, at = np.unique(np.concatenate([self.boost_rows, other.boost_rows]), return_inverse=True)
+        values = np.bincount(at, weights=np.concatenate([self.boost_values, other.boost_values]), minlength=len(rows))
+        return RuleRows(self.blocked_ids | other.blocked_ids, np.union1d(self.blocked_rows, other.blocked_rows),
+                        rows, values)
+
+
+class RuleCache:
+    """The rules for every list (and search) resolved for the view being
+    served, per rules generation: one entry, resolved by the first request
+    that needs it while the others wait for it."""
+
+    def __init__(self) -> None:
+        self._key: tuple[str, int] | None = None
+        self._rows = RuleRows()
+        self._lock = Lock()
+
+    def get(self, view: View, store: Store, generation: int) -> RuleRows:
+        key = (view.state, generation)
+        with self._lock:
+            if self._key != key:
+                self._rows = RuleRows.resolve(view, store, ListRules.of(store.global_rules(), for_search=True))
+                self._key = key
+            return self._rows
+
+
 def within_age(filters: Filters, options: ListOptions) -> Filters:
     """The filters narrowed to the options' hard age window, if any."""
     if not options.max_age_days:
@@ -142,6 +205,16 @@ class Lists:
     now: str = field(default_factory=now_iso)
     query_embedder: Embedder | None = None
     """Embeds search queries (an ONNX session); None: ``embedder``."""
+    rule_cache: RuleCache = field(default_factory=RuleCache)
+    """The server's (one per engine): the rules for every list, resolved once per view and rules generation."""
+
+    @cached_property
+    def global_rules(self) -> RuleRows:
+        return self.rule_cache.get(self.version, self.store, self.rules_generation)
+
+    @cached_property
+    def rules_generation(self) -> int:
+        return self.store.rules_generation()
 
     @cached_property
     def hidden(self) -> tuple[int, ...]:
@@ -163,20 +236,22 @@ class Lists:
         a write that makes a new view."""
         requested = filters
         filters = self._list_filters(stored, filters, options)
-        rules = ListRules.of(self.store.rules(stored.article.id, applying=True))
-        key = (self.version.state, stored.doc_id, stored.content_hash, k, self.store.rules_generation(),
+        key = (self.version.state, stored.doc_id, stored.content_hash, k, self.rules_generation,
                self.hidden, options, filters, today() if options.half_life_days else None)
         cached = self.cache.get(key)
         if cached is not None:
             return self._drop_deleted(cached)[:k]
+        own = ListRules.of(self.store.rules(stored.article.id))
+        rules = self.global_rules + RuleRows.resolve(self.version, self.store, own) if own else self.global_rules
+        pins = [p for p in own.pins if p.target not in rules.blocked_ids]
         policy = self._policy(rules, options)
-        hits = self._ranked(stored, k + len(rules.pins) + DELETED_MARGIN, filters, policy)
+        hits = self._ranked(stored, k + len(pins) + DELETED_MARGIN, filters, policy)
         # Pins obey the request's own filters and the age window, not the
         # language default: an editor may pin an article in another language.
         pin_filters = requested.with_defaults(since=filters.since) if options.max_age_days else requested
         # The list keeps a few spare items, so that articles deleted before the
         # next publish can be dropped (also from the cached list) and k remain.
-        hits = self._place_pins(self._drop_deleted(hits), list(rules.pins), k + DELETED_MARGIN, pin_filters,
+        hits = self._place_pins(self._drop_deleted(hits), pins, k + DELETED_MARGIN, pin_filters,
                                 exclude=stored.doc_id)
         if options.fallback != "none" and len(hits) < k + DELETED_MARGIN:
             hits += self._fallback(stored, k + DELETED_MARGIN - len(hits), hits, requested, policy, options)
@@ -187,7 +262,7 @@ class Lists:
         """Related articles for a text not in the archive (an editor's draft)."""
         query = self.query_for_text(title, body)
         options = ListOptions.from_settings(self.settings)
-        policy = self._policy(ListRules.of(self.store.global_rules(), for_search=True), options)
+        policy = self._policy(self.global_rules, options)
         hits = rank_related(self.version, query, k + DELETED_MARGIN, self.settings,
                             allowed_rows=self._allowed_rows(filters), policy=policy)
         hits = self._drop_copies_of(body, self._drop_deleted(hits), policy)
@@ -279,22 +354,19 @@ class Lists:
     def search(self, query: str, k: int, filters: Filters, options: ListOptions) -> list[Item]:
         """``query`` as ``rank.search.validate_query`` returns it (``Engine.search`` checks it first)."""
         vector = (self.query_embedder or self.embedder).embed([query])[0]
-        policy = self._policy(ListRules.of(self.store.global_rules(), for_search=True), options)
+        policy = self._policy(self.global_rules, options)
         hits = search(self.version, vector, query, k + DELETED_MARGIN, self.settings,
                       allowed_rows=self._allowed_rows(within_age(filters, options)), policy=policy)
         return self.items(self._drop_deleted(hits)[:k])
 
     # -- shared -----------------------------------------------------------
 
-    def _policy(self, rules: ListRules, options: ListOptions) -> Policy:
-        excluded = list(self.hidden)
-        for article_id in rules.blocked:
-            stored = self.store.get(article_id)
-            if stored is not None:
-                excluded.append(stored.doc_id)
+    def _policy(self, rules: RuleRows, options: ListOptions) -> Policy:
         version = self.version
-        excluded_rows = np.unique(version.rows_of(np.asarray(excluded, dtype=np.int64))) if excluded else None
-        boost_rows, boost_values = self._boosts(rules)
+        excluded_rows = rules.blocked_rows
+        if self.hidden:
+            excluded_rows = np.union1d(excluded_rows, version.rows_of(np.asarray(self.hidden, dtype=np.int64)))
+        boost_rows, boost_values = rules.boost_rows, rules.boost_values
 
         def boosts(rows: np.ndarray) -> np.ndarray:
             at = np.minimum(np.searchsorted(boost_rows, rows), len(boost_rows) - 1)
@@ -304,24 +376,12 @@ class Lists:
         if options.half_life_days:
             recency = recency_adjust(version, options.half_life_days, self.settings.recency_weight, today())
         return Policy(
-            excluded_rows=excluded_rows,
+            excluded_rows=excluded_rows if len(excluded_rows) else None,
             adjust=combine(boosts if len(boost_rows) else None, recency),
             mmr_lambda=options.mmr_lambda,
             dedup=options.dedup,
             min_confidence=options.min_confidence,
         )
-
-    def _boosts(self, rules: ListRules) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and score changes of the boosts and buries (summed per row)."""
-        if not rules.boosts:
-            return np.zeros(0, np.int64), np.zeros(0)
-        total: dict[int, float] = {}
-        for rule in rules.boosts:
-            doc_ids = self.store.doc_ids_for_target(rule.target_type, rule.target)
-            for row in self.version.rows_of(doc_ids).tolist():
-                total[row] = total.get(row, 0.0) + rule.signed_weight
-        rows = np.array(sorted(total), dtype=np.int64)
-        return rows, np.array([total[r] for r in rows.tolist()], dtype=np.float64)
 
     def _allowed_rows(self, filters: Filters) -> np.ndarray | None:
         """Read from the version's in-memory columns: no store scan per request."""

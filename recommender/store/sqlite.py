@@ -20,9 +20,9 @@ import numpy as np
 from recommender import directory
 from recommender.articles import Article
 from recommender.clock import utc_stamp
-from recommender.errors import ConfigError
+from recommender.errors import ConfigError, InvalidInput
 from recommender.filters import Filters
-from recommender.rules import Rule
+from recommender.rules import MAX_LIST_RULES, MAX_RULES, Rule
 from recommender.store.base import (
     CHUNK_HASH_BYTES,
     Changes,
@@ -172,6 +172,7 @@ class SqliteStore:
             if existing:
                 rule_id = existing[0]
             else:
+                _check_room(db, rule)
                 rule_id = db.execute(
                     """INSERT INTO rules (kind, article, target, target_type, position, weight, note, created_at)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -194,15 +195,9 @@ class SqliteStore:
                 _bump(db, "rules_generation")
         return bool(deleted)
 
-    def rules(self, article: str | None = None, *, applying: bool = False) -> list[Rule]:
-        """All rules; with ``article``, those of its list; with ``applying`` too,
-        also the rules for every list."""
+    def rules(self, article: str | None = None) -> list[Rule]:
         if article is None:
             rows = self.connection.execute(f"SELECT {RULE_COLUMNS} FROM rules ORDER BY rule_id")
-        elif applying:
-            rows = self.connection.execute(
-                f"SELECT {RULE_COLUMNS} FROM rules WHERE article = ? OR article IS NULL ORDER BY rule_id", (article,)
-            )
         else:
             rows = self.connection.execute(f"SELECT {RULE_COLUMNS} FROM rules WHERE article = ? ORDER BY rule_id", (article,))
         return [_rule(r) for r in rows]
@@ -212,15 +207,13 @@ class SqliteStore:
         rows = self.connection.execute(f"SELECT {RULE_COLUMNS} FROM rules WHERE article IS NULL ORDER BY rule_id")
         return [_rule(r) for r in rows]
 
-    def doc_ids_for_target(self, target_type: str, target: str) -> np.ndarray:
-        """doc_ids a boost or bury names: one article, a section or a tag."""
-        if target_type == "article":
-            sql = "SELECT doc_id FROM articles WHERE id = ?"
-        elif target_type == "section":
-            sql = "SELECT doc_id FROM articles WHERE section = ?"
-        else:
-            sql = f"SELECT doc_id FROM articles WHERE {HAS_TAG_SQL}"
-        return np.fromiter((r[0] for r in self.connection.execute(sql + " ORDER BY doc_id", (target,))), dtype=np.int64)
+    def doc_ids_of(self, article_ids: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for start in range(0, len(article_ids), 500):
+            part = list(article_ids[start : start + 500])
+            marks = ",".join("?" * len(part))
+            found.update(self.connection.execute(f"SELECT id, doc_id FROM articles WHERE id IN ({marks})", part))
+        return found
 
     def embargoed_doc_ids(self, now_iso: str) -> list[int]:
         """Articles whose publication time is still to come: never shown yet
@@ -489,6 +482,18 @@ def _stored(row: tuple) -> StoredArticle:
 
 
 RULE_COLUMNS = "rule_id, kind, article, target, target_type, position, weight, note, created_at"
+
+
+def _check_room(db: sqlite3.Connection, rule: Rule) -> None:
+    """Refuse a new rule past the limits (``rules.MAX_RULES``, ``rules.MAX_LIST_RULES``)."""
+    (total,) = db.execute("SELECT count(*) FROM rules").fetchone()
+    if total >= MAX_RULES:
+        raise InvalidInput(f"there are {MAX_RULES} rules already, the most a store keeps: delete some first")
+    if rule.article is not None:
+        (of_list,) = db.execute("SELECT count(*) FROM rules WHERE article = ?", (rule.article,)).fetchone()
+        if of_list >= MAX_LIST_RULES:
+            raise InvalidInput(f"the list of {rule.article!r} has {MAX_LIST_RULES} rules already, the most one list "
+                               "has: delete some first", field="article")
 
 
 def _rule(row: tuple) -> Rule:
