@@ -13,13 +13,13 @@ from dataclasses import asdict
 
 import numpy as np
 
-from recommender import __version__, directory
+from recommender import __version__, directory, integrity
 from recommender.clock import epoch_days, utc_stamp
 from recommender.config import Settings
 from recommender.copies import WordHashes, canonical_url, segment_stories, shingles, story_labels
 from recommender.embed_jobs import EmbeddingError, EmbedEngine, EmbedReport, embed_stale
 from recommender.embedders import model_id_for
-from recommender.errors import ConfigError
+from recommender.errors import ConfigError, IndexDamaged
 from recommender.filters import FilterColumns
 from recommender.index import VectorIndex
 from recommender.lexical import build_keyword_models, keyword_rows
@@ -116,7 +116,13 @@ def previous_training(settings: Settings, key: str, which: str) -> VectorIndex |
     path = getattr(Layout.of(settings.index_root, previous.version), which)
     if "IVF" not in factory or not path.exists():
         return None
-    return VectorIndex.load(path, factory, mmap=False)
+    try:  # a damaged file's centroids are not reused: the build trains its own
+        if path.name in previous.checksums:
+            integrity.check_checksums(path.parent, previous.checksums, f"version {previous.version}", [path.name])
+        return VectorIndex.load(path, factory, mmap=False)
+    except (IndexDamaged, RuntimeError, OSError) as exc:
+        log.warning("not reusing the inverted file of version %s: %s", previous.version, exc)
+        return None
 
 
 def build_version(
@@ -239,7 +245,9 @@ def corpus_hash_of(hashes: dict[int, str]) -> str:
 def count_deleted(settings: Settings, previous: Manifest, hashes: dict[int, str]) -> int:
     path = Layout.of(settings.index_root, previous.version).doc_ids
     try:
-        old = np.load(path)
-    except FileNotFoundError:
+        old = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):  # gone, or damaged: the rebuild does not need the count
+        return 0
+    if old.dtype.kind != "i" or old.ndim != 1:
         return 0
     return int(np.count_nonzero(~np.isin(old, np.fromiter(hashes.keys(), dtype=np.int64, count=len(hashes)))))

@@ -371,6 +371,89 @@ def cmd_reindex(force: bool, full: bool, dry_run: bool, as_json: bool, no_progre
     return EXIT_OK
 
 
+@cli.command(
+    "verify",
+    short_help="Check every file of the index, the exported models and the store.",
+    help="Check every file of the index, the exported models and the store.",
+    epilog=_examples("""
+        recommender verify
+        recommender verify --json
+
+        Checks CURRENT; each version in index/versions and each of its
+        segments (every file's size and checksum as recorded in its manifest,
+        each array's shape and bounds); the exported models under models/
+        (the checksums recorded beside them); and the store (SQLite's
+        integrity_check). A server never serves a view that fails: it serves
+        the newest one that verifies and says which it refused in /readyz.
+
+        exit codes: 0 everything verifies; 1 something failed (each failure
+        names its file; `recommender repair` rebuilds it from the store).
+    """),
+)
+@click.option("--json", "as_json", is_flag=True, help="print every check as JSON")
+@common_options
+def cmd_verify(as_json: bool) -> int:
+    from recommender.repair import verify
+
+    report = verify(_settings())
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_checks(report.checks)
+        print("everything verifies" if report.ok else f"{len(report.failed())} failed; run `recommender repair`")
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+def _print_checks(checks: list[Any]) -> None:
+    for check in checks:
+        state = "ok    " if check.ok else "FAILED"
+        live = " (live)" if check.live else ""
+        note = f"  ({check.note})" if check.note else ""
+        print(f"{state} {check.kind} {check.name}{live}{note}")
+        for problem in check.problems:
+            print(f"       {problem}")
+
+
+@cli.command(
+    "repair",
+    short_help="Rebuild from the store whatever `recommender verify` finds damaged.",
+    help="Rebuild from the store whatever `recommender verify` finds damaged.",
+    epilog=_examples("""
+        recommender repair
+        recommender repair --json
+
+        When any part of the live view fails (CURRENT, its version, a segment,
+        a manifest), a new version is built from the store's articles and
+        published (vectors cached in the store are reused), whatever state
+        the index folder is in. Damaged versions, segments and exports that
+        nothing serves are removed (exports are made again when next used).
+        Then everything is verified again. A damaged store cannot be rebuilt
+        from itself: restore it from a backup.
+
+        exit codes: 0 everything verifies afterwards; 1 something still fails.
+    """),
+)
+@click.option("--json", "as_json", is_flag=True, help="print what was done and the checks after, as JSON")
+@click.option("--no-progress", is_flag=True, help="hide the progress bar")
+@common_options
+def cmd_repair(as_json: bool, no_progress: bool) -> int:
+    from recommender.repair import repair
+    from recommender.store import open_store
+
+    settings = _settings()
+    embedder = _embedder(settings)
+    with open_store(settings) as store, progress_bar("embedding", "doc", enabled=not no_progress) as on_progress:
+        report = repair(settings, store, embedder, on_progress=on_progress)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for action in report.actions or ["nothing to repair"]:
+            print(action)
+        _print_checks(report.after.checks)
+        print("everything verifies" if report.ok else f"{len(report.after.failed())} still fail")
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
 # -- rules ------------------------------------------------------------------------
 
 RULES_HELP = """\

@@ -3,7 +3,7 @@ Lucene's ``Directory`` and ``Lock``: how a file or folder comes into place
 (written beside it, fsynced, renamed over, its folder fsynced), the lock
 files, the names of versions and segments, and ``CURRENT``.
 
-    <data_dir>/index/CURRENT                       line 1: the live version; then its segments, oldest first
+    <data_dir>/index/CURRENT                       line 1: the live version and a checksum; then its segments, oldest first
     <data_dir>/index/versions/<version>/           a published version (``recommender.version.Layout``)
     <data_dir>/index/versions/<version>/segments/<segment>/   writes since it (``recommender.segments``)
     <data_dir>/index/staging/<version>/            a version being built
@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from recommender.errors import IndexDamaged
 
 CURRENT = "CURRENT"
 VERSIONS = "versions"
@@ -124,17 +128,40 @@ def segments_dir(index_root: Path, version: str) -> Path:
 
 
 def read_current(index_root: Path) -> tuple[str | None, tuple[str, ...]]:
-    """The live version and its segments, as CURRENT names them (one read of one file)."""
+    """The live version and its segments, as CURRENT names them (one read of one
+    file); raises ``IndexDamaged`` where CURRENT is not such a list of names."""
     try:
-        lines = (index_root / CURRENT).read_text(encoding="utf-8").split()
+        raw = (index_root / CURRENT).read_bytes()
     except FileNotFoundError:
         return None, ()
-    return (lines[0], tuple(lines[1:])) if lines else (None, ())
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise IndexDamaged("CURRENT is damaged: it is not text", file=CURRENT) from None
+    first = lines[0].split() if lines else []
+    segments = tuple(word for line in lines[1:] for word in line.split())
+    if not 1 <= len(first) <= 2 or not all(_PART_NAME.fullmatch(name) for name in (first[0], *segments)):
+        raise IndexDamaged("CURRENT is damaged: it does not name a version and its segments", file=CURRENT)
+    if len(first) == 2 and first[1] != _current_seal(first[0], segments):  # CURRENTs of earlier releases have none
+        raise IndexDamaged("CURRENT is damaged: it does not match its own checksum", file=CURRENT)
+    return first[0], segments
+
+
+_PART_NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,199}")
+"""A version's or a segment's name (``new_name``'s form, or any plain folder name)."""
 
 
 def write_current(index_root: Path, version: str, segments: Sequence[str]) -> None:
-    """Point readers at a version and its segments, in one atomic replace."""
-    write_text(index_root / CURRENT, "".join(f"{line}\n" for line in (version, *segments)))
+    """Point readers at a version and its segments, in one atomic replace.
+    Line 1 is the version and a checksum of the names (a truncated or
+    garbled CURRENT is refused, never read as another state); then the
+    segments, one a line, oldest first."""
+    write_text(index_root / CURRENT, "".join(f"{line}\n" for line in
+                                             (f"{version} {_current_seal(version, segments)}", *segments)))
+
+
+def _current_seal(version: str, segments: Sequence[str]) -> str:
+    return f"crc32:{zlib.crc32(chr(10).join((version, *segments)).encode()):08x}"
 
 
 def new_staging(index_root: Path) -> tuple[str, Path]:

@@ -55,3 +55,16 @@ class IndexMismatch(RecommenderError):
     status_code = 503
     code = "index_mismatch"
     public_message = "the published index does not match the server's model or settings; see its log"
+
+
+class IndexDamaged(RecommenderError, ValueError):
+    """A file of the index folder fails verification (its size, its checksum,
+    its shape or bounds): what names it is never served."""
+
+    status_code = 503
+    code = "index_damaged"
+    public_message = None
+
+    def __init__(self, message: str, file: str | None = None):
+        super().__init__(message)
+        self.file = file

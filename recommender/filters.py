@@ -14,6 +14,7 @@ import scipy.sparse as sp
 
 from recommender.articles import Article, parse_date
 from recommender.errors import InvalidInput
+from recommender.integrity import check_array, check_compressed, check_range
 
 
 @dataclass(frozen=True)
@@ -179,11 +180,20 @@ class FilterColumns:
     def load(cls, path: Path) -> FilterColumns:
         with np.load(path, allow_pickle=False) as data:
             langs, sections, tags = json.loads(str(data["tables"][0]))
-            n = len(data["lang"])
-            indices = data["tag_indices"]
-            tag_rows = sp.csc_matrix((np.ones(len(indices), np.int8), indices, data["tag_indptr"]), shape=(n, len(tags)))
-            return cls(tuple(langs), tuple(sections), tuple(tags), lang=data["lang"], section=data["section"],
-                       published=data["published"], tag_rows=tag_rows)
+            lang, section, published = data["lang"], data["section"], data["published"]
+            n = len(lang)
+            indices, indptr = data["tag_indices"], data["tag_indptr"]
+        # Checked before scipy reads them: a damaged file is refused, never read out of bounds.
+        what = f"{path.parent.name}/{path.name}"
+        check_array(lang, what, "lang", kind="i", rows=n)
+        check_array(section, what, "section", kind="i", rows=n)
+        check_array(published, what, "published", kind="S", rows=n)
+        check_range(lang, what, "lang", -1, len(langs))
+        check_range(section, what, "section", -1, len(sections))
+        check_compressed(indptr, indices, np.ones(len(indices), np.int8), len(tags), n, what, "tags")
+        tag_rows = sp.csc_matrix((np.ones(len(indices), np.int8), indices, indptr), shape=(n, len(tags)))
+        return cls(tuple(langs), tuple(sections), tuple(tags), lang=lang, section=section,
+                   published=published, tag_rows=tag_rows)
 
 
 def _code(table: tuple[str, ...], value: str) -> int:

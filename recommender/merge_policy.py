@@ -10,8 +10,9 @@ from pathlib import Path
 
 from recommender import directory
 from recommender.config import Settings
+from recommender.errors import IndexDamaged, IndexMismatch
 from recommender.segments import Segment
-from recommender.version import FORMAT_VERSION, Manifest
+from recommender.version import FORMAT_VERSION, Layout, Manifest
 from recommender.view import View
 
 MAX_SEGMENTS = 12
@@ -69,7 +70,17 @@ def rebuild_reason(previous: Manifest | None, corpus_hash: str, key: str, legacy
                    index_root: Path, force: bool) -> str:
     """Why a new version is needed; empty when the published one is current."""
     if previous is None:
-        if directory.read_current(index_root)[0] is not None:
+        try:
+            named = directory.read_current(index_root)[0]
+        except IndexDamaged as exc:
+            return f"{exc}: rebuilt from the store"
+        if named is not None:
+            try:
+                Manifest.read(Layout.of(index_root, named).manifest)
+            except (IndexDamaged, FileNotFoundError) as exc:
+                return f"{exc}: rebuilt from the store"
+            except IndexMismatch:
+                pass
             return f"the published index cannot be read by this release (format {FORMAT_VERSION})"
         return "no index published yet"
     if previous.format_version != FORMAT_VERSION:

@@ -11,12 +11,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from recommender import directory
 from recommender.build import build_segment, build_settings, build_version, corpus_hash_of, count_deleted
 from recommender.config import Settings
 from recommender.embed_jobs import EMBED_BATCH_DOCS, EmbedEngine, LocalEngine, embed_stale
 from recommender.embedders import EmbedderSpec, LazyEmbedder
+from recommender.errors import IndexDamaged, IndexMismatch
 from recommender.merge_policy import SEGMENT_HARD_LIMIT, merge_due, merges_next, rebuild_reason, takes_segments, too_big
 from recommender.segments import merge_segments, save_segment
 from recommender.store import Changes, Store
@@ -94,11 +96,15 @@ def reindex(
     if not dry_run:
         store.rename_embeddings(embedder.spec.legacy_key, key)
     previous = read_current_manifest(settings.index_root)
+    damage = ""
     if not (full or force) and takes_segments(previous, key, build_settings(settings), settings):
         assert previous is not None
         views = views or Views(settings.index_root, previous.model_id)
         with directory.lock(settings.data_dir / directory.WRITE_LOCK):
-            parts = views.current_parts()  # CURRENT holds still under the write lock
+            try:
+                parts = views.current_parts()  # CURRENT holds still under the write lock
+            except (IndexDamaged, FileNotFoundError) as exc:  # rebuilt from the store below
+                parts, damage = None, str(exc)
             view = parts.view if parts is not None else None
             if parts is not None and view is not None and view.seq is not None:
                 changes = store.changes_since(view.seq)
@@ -118,7 +124,8 @@ def reindex(
                                          on_progress=on_progress, batch_docs=batch_docs)
                     return _finish(report, started)
     return _finish(_full_reindex(settings, store, embedder.spec, engine, report, previous, force=force,
-                                 dry_run=dry_run, on_progress=on_progress, batch_docs=batch_docs), started)
+                                 dry_run=dry_run, on_progress=on_progress, batch_docs=batch_docs,
+                                 damage=damage), started)
 
 
 def _finish(report: ReindexReport, started: float) -> ReindexReport:
@@ -130,11 +137,12 @@ def _finish(report: ReindexReport, started: float) -> ReindexReport:
 def _full_reindex(
     settings: Settings, store: Store, spec: EmbedderSpec, engine: EmbedEngine, report: ReindexReport,
     previous: Manifest | None, *, force: bool, dry_run: bool, on_progress: Callable[[int, int], None] | None,
-    batch_docs: int,
+    batch_docs: int, damage: str = "",
 ) -> ReindexReport:
     """Embed what is stale in the whole store and build a new version, if the
-    live one does not hold the store's articles. The build does not hold the
-    write lock (segments keep being published meanwhile); the swap does."""
+    live one does not hold the store's articles or is damaged (``damage``, or
+    found by ``live_damage``: a file fails verification). The build does not
+    hold the write lock (segments keep being published meanwhile); the swap does."""
     key = spec.key
     with directory.lock(settings.data_dir / directory.MERGE_LOCK):
         report.articles = store.count()
@@ -151,7 +159,14 @@ def _full_reindex(
             report.version = previous.version
         report.reason = rebuild_reason(previous, corpus_hash, key, spec.legacy_key, build_settings(settings),
                                        settings.index_root, force)
-        segments = directory.read_current(settings.index_root)[1]
+        try:
+            segments = directory.read_current(settings.index_root)[1]
+        except IndexDamaged as exc:
+            segments, damage = (), damage or str(exc)
+        if not report.reason and not damage and previous is not None:
+            damage = live_damage(settings.index_root, previous)
+        if damage and "rebuilt from the store" not in report.reason:
+            report.reason = f"the published index is damaged ({damage}): rebuilt from the store"
         if not report.reason and segments:  # metadata changes leave the corpus hash as it was
             report.reason = f"{len(segments)} segments merged into a new version"
         if dry_run:
@@ -159,11 +174,24 @@ def _full_reindex(
         if stale:
             embed_stale(settings, store, engine, stale, key, report, on_progress=on_progress, batch_docs=batch_docs)
         if report.reason:
-            report.version = build_version(settings, store, key, engine, retrain=force, pending=report.failed)
+            report.version = build_version(settings, store, key, engine, retrain=force or bool(damage),
+                                           pending=report.failed)
             report.published = True
             store.prune_embeddings(key)
     return report
 
+
+
+def live_damage(index_root: Path, previous: Manifest) -> str:
+    """Why the view CURRENT names fails verification (every checksum, every
+    shape), or "" when it verifies."""
+    try:
+        Views(index_root, previous.model_id).current_parts()
+    except (IndexDamaged, FileNotFoundError) as exc:
+        return str(exc)
+    except IndexMismatch:  # another model or format: ``rebuild_reason`` says so
+        return ""
+    return ""
 
 
 def _publish_segment(

@@ -2,7 +2,7 @@
 beside it, as Lucene publishes small segments beside its big ones.
 
     <data_dir>/index/versions/<version>/segments/<segment>/
-        manifest.json             seq covered, rows, deletions, the size of every file (written last)
+        manifest.json             seq covered, rows, deletions, the size and checksum of every file (written last)
         doc_ids.npy               the articles added or changed (any field) by the segment's writes
         deleted.npy               doc_ids deleted (or left out: see ``pending``)
         doc_vectors.npy, chunk_vectors.npy, chunk_offsets.npy, published_days.npy, columns.npz
@@ -20,17 +20,21 @@ when segments grow.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from recommender import directory
+from recommender import directory, integrity
 from recommender.clock import utc_stamp
+from recommender.errors import IndexDamaged
 from recommender.filters import FilterColumns
+
+if TYPE_CHECKING:
+    from recommender.version import IndexVersion
 
 KEYWORD_ROWS = ("tfidf", "entities", "bm25")
 
@@ -104,15 +108,30 @@ class SegmentManifest:
     """Share of the rows' keyword tokens that the version's vocabulary lacks (see ``merge_due``)."""
     files: dict[str, int] = field(default_factory=dict)
     """File name -> size: a copy (a replica's rsync) is used only once it is complete."""
+    checksums: dict[str, str] = field(default_factory=dict)
+    """File name -> ``crc32:<hex>`` (empty: written before checksums were recorded)."""
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        """The manifest with its own checksum (``integrity.seal``)."""
+        integrity.write_manifest(path, asdict(self))
 
     @classmethod
     def read(cls, path: Path) -> SegmentManifest:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        data["pending"] = tuple(data.get("pending", ()))
-        return cls(**data)
+        """Raises ``IndexDamaged`` for a manifest that is not whole JSON, fails
+        its checksum or lacks a field."""
+        what = f"segment {path.parent.name}"
+        data = integrity.read_manifest(path, what)
+        known = {f.name for f in fields(cls)}
+        try:
+            values: dict[str, Any] = {k: v for k, v in data.items() if k in known}
+            values["pending"] = tuple(int(d) for d in values.get("pending", ()))
+            manifest = cls(**values)
+            ints = (manifest.seq, manifest.rows, manifest.deleted, manifest.chunks)
+            if not all(isinstance(v, int) and v >= 0 for v in ints) or not isinstance(manifest.files, dict):
+                raise TypeError("counts that are not whole numbers")
+        except (TypeError, ValueError) as exc:
+            raise IndexDamaged(f"{what}: {path.name} cannot be read ({exc})", file=path.name) from None
+        return manifest
 
 
 @dataclass
@@ -151,32 +170,76 @@ class Segment:
         for name in KEYWORD_ROWS:
             sp.save_npz(files.keyword_rows(name), getattr(self, name).tocsr(), compressed=False)
         self.columns.save(files.columns)
-        sizes = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
-        manifest = SegmentManifest(**{**asdict(self.manifest), "files": sizes})
+        sizes, checksums = integrity.record(folder, skip=[files.manifest.name])
+        manifest = SegmentManifest(**{**asdict(self.manifest), "files": sizes, "checksums": checksums})
         manifest.write(files.manifest)  # last: a folder with a manifest is complete
         self.manifest = manifest
 
     @classmethod
     def load(cls, folder: Path) -> Segment:
+        """A segment, verified: its manifest, every file's size and checksum,
+        each array's dtype, shape and bounds (a segment of an earlier release,
+        without checksums: its vectors held to unit length). Raises
+        ``IndexDamaged`` naming the file that fails (a file missing or of
+        another size than listed: a copy in progress, or damage; a reader
+        tries again once the folder changes)."""
         files = SegmentLayout(folder)
         manifest = SegmentManifest.read(files.manifest)
-        for name, size in manifest.files.items():
-            if (folder / name).stat().st_size != size:  # a copy in progress
-                raise FileNotFoundError(f"segment {manifest.name}: {name} is incomplete")
+        what = f"segment {manifest.name}"
+        integrity.check_sizes(folder, manifest.files, what)
+        integrity.check_checksums(folder, manifest.checksums, what)
+        rows, chunks = manifest.rows, manifest.chunks
+
+        def array(path: Path, kind: str, count: int, *, ndim: int = 1) -> np.ndarray:
+            loaded = integrity.read_part(what, path, lambda: np.load(path, allow_pickle=False))
+            return integrity.check_array(loaded, what, path.name, kind=kind, ndim=ndim, rows=count)
+
+        def keyword(name: str) -> sp.csr_matrix:
+            path = files.keyword_rows(name)
+            matrix = integrity.read_part(what, path, lambda: sp.load_npz(path).tocsr())
+            integrity.check_compressed(matrix.indptr, matrix.indices, matrix.data, rows, matrix.shape[1], what,
+                                       path.name)
+            if matrix.shape[0] != rows:
+                raise integrity.fail(what, path.name, f"has {matrix.shape[0]} rows, not {rows}")
+            return matrix
+
+        doc_ids = array(files.doc_ids, "i", rows)
+        integrity.check_unique(doc_ids, what, files.doc_ids.name)
+        integrity.check_range(doc_ids, what, files.doc_ids.name, 0, 2**62)
+        deleted = array(files.deleted, "i", manifest.deleted)
+        doc_vectors = array(files.doc_vectors, "f", rows, ndim=2)
+        chunk_vectors = array(files.chunk_vectors, "f", chunks, ndim=2)
+        if chunk_vectors.shape[1] != doc_vectors.shape[1]:
+            raise integrity.fail(what, files.chunk_vectors.name, "has another dimension than doc_vectors.npy")
+        chunk_offsets = array(files.chunk_offsets, "i", rows + 1)
+        integrity.check_offsets(chunk_offsets, what, files.chunk_offsets.name, rows=rows, total=chunks)
+        if not manifest.checksums:
+            integrity.check_vectors(doc_vectors, what, files.doc_vectors.name)
+            integrity.check_vectors(chunk_vectors, what, files.chunk_vectors.name)
+        columns = integrity.read_part(what, files.columns, lambda: FilterColumns.load(files.columns))
+        if len(columns) != rows:
+            raise integrity.fail(what, files.columns.name, f"has {len(columns)} rows, not {rows}")
         return cls(
-            manifest=manifest,
-            doc_ids=np.load(files.doc_ids),
-            deleted=np.load(files.deleted),
-            doc_vectors=np.load(files.doc_vectors),
-            chunk_vectors=np.load(files.chunk_vectors),
-            chunk_offsets=np.load(files.chunk_offsets),
-            published_days=np.load(files.published_days),
-            story_doc_ids=np.load(files.story_doc_ids),
-            tfidf=sp.load_npz(files.keyword_rows("tfidf")).tocsr(),
-            entities=sp.load_npz(files.keyword_rows("entities")).tocsr(),
-            bm25=sp.load_npz(files.keyword_rows("bm25")).tocsr(),
-            columns=FilterColumns.load(files.columns),
+            manifest=manifest, doc_ids=doc_ids, deleted=deleted, doc_vectors=doc_vectors,
+            chunk_vectors=chunk_vectors, chunk_offsets=chunk_offsets,
+            published_days=array(files.published_days, "f", rows),
+            story_doc_ids=array(files.story_doc_ids, "i", rows),
+            tfidf=keyword("tfidf"), entities=keyword("entities"), bm25=keyword("bm25"), columns=columns,
         )
+
+    def check_fits(self, base: IndexVersion) -> None:
+        """The segment's rows have the version's dimension and keyword widths
+        (a damaged segment of an earlier release, without checksums, may not)."""
+        what = f"segment {self.name}"
+        if self.manifest.base != base.name:
+            raise integrity.fail(what, "manifest.json", f"names version {self.manifest.base}, not {base.name}")
+        if self.doc_vectors.shape[1] != base.manifest.dimension:
+            raise integrity.fail(what, "doc_vectors.npy", f"has {self.doc_vectors.shape[1]} dimensions, "
+                                 f"not the version's {base.manifest.dimension}")
+        for name in KEYWORD_ROWS:
+            width = getattr(base, name).matrix.shape[1]
+            if getattr(self, name).shape[1] != width:
+                raise integrity.fail(what, f"{name}.npz", f"has {getattr(self, name).shape[1]} columns, not {width}")
 
 
 def merge_segments(segments: Sequence[Segment], name: str) -> Segment:

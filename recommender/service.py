@@ -9,13 +9,13 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from recommender import directory
+from recommender import directory, integrity
 from recommender.articles import Article
 from recommender.clock import now_iso
 from recommender.config import Settings
 from recommender.embedders import LazyEmbedder, model_id_for, resolve
 from recommender.embedders.query import QueryEmbedder
-from recommender.errors import ArticleNotFound, IndexMismatch, IndexNotFound, RuleNotFound
+from recommender.errors import ArticleNotFound, IndexDamaged, IndexMismatch, IndexNotFound, RuleNotFound
 from recommender.filters import NO_FILTERS, Filters
 from recommender.index import set_query_threads
 from recommender.pipeline import reindex
@@ -23,25 +23,36 @@ from recommender.rank.lists import Item, ListCache, ListOptions, Lists, RuleCach
 from recommender.rank.search import validate_query
 from recommender.rules import Rule
 from recommender.store import Store, StoredArticle, UpsertCounts, is_embargoed, open_store
-from recommender.view import View, ViewParts, Views
+from recommender.view import Refusal, View, ViewParts, Views
 
 log = logging.getLogger(__name__)
 
 
 class LiveIndex:
-    """The published view readers use: the version and segments CURRENT
-    names. ``refresh`` loads a newer one beside the old one and swaps the
-    reference, so no reader waits."""
+    """The published view readers use: the newest view that verifies, which is
+    the one CURRENT names unless a file of it is damaged (``Views.newest_verified``;
+    what was refused and why is in ``refused`` and the log). ``refresh``
+    loads a newer one beside the old one and swaps the reference, so no
+    reader waits. With ``background_checksums`` (a server), the checksums of
+    large files are checked in a thread after the view starts serving, and a
+    view that fails is withdrawn (``verifying``: that thread)."""
 
-    def __init__(self, index_root: Path, model_id: str):
+    def __init__(self, index_root: Path, model_id: str, *, background_checksums: bool = False):
         self.index_root = index_root
         self.model_id = model_id
-        self.views = Views(index_root, model_id)
+        self.views = Views(index_root, model_id, defer_checksums=background_checksums)
         self._version: View | None = None
         self._parts: ViewParts | None = None
         self._lock = threading.Lock()
         self._swapped = threading.Condition()
         self.error: Exception | None = None
+        self.refused: list[Refusal] = []
+        """What the last refresh would not serve, and why (``/readyz``)."""
+        self.on_refused: Callable[[], None] | None = None
+        """Called when a refresh refuses something new (a writer rebuilds from the store)."""
+        self.verifying: threading.Thread | None = None
+        """The background check of the served version's large files (None: none started)."""
+        self._recheck = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -67,28 +78,88 @@ class LiveIndex:
         parts = self._parts
         return 0 if parts is None else len(parts.pending)
 
+    @property
+    def checksums(self) -> str:
+        """The served version's checksums: "verified", "checking" (large files,
+        in the background), or "not recorded" (a version of an earlier release)."""
+        parts = self._parts
+        if parts is None:
+            return "none"
+        if not parts.base.manifest.checksums:
+            return "not recorded"
+        return "checking" if parts.base.unchecked else "verified"
+
     def refresh(self) -> bool:
-        """Load the version and segments CURRENT names, if they are not the ones in use."""
+        """Serve the newest view that verifies, if it is not the one in use."""
         with self._lock:
-            name, segments = directory.read_current(self.index_root)
-            served = self._version
-            if name is None or (served is not None and served.name == name and served.segments == segments):
-                return False
             try:
-                parts = self.views.load_parts(name, segments)
+                name, segments = directory.read_current(self.index_root)
+                damaged_current = False
+            except IndexDamaged:  # look for the newest version that verifies
+                name, segments, damaged_current = None, (), True
+            served = self._version
+            if name is None and not damaged_current:
+                return False
+            if not self._recheck and served is not None and served.name == name and served.segments == segments:
+                return False
+            self._recheck = False
+            try:
+                parts, refused = self.views.newest_verified()
             except IndexMismatch as exc:
                 self.error = exc
                 log.error("%s", exc)
                 return False
-            except (FileNotFoundError, OSError, ValueError, KeyError, TypeError) as exc:  # pruned or mid-swap: next poll
+            except (FileNotFoundError, OSError) as exc:  # pruned or mid-swap: next poll
                 log.warning("could not load index %s: %s", name, exc)
                 return False
-            if served is None or served.name != name:
-                log.info("serving index %s (%d articles)", name, len(parts.view))
+            self._note_refusals(refused)
+            if parts is None:
+                if refused:  # nothing verifies: 503, saying why
+                    error = IndexDamaged(
+                        "no published index verifies: " + "; ".join(r.reason for r in refused)
+                        + (" (the server rebuilds it from the store)" if self.on_refused is not None
+                           else "; run `recommender repair`"))
+                    with self._swapped:
+                        self._version, self._parts, self.error = None, None, error
+                return False
+            if served is parts.view:
+                return False
+            if served is None or served.name != parts.view.name:
+                log.info("serving index %s (%d articles)", parts.view.name, len(parts.view))
             with self._swapped:
                 self._version, self._parts, self.error = parts.view, parts, None
                 self._swapped.notify_all()
+            self._check_in_background(parts)
             return True
+
+    def _note_refusals(self, refused: list[Refusal]) -> None:
+        """Log what is refused (once each) and tell the writer about anything new."""
+        new = [r for r in refused if r not in self.refused]
+        self.refused = refused
+        for refusal in new:
+            log.error("refused to serve %s: %s", refusal.segment or refusal.version or "CURRENT", refusal.reason)
+        if new and self.on_refused is not None:
+            self.on_refused()
+
+    def _check_in_background(self, parts: ViewParts) -> None:
+        base = parts.base
+        if not base.unchecked:
+            return
+
+        def check() -> None:
+            try:
+                integrity.check_checksums(base.path, base.manifest.checksums, f"version {base.name}", base.unchecked)
+            except IndexDamaged as exc:
+                self.views.refuse(base.name, exc)
+                self._recheck = True
+                self.refresh()
+            except Exception:  # the view keeps serving; the next open checks again
+                log.exception("could not check the checksums of index %s", base.name)
+            else:
+                base.unchecked = ()
+
+        self.verifying = threading.Thread(target=check, name="index-verify", daemon=True)
+        self.verifying.start()
 
     def wait_for(self, seq: int, timeout: float) -> bool:
         """Block until the served view holds the writes up to number ``seq``
@@ -162,12 +233,14 @@ class Engine:
         self.rule_cache = RuleCache()
 
     @classmethod
-    def open(cls, settings: Settings, embedder: LazyEmbedder | None = None, *, load_index: bool = True) -> Engine:
+    def open(cls, settings: Settings, embedder: LazyEmbedder | None = None, *, load_index: bool = True,
+             background_checksums: bool = False) -> Engine:
         """The engine over the data folder. ``embedder``: the entry point's
         (default: resolved here, once: ``recommender.embedders.resolve``).
         ``load_index=False``: the published version is not read (the rules and
-        the writes need only the store)."""
-        live = LiveIndex(settings.index_root, model_id_for(settings.model))
+        the writes need only the store). ``background_checksums`` (a server):
+        large files' checksums are checked after the view starts serving."""
+        live = LiveIndex(settings.index_root, model_id_for(settings.model), background_checksums=background_checksums)
         if load_index:
             live.refresh()
         return cls(settings, live, embedder or LazyEmbedder(resolve(settings)))
@@ -293,6 +366,7 @@ class Reindexer:
         the check publishes nothing. A read-only replica (no key) never
         publishes: its versions come from the indexing machine."""
         if self.settings.api_key:
+            self.engine.live.on_refused = self.request  # a damaged view is rebuilt from the store
             self._wanted.set()
         else:
             self.started.set()

@@ -27,16 +27,15 @@ into place and how CURRENT names it is ``recommender.directory``'s.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recommender import directory
+from recommender import directory, integrity
 from recommender.clock import parse_stamp
-from recommender.errors import IndexMismatch, IndexNotFound
+from recommender.errors import IndexDamaged, IndexMismatch, IndexNotFound
 from recommender.filters import FilterColumns
 from recommender.index import VectorIndex
 from recommender.lexical import Bm25Model, KeywordFiles, TfidfModel
@@ -169,6 +168,10 @@ class Manifest:
     """None for versions published before snapshots were recorded."""
     pending: list[int] = field(default_factory=list)
     """doc_ids that could not be embedded: left out, retried by the next segment."""
+    files: dict[str, int] = field(default_factory=dict)
+    """File name -> size, of every file but the manifest (empty: written before sizes were recorded)."""
+    checksums: dict[str, str] = field(default_factory=dict)
+    """File name -> ``crc32:<hex>`` (``recommender.integrity``); empty: written before checksums were recorded."""
 
     @property
     def built_timestamp(self) -> float:
@@ -192,11 +195,13 @@ class Manifest:
             raise IndexMismatch(f"index manifest of format {data.get('format_version')} cannot be read: {exc}") from None
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        """The manifest with its own checksum (``integrity.seal``)."""
+        integrity.write_manifest(path, self.to_dict())
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        """Raises ``IndexDamaged`` for a manifest that is not whole JSON or fails its checksum."""
+        return cls.from_dict(integrity.read_manifest(path, f"version {path.parent.name}"))
 
 
 @dataclass
@@ -222,6 +227,8 @@ class IndexVersion:
     columns: FilterColumns
     seq: int | None = None
     """The store's write number up to which the version holds the writes."""
+    unchecked: tuple[str, ...] = ()
+    """Files whose checksums a load left to a check in the background (``load(defer_checksums=True)``)."""
 
     def __len__(self) -> int:
         return len(self.doc_ids)
@@ -251,19 +258,32 @@ class IndexVersion:
         self.bm25.save(files.bm25)
         self.ranker.save(files.ranker)
         self.columns.save(files.columns)
+        sizes, checksums = integrity.record(folder, skip=[files.manifest.name])
+        self.manifest = replace(self.manifest, files=sizes, checksums=checksums)
         self.manifest.write(files.manifest)  # last: a folder with a manifest is complete
 
     @classmethod
     def load(
-        cls, index_root: Path, *, model_id: str | None = None, name: str | None = None, mmap: bool = False
+        cls, index_root: Path, *, model_id: str | None = None, name: str | None = None, mmap: bool = False,
+        defer_checksums: bool = False,
     ) -> IndexVersion:
-        """Load a version. FAISS indexes are read into memory by default: a
-        memory-mapped IVF index measured 4-5x slower per query here."""
+        """Load a version, verified: its manifest (and its own checksum), every
+        file's size, every file's checksum (with ``defer_checksums``, only the
+        files up to ``integrity.SYNC_CHECKSUM_BYTES``: the rest are listed in
+        ``unchecked`` for a check in the background), and each array's dtype,
+        shape and bounds before FAISS or scipy reads it. A version written
+        before checksums were recorded is held to its shapes and its vectors to
+        unit length. Raises ``IndexDamaged`` naming the file that fails.
+        FAISS indexes are read into memory by default: a memory-mapped IVF
+        index measured 4-5x slower per query here."""
         name = name or directory.read_current(index_root)[0]
         if name is None:
             raise IndexNotFound(f"no index has been published in {index_root}; run `recommender reindex`")
         files = Layout.of(index_root, name)
-        data = json.loads(files.manifest.read_text(encoding="utf-8"))
+        if not files.folder.is_dir():
+            raise FileNotFoundError(f"index version {name} is not in {index_root}")  # pruned meanwhile
+        what = f"version {name}"
+        data = integrity.read_manifest(files.manifest, what)
         if data.get("format_version") != FORMAT_VERSION:
             raise IndexMismatch(
                 f"index {name} has format {data.get('format_version')}, this version reads "
@@ -275,34 +295,70 @@ class IndexVersion:
                 f"index {name} was built with model {manifest.model_id!r}, but the configured model is "
                 f"{model_id!r}; run `recommender reindex` to rebuild it with the configured model"
             )
-        return cls(
-            name=name,
-            path=files.folder,
-            manifest=manifest,
-            docs=VectorIndex.load(files.docs, manifest.faiss_factory, mmap=mmap),
-            chunks=VectorIndex.load(files.chunks, manifest.chunk_faiss_factory, mmap=mmap),
-            doc_ids=np.load(files.doc_ids),
-            doc_vectors=np.load(files.doc_vectors, mmap_mode="r"),
-            story_ids=np.load(files.story_ids),
-            published_days=np.load(files.published_days),
-            chunk_vectors=np.load(files.chunk_vectors, mmap_mode="r"),
-            chunk_offsets=np.load(files.chunk_offsets),
-            tfidf=TfidfModel.load(files.tfidf),
-            bm25=Bm25Model.load(files.bm25),
-            entities=TfidfModel.load(files.entities),
-            ranker=Ranker.load(files.ranker, SIGNALS),
-            columns=FilterColumns.load(files.columns),
-            seq=manifest.snapshot.seq if manifest.snapshot else None,
-        )
+        integrity.check_sizes(files.folder, manifest.files, what)
+        now, later = list(manifest.checksums), list[str]()
+        if defer_checksums:
+            now, later = integrity.split_by_size(manifest.files, manifest.checksums, integrity.SYNC_CHECKSUM_BYTES)
+        integrity.check_checksums(files.folder, manifest.checksums, what, now)
+        version = _load_checked(name, files, manifest, mmap=mmap)
+        version.unchecked = tuple(later)
+        return version
+
+
+def _load_checked(name: str, files: Layout, manifest: Manifest, *, mmap: bool) -> IndexVersion:
+    """Every part of a version, each array checked before anything native reads it."""
+    what, n, dim, chunks = f"version {name}", manifest.count, manifest.dimension, manifest.chunks
+
+    def array(path: Path, kind: str, rows: int, *, ndim: int = 1, columns: int | None = None,
+              mmap_mode: Any = None) -> np.ndarray:
+        loaded = integrity.read_part(what, path, lambda: np.load(path, mmap_mode=mmap_mode, allow_pickle=False))
+        return integrity.check_array(loaded, what, path.name, kind=kind, ndim=ndim, rows=rows, columns=columns)
+
+    doc_ids = array(files.doc_ids, "i", n)
+    integrity.check_sorted_unique(doc_ids, what, files.doc_ids.name)
+    story_ids = array(files.story_ids, "i", n)
+    integrity.check_range(story_ids, what, files.story_ids.name, 0, n)
+    published_days = array(files.published_days, "f", n)
+    chunk_offsets = array(files.chunk_offsets, "i", n + 1)
+    integrity.check_offsets(chunk_offsets, what, files.chunk_offsets.name, rows=n, total=chunks)
+    doc_vectors = array(files.doc_vectors, "f", n, ndim=2, columns=dim, mmap_mode="r")
+    chunk_vectors = array(files.chunk_vectors, "f", chunks, ndim=2, columns=dim, mmap_mode="r")
+    if not manifest.checksums:  # a folder of an earlier release: garbled floats would be served
+        integrity.check_vectors(doc_vectors, what, files.doc_vectors.name)
+        integrity.check_vectors(chunk_vectors, what, files.chunk_vectors.name)
+    tfidf = integrity.read_part(what, files.tfidf.matrix, lambda: TfidfModel.load(files.tfidf))
+    entities = integrity.read_part(what, files.entities.matrix, lambda: TfidfModel.load(files.entities))
+    bm25 = integrity.read_part(what, files.bm25.matrix, lambda: Bm25Model.load(files.bm25))
+    for model, prefix in ((tfidf, files.tfidf.matrix), (entities, files.entities.matrix), (bm25, files.bm25.matrix)):
+        if model.matrix.shape[0] != n:
+            raise integrity.fail(what, prefix.name, f"has {model.matrix.shape[0]} rows, not {n}")
+    ranker = integrity.read_part(what, files.ranker, lambda: Ranker.load(files.ranker, SIGNALS))
+    columns = integrity.read_part(what, files.columns, lambda: FilterColumns.load(files.columns))
+    if len(columns) != n:
+        raise integrity.fail(what, files.columns.name, f"has {len(columns)} rows, not {n}")
+    docs = integrity.read_part(what, files.docs, lambda: VectorIndex.load(files.docs, manifest.faiss_factory, mmap=mmap))
+    chunk_index = integrity.read_part(what, files.chunks,
+                            lambda: VectorIndex.load(files.chunks, manifest.chunk_faiss_factory, mmap=mmap))
+    for index, path, count in ((docs, files.docs, n), (chunk_index, files.chunks, chunks)):
+        if len(index) != count or index.dimension != dim:
+            raise integrity.fail(what, path.name, f"holds {len(index)} vectors of {index.dimension} dimensions, "
+                                 f"not {count} of {dim}")
+    return IndexVersion(
+        name=name, path=files.folder, manifest=manifest, docs=docs, chunks=chunk_index, doc_ids=doc_ids,
+        doc_vectors=doc_vectors, story_ids=story_ids, published_days=published_days, chunk_vectors=chunk_vectors,
+        chunk_offsets=chunk_offsets, tfidf=tfidf, bm25=bm25, entities=entities, ranker=ranker, columns=columns,
+        seq=manifest.snapshot.seq if manifest.snapshot else None,
+    )
+
 
 
 def read_current_manifest(index_root: Path) -> Manifest | None:
     """The live version's manifest (None before the first publish, or where
     it lacks fields this release reads: another format)."""
-    name = directory.read_current(index_root)[0]
-    if name is None:
-        return None
     try:
+        name = directory.read_current(index_root)[0]
+        if name is None:
+            return None
         return Manifest.read(Layout.of(index_root, name).manifest)
-    except (FileNotFoundError, IndexMismatch):
+    except (FileNotFoundError, IndexMismatch, IndexDamaged):  # IndexDamaged: CURRENT or the manifest is damaged
         return None

@@ -11,18 +11,19 @@ once, for a server's readers and its writer.
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
 
-from recommender import directory
-from recommender.errors import IndexNotFound
+from recommender import directory, integrity
+from recommender.errors import IndexDamaged, IndexMismatch, IndexNotFound
 from recommender.filters import FilterColumns, Filters
 from recommender.index import StackedIndex, VectorSearch
 from recommender.lexical import Bm25Model, StackedBm25, StackedTfidf, TfidfModel
@@ -32,6 +33,7 @@ from recommender.stacked import StackedRows
 from recommender.version import STATS_SAMPLE, IndexVersion, Manifest
 
 FILTER_CACHE = 8
+T = TypeVar("T")
 
 
 class Rows(Protocol):
@@ -255,22 +257,43 @@ def compose(base: IndexVersion, segments: Sequence[Segment]) -> View:
     )
 
 
-class Views:
-    """What CURRENT names, loaded: the version once, each segment once, and
-    their composed view (``compose``) when CURRENT changes. Shared by a
-    server's readers and its writer."""
+@dataclass(frozen=True)
+class Refusal:
+    """A part of the index folder a reader would not serve, and why."""
 
-    def __init__(self, index_root: Path, model_id: str | None = None):
+    version: str | None
+    """The version refused, or under which a segment was refused (None: CURRENT itself)."""
+    segment: str | None
+    file: str | None
+    reason: str
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"version": self.version, "segment": self.segment, "file": self.file, "reason": self.reason}
+
+
+class Views:
+    """What CURRENT names, loaded and verified: the version once, each segment
+    once, and their composed view (``compose``) when CURRENT changes. Shared
+    by a server's readers and its writer. A part that fails verification
+    (``IndexDamaged``) is remembered while its folder's files stay as they
+    are, so a reader that polls does not read it again;
+    ``newest_verified`` serves the newest view that verifies instead.
+    ``defer_checksums``: checksums of large files are left to the caller
+    (``IndexVersion.unchecked``; the server checks them in the background)."""
+
+    def __init__(self, index_root: Path, model_id: str | None = None, *, defer_checksums: bool = False):
         self.index_root = index_root
         self.model_id = model_id
+        self.defer_checksums = defer_checksums
         self.base: IndexVersion | None = None
         self.view: View | None = None
         self._segments: dict[str, Segment] = {}
+        self._refused: dict[str, tuple[tuple, IndexDamaged]] = {}
         self._lock = threading.Lock()
 
     def current(self) -> View | None:
         """The view CURRENT names now (None before any publish). Raises what
-        loading raises (a version or segment being copied: try again later)."""
+        loading raises (``IndexDamaged``: a part fails verification)."""
         parts = self.current_parts()
         return None if parts is None else parts.view
 
@@ -286,17 +309,140 @@ class Views:
         return self.load_parts(name, segments).view
 
     def load_parts(self, name: str, segments: tuple[str, ...]) -> ViewParts:
+        """The version and every named segment, verified; raises ``IndexDamaged`` for the first that fails."""
+        parts, damaged = self.load_verified(name, segments)
+        if damaged is not None:
+            raise damaged
+        return parts
+
+    def load_verified(self, name: str, segments: tuple[str, ...]) -> tuple[ViewParts, IndexDamaged | None]:
+        """The version and the longest run of its named segments, oldest
+        first, that verify, with what stopped the run (None: every segment
+        verified). Raises ``IndexDamaged`` when the version fails."""
         with self._lock:
             view, base = self.view, self.base
-            if view is not None and base is not None and view.name == name and view.segments == segments:
-                return ViewParts(view, base, [self._segments[s] for s in segments])
+            if view is not None and base is not None and view.name == name:
+                kept = len(view.segments)
+                if view.segments == segments:
+                    return ViewParts(view, base, [self._segments[s] for s in segments]), None
+                stopped = self._still_refused(name, segments[kept]) if segments[:kept] == view.segments else None
+                if stopped is not None:  # the same run of segments, stopped by the same damaged one
+                    return ViewParts(view, base, [self._segments[s] for s in view.segments]), stopped
             if base is None or base.name != name:
-                base = IndexVersion.load(self.index_root, model_id=self.model_id, name=name)
+                base = self._open(name, None, lambda: IndexVersion.load(
+                    self.index_root, model_id=self.model_id, name=name, defer_checksums=self.defer_checksums))
             loaded = {s.name: s for s in self._segments.values() if s.manifest.base == name}
-            parts = [loaded.get(s) or load_segment(self.index_root, name, s) for s in segments]
-            view = compose(base, parts).warm()
+            parts: list[Segment] = []
+            damaged = None
+            version = base
+            for segment_name in segments:
+                try:
+                    segment = loaded.get(segment_name) or self._open(
+                        name, segment_name, functools.partial(self._segment, version, segment_name))
+                except IndexDamaged as exc:
+                    damaged = exc
+                    break
+                parts.append(segment)
+            try:
+                view = compose(base, parts).warm()
+            except (ValueError, IndexError, TypeError, RuntimeError) as exc:  # parts that do not fit together
+                raise IndexDamaged(f"version {name}: its files do not fit together ({type(exc).__name__}: {exc})") \
+                    from None
             self.base, self._segments, self.view = base, {p.name: p for p in parts}, view
-            return ViewParts(view, base, parts)
+            return ViewParts(view, base, parts), damaged
+
+    def _segment(self, base: IndexVersion, name: str) -> Segment:
+        segment = load_segment(self.index_root, base.name, name)
+        segment.check_fits(base)
+        return segment
+
+    def _open(self, version: str, segment: str | None, load: Callable[[], T]) -> T:
+        """``load()``, unless the part was refused and its folder has not changed since."""
+        key, folder = self._key(version, segment)
+        fingerprint = integrity.folder_fingerprint(folder)
+        refused = self._refused.get(key)
+        if refused is not None and refused[0] == fingerprint:
+            raise refused[1]
+        try:
+            loaded = load()
+        except IndexDamaged as exc:
+            self._refused[key] = (fingerprint, exc)
+            raise
+        self._refused.pop(key, None)
+        return loaded
+
+    def _still_refused(self, version: str, segment: str) -> IndexDamaged | None:
+        key, folder = self._key(version, segment)
+        refused = self._refused.get(key)
+        return refused[1] if refused is not None and refused[0] == integrity.folder_fingerprint(folder) else None
+
+    def _key(self, version: str, segment: str | None) -> tuple[str, Path]:
+        folder = directory.version_dir(self.index_root, version)
+        return (version, folder) if segment is None else (f"{version}/{segment}", folder / directory.SEGMENTS / segment)
+
+    def refuse(self, version: str, damaged: IndexDamaged) -> None:
+        """A check after loading (a checksum in the background) failed: the
+        version is not served again while its files stay as they are."""
+        with self._lock:
+            key, folder = self._key(version, None)
+            self._refused[key] = (integrity.folder_fingerprint(folder), damaged)
+            if self.base is not None and self.base.name == version:
+                self.base, self.view, self._segments = None, None, {}
+
+    def newest_verified(self) -> tuple[ViewParts | None, list[Refusal]]:
+        """The newest view that verifies, and what was refused on the way: the
+        view CURRENT names; else its version with the segments before the
+        first that fails; else, newest first, each earlier version in
+        ``versions/`` with the segments in its folder that verify (where
+        CURRENT is damaged or names a version that is not there: every version). (None, refusals) when none
+        verifies; (None, []) before the first publish. Raises
+        ``IndexMismatch`` when CURRENT's version is of another model or format."""
+        refused: list[Refusal] = []
+        try:
+            name, segments = directory.read_current(self.index_root)
+        except IndexDamaged as exc:
+            refused.append(Refusal(None, None, exc.file, str(exc)))
+            name, segments = None, ()
+        if name is None and not refused:
+            return None, []
+        published = sorted(self._published(), reverse=True)
+        candidates = [(name, segments)] if name is not None else []
+        for version in published:  # earlier versions; every one where CURRENT names none that is there
+            if name is None or name not in published or version < name:
+                candidates.append((version, self._segment_folders(version)))
+        for version, names in candidates:
+            try:
+                parts, damaged = self.load_verified(version, names)
+            except IndexMismatch as exc:
+                if version == name:
+                    raise
+                refused.append(Refusal(version, None, None, str(exc)))
+                continue
+            except FileNotFoundError as exc:  # named by CURRENT, not in versions/
+                refused.append(Refusal(version, None, None, f"version {version} is missing ({exc})"))
+                continue
+            except IndexDamaged as exc:
+                refused.append(Refusal(version, None, exc.file, str(exc)))
+                continue
+            if damaged is not None:
+                failed = names[len(parts.segments)]
+                refused.append(Refusal(version, failed, damaged.file, str(damaged)))
+            return parts, refused
+        return None, refused
+
+    def _published(self) -> list[str]:
+        folder = self.index_root / directory.VERSIONS
+        if not folder.is_dir():
+            return []
+        return [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+    def _segment_folders(self, version: str) -> tuple[str, ...]:
+        """The segments in a version's folder, oldest first (a merged segment
+        after those it merged: its rows replace theirs)."""
+        folder = directory.segments_dir(self.index_root, version)
+        if not folder.is_dir():
+            return ()
+        return tuple(sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")))
 
     def segment_objects(self) -> list[Segment]:
         """The loaded segments of the last loaded view, oldest first (for

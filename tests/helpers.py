@@ -204,7 +204,8 @@ def free_port() -> int:
 class Server:
     """`recommender serve` as a real process on 127.0.0.1, for end-to-end tests."""
 
-    def __init__(self, data_dir: Path, model: Path | str, *, workers: int = 1, env: dict | None = None):
+    def __init__(self, data_dir: Path, model: Path | str, *, workers: int = 1, env: dict | None = None,
+                 ready: bool = True):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(data_dir.parent / f"server-{self.port}.log", "w+")  # noqa: SIM115 (closed by stop)
@@ -216,14 +217,16 @@ class Server:
                  "RECOMMENDER_MIN_CONFIDENCE": "0", **(env or {})},
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        self.wait_ready()
-    def wait_ready(self, timeout: float = 90.0) -> None:
+        self.wait_ready(path="/readyz" if ready else "/healthz")
+
+    def wait_ready(self, timeout: float = 90.0, path: str = "/readyz") -> None:
+        """Until ``path`` answers 200 (``/healthz``: the server is up, whether or not an index serves)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
             try:
-                if self.request("GET", "/readyz")[0] == 200:
+                if self.request("GET", path)[0] == 200:
                     return
             except OSError:
                 pass

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 
+from recommender import directory
 from recommender.embed_jobs import EMBED_BATCH_DOCS
 from recommender.ingest import BATCH as INGEST_BATCH
 from recommender.version import IndexVersion
@@ -136,7 +137,7 @@ def test_sigkill_during_publish_keeps_a_whole_version_serving(tmp_path, tiny_mod
     assert (current == middle) == (serves == "middle")
     version = IndexVersion.load(folder / "index")  # a whole version
     assert len(version) == store_count(folder / "store.sqlite") == 3000
-    assert current == version.name + "\n"
+    assert directory.read_current(folder / "index") == (version.name, ())
     with sqlite3.connect(folder / "store.sqlite") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 

@@ -263,6 +263,7 @@ def test_a_manifest_with_fields_of_another_release_still_loads_or_is_refused_cle
     ignored; a manifest missing what it needs reads as another format."""
     import json
 
+    from recommender import integrity
     from recommender.version import Layout, read_current_manifest
 
     report = reindex(settings, store, lazy(settings, embedder))
@@ -271,10 +272,10 @@ def test_a_manifest_with_fields_of_another_release_still_loads_or_is_refused_cle
     data = json.loads(path.read_text())
     data["added_later"] = {"x": 1}
     data["snapshot"]["deleted"] = 3
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(integrity.seal(data)))  # as another release writes it: with its own checksum
     version = IndexVersion.load(settings.index_root)
     assert version.manifest.snapshot is not None and version.manifest.snapshot.articles == 30
     del data["corpus_hash"]
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(integrity.seal(data)))
     assert read_current_manifest(settings.index_root) is None
     assert "cannot be read" in reindex(settings, store, lazy(settings, embedder), dry_run=True).reason

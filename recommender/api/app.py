@@ -36,7 +36,7 @@ def create_app(settings: Settings, *, embedder: LazyEmbedder | None = None) -> F
     async def lifespan(app: FastAPI):
         from recommender.service import Engine, Reindexer
 
-        engine = Engine.open(settings, embedder)
+        engine = Engine.open(settings, embedder, background_checksums=True)  # ready before big files are summed
         engine.embedder.get()  # load the model now, not on the first search
         _limit_torch_threads(settings)
         engine.query_embedder.prepare(background=True)  # queries answer now; ONNX ("auto") is prepared beside

@@ -165,11 +165,16 @@ def healthz():
 @router.get("/readyz", tags=["ops"])
 def readyz(engine: EngineDep, reindexer: ReindexerDep):
     """200 while an index serves. ``behind``: articles written or deleted that
-    the served index does not reflect yet (0 when it is current)."""
-    version = engine.live.current  # 503 until an index is loaded
+    the served index does not reflect yet (0 when it is current).
+    ``checksums``: the served version's ("verified", "checking" in the
+    background, "not recorded"). ``refused``: the views newer than the served
+    one that failed verification, and why (the served one is the newest that verifies)."""
+    version = engine.live.current  # 503 until an index is loaded (or while none verifies)
     return {"status": "ready", "index": version.name, "articles": len(version),
             "built_at": version.manifest.built_at, "behind": engine.behind(),
-            "last_reindex_error": reindexer.last_error}
+            "last_reindex_error": reindexer.last_error,
+            "checksums": engine.live.checksums,
+            "refused": [r.to_dict() for r in engine.live.refused]}
 
 
 @router.get("/metrics", response_class=PlainTextResponse, tags=["ops"])

@@ -12,14 +12,17 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from recommender import integrity
 from recommender.lexical.counting import columns_of, counter_matrix, merge_columns, remap, row_lengths
 from recommender.lexical.sparse import (
     IMPACT_POOL,
     KeywordFiles,
     Scores,
+    check_model,
     impact_postings,
     load_sparse,
     posting_sums,
+    read_json,
     save_sparse,
 )
 from recommender.text import tokenize
@@ -141,11 +144,19 @@ class Bm25Model:
     @classmethod
     def load(cls, files: KeywordFiles) -> Bm25Model:
         matrix = load_sparse(files.matrix).tocsc()  # saved as CSC: no copy
-        stems = json.loads(files.vocabulary.read_text(encoding="utf-8"))
-        p = json.loads(files.parameters.read_text(encoding="utf-8"))
-        model = cls({s: i for i, s in enumerate(stems)}, matrix, np.load(files.idf),
-                    avgdl=float(p["avgdl"]), k1=float(p["k1"]), b=float(p["b"]), stem=bool(p["stem"]))
+        stems = read_json(files.vocabulary)
+        what = f"version {files.idf.parent.name}"
+        idf = integrity.load_array(files.idf, what)
+        check_model(files, stems, idf, matrix.shape[1])
+        p = read_json(files.parameters)
+        with integrity.reading(what, files.parameters.name):
+            model = cls({s: i for i, s in enumerate(stems)}, matrix, idf,
+                        avgdl=float(p["avgdl"]), k1=float(p["k1"]), b=float(p["b"]), stem=bool(p["stem"]))
+        if not all(np.isfinite([model.avgdl, model.k1, model.b])) or model.avgdl <= 0:
+            raise integrity.fail(what, files.parameters.name, f"holds impossible parameters {p}")
         model._impacts = load_sparse(files.impacts)
+        if model._impacts.shape != matrix.shape:
+            raise integrity.fail(what, f"{files.impacts.name}_shape.npy", f"holds {model._impacts.shape}, not {matrix.shape}")
         return model
 
 

@@ -6,12 +6,16 @@ an archive-sized sparse result."""
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+
+from recommender import integrity
 
 
 @dataclass(frozen=True)
@@ -80,12 +84,38 @@ def impact_postings(matrix: sp.csr_matrix | sp.csc_matrix, depth: int = IMPACT_D
 
 
 def load_sparse(prefix: Path) -> sp.csr_matrix | sp.csc_matrix:
-    """A matrix saved by :func:`save_sparse`, its arrays memory-mapped (read-only)."""
+    """A matrix saved by :func:`save_sparse`, its arrays memory-mapped (read-only),
+    checked before scipy reads them (``integrity.check_compressed``): a
+    damaged file raises ``IndexDamaged`` naming it, never a crash in a kernel."""
     data, indices, indptr, shape = sparse_files(prefix)
-    rows, columns, csc = (int(x) for x in np.load(shape))
+    what = f"version {prefix.parent.name}"
+    header = integrity.load_array(shape, what)
+    integrity.check_array(header, what, shape.name, kind="i", rows=3)
+    rows, columns, csc = (int(x) for x in header)
+    if rows < 0 or columns < 0 or csc not in (0, 1):
+        raise integrity.fail(what, shape.name, f"holds an impossible shape {header.tolist()}")
     kind = sp.csc_matrix if csc else sp.csr_matrix
-    arrays = (np.load(data, mmap_mode="r"), np.load(indices, mmap_mode="r"), np.load(indptr, mmap_mode="r"))
+    arrays = tuple(integrity.load_array(path, what, mmap=True) for path in (data, indices, indptr))
+    major, minor = (columns, rows) if csc else (rows, columns)
+    integrity.check_compressed(arrays[2], arrays[1], arrays[0], major, minor, what,
+                               (indptr.name, indices.name, data.name))
     return kind(arrays, shape=(rows, columns), copy=False)
+
+def check_model(files: KeywordFiles, terms: object, idf: np.ndarray, width: int) -> None:
+    """A vocabulary of ``width`` distinct words and ``width`` finite idf weights (what a model's ``load`` reads)."""
+    what = f"version {files.vocabulary.parent.name}"
+    if not isinstance(terms, list) or len(terms) != width or len(set(terms)) != width:
+        raise integrity.fail(what, files.vocabulary.name, f"does not hold the matrix's {width} distinct terms")
+    if idf.dtype.kind != "f" or idf.shape != (width,) or not bool(np.isfinite(idf).all()):
+        raise integrity.fail(what, files.idf.name, f"does not hold {width} finite weights")
+
+
+def read_json(path: Path) -> Any:
+    """A model's JSON file, its errors naming it (``integrity.reading``)."""
+    with integrity.reading(f"version {path.parent.name}", path.name):
+        return json.loads(path.read_bytes().decode("utf-8"))
+
+
 def posting_sums(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, keys: np.ndarray,
                  weights: np.ndarray, size: int) -> np.ndarray:
     """Per document, the sum over the given terms (``keys``, the compressed

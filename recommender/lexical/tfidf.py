@@ -14,14 +14,17 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from recommender import integrity
 from recommender.lexical.counting import Tally, columns_of, counter_matrix, merge_columns, remap, term_index
 from recommender.lexical.sparse import (
     IMPACT_POOL,
     KeywordFiles,
     Scores,
+    check_model,
     impact_postings,
     load_sparse,
     posting_sums,
+    read_json,
     save_sparse,
     sparse_dot,
 )
@@ -141,11 +144,18 @@ class TfidfModel:
 
     @classmethod
     def load(cls, files: KeywordFiles) -> TfidfModel:
-        terms = json.loads(files.vocabulary.read_text(encoding="utf-8"))
-        model = cls({t: i for i, t in enumerate(terms)}, np.load(files.idf), load_sparse(files.matrix))
+        terms = read_json(files.vocabulary)
+        matrix = load_sparse(files.matrix)
+        idf = integrity.load_array(files.idf, f"version {files.idf.parent.name}")
+        check_model(files, terms, idf, matrix.shape[1])
+        model = cls({t: i for i, t in enumerate(terms)}, idf, matrix)
         if files.postings is not None:
             model._postings = load_sparse(files.postings)
             model._impacts = load_sparse(files.impacts)
+            for part, prefix in ((model._postings, files.postings), (model._impacts, files.impacts)):
+                if part.shape != (matrix.shape[1], matrix.shape[0]):
+                    raise integrity.fail(f"version {prefix.parent.name}", f"{prefix.name}_shape.npy",
+                                         f"holds {part.shape}, not the transpose of {matrix.shape}")
         return model
 
 
@@ -202,3 +212,4 @@ class StackedTfidf(TfidfModel):
         if later.any():
             out[later] = (self.extra[rows[later] - split] @ query.T).toarray().ravel()
         return out
+

@@ -76,6 +76,12 @@ class SqliteStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+    def integrity_check(self, limit: int = 20) -> list[str]:
+        """SQLite's ``PRAGMA integrity_check``: what it finds wrong (at most
+        ``limit`` lines), or [] when the file is whole."""
+        rows = [str(row[0]) for row in self.connection.execute(f"PRAGMA integrity_check({int(limit)})")]
+        return [] if rows == ["ok"] else rows
+
 
     # -- articles ---------------------------------------------------------
 
