@@ -64,7 +64,7 @@ def build_segment(
     version's keyword statistics; the rest (not embedded yet) is pending.
     Deleted articles, and changed ones deleted meanwhile, are deletions."""
     with store.snapshot():
-        embedded = store.current_embeddings(key, changed)
+        embedded = finite_only(store.current_embeddings(key, changed))
         stored = store.get_many(list(changed))
     doc_ids = [d for d in changed if d in embedded and d in stored]
     pending = [d for d in changed if d in stored and d not in embedded]
@@ -94,6 +94,16 @@ def build_segment(
         tfidf=tfidf, entities=entities, bm25=bm25,
         columns=FilterColumns.build(articles),
     )
+
+
+def finite_only(embedded: dict[int, tuple[str, np.ndarray]]) -> dict[int, tuple[str, np.ndarray]]:
+    """The stored vectors that can be published: NaN or infinite ones (stored
+    by an older release from a damaged export) never are; their articles wait."""
+    usable = {d: row for d, row in embedded.items() if np.isfinite(row[1]).all()}
+    if len(usable) < len(embedded):
+        log.warning("%d articles have NaN or infinite vectors in the store and are left out of the segment",
+                    len(embedded) - len(usable))
+    return usable
 
 
 def oov_share(base: IndexVersion, titles: Sequence[str], bodies: Sequence[str]) -> float:
@@ -139,8 +149,12 @@ def build_version(
     doc_ids: list[int] = []
     content_hashes: dict[int, str] = {}
     chunk_blocks: list[np.ndarray] = []
+    unusable = 0
     with store.snapshot():
         for doc_id, content_hash, vectors in store.iter_current_embeddings(key):
+            if not np.isfinite(vectors).all():  # stored by an older release from a damaged export
+                unusable += 1
+                continue
             doc_ids.append(doc_id)
             content_hashes[doc_id] = content_hash
             chunk_blocks.append(vectors)
@@ -150,6 +164,8 @@ def build_version(
             )
         stored = store.get_many(doc_ids)
         mark = store.watermark()
+    if unusable:
+        log.warning("%d articles have NaN or infinite vectors in the store and are left out of the index", unusable)
     ids = np.asarray(doc_ids, dtype=np.int64)
     lengths = np.array([len(b) for b in chunk_blocks], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)

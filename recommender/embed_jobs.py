@@ -169,15 +169,46 @@ def embed_stale(
             done += len(job.texts)
             if on_progress:
                 on_progress(done, len(stale))
-    except EmbeddingError:
+    except RecommenderError:  # EmbeddingError, an export refused at load (ExportRefused): said as they are
         raise
     except Exception as exc:  # the model, memory, a worker: what is saved so far is kept
         raise EmbeddingError(f"embedding stopped: {type(exc).__name__}: {exc}") from exc
     return report
 
 
+class BadVectors(ValueError):
+    """An article's vectors came back NaN, infinite or of the wrong shape."""
+
+
+def checked_results(job: EmbedJob, results: EmbedResult) -> EmbedResult:
+    """A job's results as they arrive from any engine, each article's vectors
+    checked: one passage's row each, finite. An article whose vectors are not
+    becomes that article's failure (nothing of it is stored); where every
+    article that had passages to embed failed so, the cause is the model (a
+    damaged export), not an article: EmbeddingError, and the run stops."""
+    checked: EmbedResult = []
+    bad = tried = 0
+    for texts, result in zip(job.texts, results):
+        if isinstance(result, np.ndarray) and texts:
+            tried += 1
+            if result.ndim != 2 or len(result) != len(texts):
+                result = BadVectors(f"{len(texts)} passages gave vectors of shape {result.shape}")
+            elif not np.isfinite(result).all():
+                result = BadVectors(f"the embedder returned NaN or infinite vectors for {len(texts)} passages")
+            bad += isinstance(result, BadVectors)
+        checked.append(result)
+    if len(checked) != len(job.texts):
+        raise EmbeddingError(f"embedding job {job.number} returned {len(checked)} results for {len(job.texts)} articles")
+    if bad and bad == tried and tried > 1:
+        raise EmbeddingError(f"the embedder returned NaN, infinite or misshapen vectors for all {tried} articles of "
+                             f"job {job.number} (a damaged model or export?); nothing of the job was stored")
+    return checked
+
+
 def _save_job(store: Store, key: str, job: EmbedJob, results: EmbedResult, state: _Pending, report: EmbedCounts) -> None:
-    """Checkpoint one job's articles in one transaction: a killed job keeps what it embedded."""
+    """Checkpoint one job's articles in one transaction: a killed job keeps
+    what it embedded. Vectors that are not finite are never stored (``checked_results``)."""
+    results = checked_results(job, results)
     new_vectors = dict(state.known)
     for new_h, result in zip(state.new_hashes, results):
         if isinstance(result, np.ndarray):

@@ -136,6 +136,23 @@ class PoisonEmbedder:
         return self.inner.embed(texts)
 
 
+class NanEmbedder(PoisonEmbedder):
+    """A real embedder whose vectors come back NaN for any text holding
+    "POISON" (a damaged weight only some words reach), or for every text
+    with ``everything``: the fault the embedding step must catch."""
+
+    def __init__(self, inner, *, everything: bool = False):
+        super().__init__(inner)
+        self.everything = everything
+
+    def embed(self, texts, *, progress=False):
+        vectors = np.array(self.inner.embed(texts), dtype=np.float32)
+        for row, text in enumerate(texts):
+            if self.everything or "POISON" in text:
+                vectors[row] = np.nan
+        return vectors
+
+
 KILLED_AT = """
 import os, signal, sys
 from importlib import import_module

@@ -85,11 +85,15 @@ class EmbedderSpec:
     max_chunks: int = 2
     models_dir: Path = Path("indexes/default/models")
     """Where exported models are kept (``<data_dir>/models``)."""
+    explicit: bool = False
+    """The settings name this backend (not ``auto``): an export that fails its
+    check at load is an error, not a fall back to torch (``load_embedder``)."""
 
     @classmethod
     def of(cls, settings: Settings, choice: Choice) -> EmbedderSpec:
         return cls(settings.model, choice.backend, choice.precision, settings.device, settings.batch_size,
-                   settings.chunk_words, settings.max_chunks, settings.data_dir / "models")
+                   settings.chunk_words, settings.max_chunks, settings.data_dir / "models",
+                   explicit=settings.backend != "auto")
 
     @property
     def choice(self) -> Choice:

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,8 @@ from recommender.version import read_current_manifest
 log = logging.getLogger(__name__)
 
 MIN_COSINE = 0.995
-"""A backend is used only if every calibration passage's vector is this close to torch float32's."""
+"""A backend is chosen only if every check passage's vector is this close to
+torch float32's (each load checks its export too: ``load.MIN_COSINE``)."""
 RECORDS_FILE = "backends.json"
 RECORD_FORMAT = 2
 RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
@@ -173,7 +174,8 @@ def measure(settings: Settings, choices: Sequence[Choice], reference: SentenceTr
     failed: dict[Choice, str] = {}
     for choice in choices:
         try:
-            embedders[choice] = load_embedder(EmbedderSpec.of(settings, choice), reference)
+            # explicit: an export that fails its check at load fails here, not measured as torch
+            embedders[choice] = load_embedder(replace(EmbedderSpec.of(settings, choice), explicit=True), reference)
             embedders[choice].embed(check[:8])  # warm-up: kernels set up per shape
         except Exception as exc:  # a backend that cannot export or load here is not a candidate
             log.warning("backend %s cannot run here: %s: %s", choice.name, type(exc).__name__, exc)

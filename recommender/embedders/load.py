@@ -4,6 +4,7 @@ loaded embedder the commands and the server hold (``LazyEmbedder``)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -12,9 +13,32 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from recommender.embedders.base import Choice, Embedder, EmbedderSpec, resolve_model_path
-from recommender.embedders.onnx_backend import ExportedModel, OnnxEmbedder, export_file, export_onnx
-from recommender.embedders.openvino_backend import OpenVinoEmbedder, export_openvino, export_path
+from recommender.embedders.onnx_backend import (
+    ExportedModel,
+    ExportRefused,
+    OnnxEmbedder,
+    check_export,
+    export_file,
+    export_onnx,
+)
+from recommender.embedders.openvino_backend import (
+    OpenVinoEmbedder,
+    calibration_passages,
+    export_openvino,
+    export_path,
+)
 from recommender.embedders.torch_backend import SentenceTransformerEmbedder
+
+log = logging.getLogger(__name__)
+
+MIN_COSINE = {"float32": 0.995, "bfloat16": 0.995, "int8": 0.95}
+"""An export embeds articles only if every check passage's vector is this
+close to torch float32's, by precision. The check catches a damaged export
+(NaN, or vectors of another model: cosines far below), not a quantization's
+rounding: int8 keeps 0.98-0.99 on short passages, which ``recommender
+backends --measure`` weighs against its speed (a candidate there needs 0.995)."""
+CHECK_PASSAGES = 4
+"""Article passages checked at each load: a few, so a load stays cheap."""
 
 
 class ExportedEmbedder:
@@ -45,7 +69,13 @@ class ExportedEmbedder:
 
 def load_embedder(spec: EmbedderSpec, reference: SentenceTransformerEmbedder | None = None) -> Embedder:
     """The embedder the spec names. An exported backend's export is made
-    first where it is missing (from ``reference``, or the model loaded on torch)."""
+    first where it is missing (from ``reference``, or the model loaded on
+    torch), then checked against torch float32 on a few article passages
+    (``check_export``, the search-query path's check; a pass is kept beside
+    the export, so a later load costs a checksum). An export that fails is
+    never used for articles: where the settings name its backend
+    (``spec.explicit``) loading fails (``ExportRefused``); under ``auto`` the
+    articles embed on torch float32, with one warning saying why."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if spec.backend == "torch":
         if reference is not None and reference.precision == spec.precision:
@@ -59,7 +89,31 @@ def load_embedder(spec: EmbedderSpec, reference: SentenceTransformerEmbedder | N
             export_onnx(reference.model, target)
         else:
             export_openvino(spec, choice, reference)
-    return ExportedEmbedder(_runner(spec, choice, target), spec, reference)
+    runner = _runner(spec, choice, target)
+    loaded: list[SentenceTransformerEmbedder] = [reference] if reference is not None else []
+
+    def torch_reference() -> SentenceTransformerEmbedder:
+        if not loaded:
+            loaded.append(SentenceTransformerEmbedder.of(spec, "float32"))
+        return loaded[0]
+
+    try:
+        check_export(runner, check_passages(spec), MIN_COSINE.get(choice.precision, 0.995), torch_reference,
+                     label=choice.name)
+    except ExportRefused as exc:
+        if spec.explicit:
+            raise ExportRefused(f"{exc}; backend {spec.backend!r} is set, so nothing is embedded. Delete "
+                                f"{target.parent} (it is exported again from the model at the next load), "
+                                "or set backend to auto or torch") from None
+        log.warning("%s; embedding with torch (float32). Delete %s to export it again", exc, target.parent)
+        return torch_reference()
+    return ExportedEmbedder(runner, spec, loaded[0] if loaded else None)
+
+
+def check_passages(spec: EmbedderSpec) -> list[str]:
+    """The article passages an export is checked on at load: a few of those
+    ``recommender backends --measure`` checks on (never the calibration ones)."""
+    return calibration_passages(spec)[1][:CHECK_PASSAGES]
 
 
 def _runner(spec: EmbedderSpec, choice: Choice, target) -> ExportedModel:

@@ -6,8 +6,9 @@ transformer, its pooling and the L2 normalization, in float32) into
 ``<data_dir>/models/onnx/<key>/model.onnx``, the key naming the model, its
 files and the library versions; nothing is downloaded. Texts are tokenized by
 the model's own fast tokenizer with sentence-transformers' truncation, so
-the vectors match torch's (checked where the export is used: ``query``,
-``choice``)."""
+the vectors match torch's. Every export is checked against torch where it is
+loaded (``check_export``: the search-query path's check and the article
+path's, one implementation), and refused when it differs."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import numpy as np
 from recommender import directory
 from recommender.embedders.base import Embedder, EmbedderSpec, resolve_model_path
 from recommender.embedders.machine import library_versions
+from recommender.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ EXPORT_FORMAT = 1
 """Raised when the exported graph or its meta.json change: old exports are then not reused."""
 OPSET = 17
 MODEL_FILE, META_FILE = "model.onnx", "meta.json"
+CHECK_FILE = "checked.json"
+"""Beside an export: the checks it passed, each keyed by the checksum of its files, the texts and the floor."""
 EXPORTABLE_AFTER_TRANSFORMER = {"Pooling", "Dense", "Normalize"}
 """sentence-transformers modules that trace to ONNX as they run in torch."""
 EXPORT_LIBRARIES = ("torch", "transformers", "sentence-transformers", "onnx", "onnxruntime")
@@ -41,6 +45,11 @@ EXPORT_LIBRARIES = ("torch", "transformers", "sentence-transformers", "onnx", "o
 
 class NotExportable(Exception):
     """The model (or this installation) cannot take the ONNX path."""
+
+
+class ExportRefused(ConfigError):
+    """An export whose vectors differ from torch's on the check's texts (NaN
+    from a damaged weight, wrong vectors from another): never used."""
 
 
 def _model_fingerprint(model_path: str) -> list[tuple[str, int, int]]:
@@ -212,3 +221,55 @@ class OnnxEmbedder(ExportedModel):
 
     def run_batches(self, feeds: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
         return [self.session.run(None, feed)[0] for feed in feeds]
+
+
+def export_checksum(model_file: Path) -> str:
+    """sha256 over an export's files: the graph and, beside it, its weights
+    (OpenVINO's ``.bin``). About 0.1 s for MiniLM's 90 MB."""
+    digest = hashlib.sha256()
+    for path in (model_file, model_file.with_suffix(".bin")):
+        if path.exists():
+            digest.update(path.name.encode())
+            with path.open("rb") as handle:
+                while block := handle.read(1 << 22):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def check_export(model: ExportedModel, texts: Sequence[str], floor: float, reference: Callable[[], Embedder], *,
+                 label: str = "onnx") -> float:
+    """The check every export passes where it is loaded, for queries and for
+    articles alike: the smallest cosine between its vectors and torch's
+    (``reference()``) over ``texts``, embedded together and one by one
+    (``check_against``), at least ``floor``; else ExportRefused (NaN fails too).
+    A pass is kept beside the export (``CHECK_FILE``), keyed by the checksum
+    of its files, the texts, the floor and the runtime's arithmetic: a later
+    load of the same bytes costs the checksum, not torch."""
+    key = hashlib.sha256(json.dumps({
+        "format": EXPORT_FORMAT, "files": export_checksum(model.model_file), "texts": list(texts), "floor": floor,
+        "runner": type(model).__name__, "hint": getattr(model, "hint", ""),
+    }, sort_keys=True).encode()).hexdigest()[:16]
+    verdicts_file = model.model_file.parent / CHECK_FILE
+    verdicts = _read_verdicts(verdicts_file)
+    kept = verdicts.get(key)
+    if isinstance(kept, dict) and isinstance(kept.get("min_cosine"), float) and kept["min_cosine"] >= floor:
+        model.min_cosine = kept["min_cosine"]
+        return model.min_cosine
+    min_cosine = model.check_against(reference(), texts)
+    if not min_cosine >= floor:  # NaN (a damaged weight) fails too
+        raise ExportRefused(f"the {label} export at {model.model_file} gives vectors that differ from torch "
+                            f"(min cosine {min_cosine:.6f}, at least {floor} needed)")
+    verdicts[key] = {"min_cosine": min_cosine, "texts": len(texts), "floor": floor}
+    try:
+        directory.write_text(verdicts_file, json.dumps(verdicts, indent=2))
+    except OSError as exc:  # a read-only models folder: the check runs again next time
+        log.info("the check of %s is not kept: %s", model.model_file, exc)
+    return min_cosine
+
+
+def _read_verdicts(path: Path) -> dict[str, Any]:
+    try:
+        verdicts = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return verdicts if isinstance(verdicts, dict) else {}

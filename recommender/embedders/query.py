@@ -13,7 +13,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from recommender.embedders.base import Embedder, EmbedderSpec, resolve_model_path
-from recommender.embedders.onnx_backend import NotExportable, OnnxEmbedder, check_exportable, export_file, export_onnx
+from recommender.embedders.onnx_backend import (
+    NotExportable,
+    OnnxEmbedder,
+    check_export,
+    check_exportable,
+    export_file,
+    export_onnx,
+)
 from recommender.embedders.torch_backend import SentenceTransformerEmbedder
 
 log = logging.getLogger(__name__)
@@ -56,7 +63,7 @@ def open_query_model(spec: EmbedderSpec, reference: SentenceTransformerEmbedder,
                      export: bool = True) -> OnnxEmbedder:
     """The checked ONNX embedder of the spec's model, exported first if need be
     (``export``). Raises NotExportable, or any error of the export, the load
-    or a check that fails (ValueError)."""
+    or a check that fails (``ExportRefused``)."""
     check_exportable(reference.model)
     try:
         import onnxruntime  # noqa: F401
@@ -68,9 +75,7 @@ def open_query_model(spec: EmbedderSpec, reference: SentenceTransformerEmbedder,
             raise FileNotFoundError(f"no exported query model at {target}")
         export_onnx(reference.model, target)
     embedder = OnnxEmbedder(target, resolve_model_path(spec.model), reference.model_id)
-    min_cosine = embedder.check_against(reference, SAMPLE_TEXTS)
-    if not min_cosine >= MIN_COSINE:  # NaN (a damaged weight) fails too
-        raise ValueError(f"its vectors differ from torch's (min cosine {min_cosine:.6f} < {MIN_COSINE})")
+    min_cosine = check_export(embedder, SAMPLE_TEXTS, MIN_COSINE, lambda: reference)
     log.info("query model %s checked against torch: min cosine %.6f", target, min_cosine)
     return embedder
 
