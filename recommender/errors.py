@@ -63,8 +63,10 @@ class IndexDamaged(RecommenderError, ValueError):
 
     status_code = 503
     code = "index_damaged"
-    public_message = None
+    public_message = "a file of the published index is damaged; see the server's log"
 
-    def __init__(self, message: str, file: str | None = None):
+    def __init__(self, message: str, file: str | None = None, *, public: str | None = None):
         super().__init__(message)
         self.file = file
+        if public is not None:  # names versions and files only, never a path
+            self.public_message = public

@@ -115,10 +115,13 @@ class LiveIndex:
             self._note_refusals(refused)
             if parts is None:
                 if refused:  # nothing verifies: 503, saying why
-                    error = IndexDamaged(
-                        "no published index verifies: " + "; ".join(r.reason for r in refused)
-                        + (" (the server rebuilds it from the store)" if self.on_refused is not None
-                           else "; run `recommender repair`"))
+                    then = ("; the server rebuilds it from the store" if self.on_refused is not None
+                            else "; run `recommender repair`")
+                    named = "; ".join(" ".join(filter(None, (f"version {r.version}" if r.version else None,
+                                                             f"segment {r.segment}" if r.segment else None,
+                                                             r.file and f"{r.file} is damaged"))) for r in refused)
+                    error = IndexDamaged("no published index verifies: " + "; ".join(r.reason for r in refused) + then,
+                                         public=f"no published index verifies: {named}{then}")
                     with self._swapped:
                         self._version, self._parts, self.error = None, None, error
                 return False
