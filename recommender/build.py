@@ -200,50 +200,51 @@ def build_version(
         trained=previous_training(settings, key, "chunks") if reuse else None,
     )
 
-    name, staging = directory.new_staging(settings.index_root)
-    manifest = Manifest(
-        version=name,
-        recommender_version=__version__,
-        model_id=model_id_for(settings.model),
-        embedding_key=key,
-        dimension=dimension,
-        faiss_type=docs.type_name,
-        faiss_factory=docs.factory,
-        chunk_faiss_factory=chunks.factory,
-        reused_training={"docs": docs.reused_training, "chunks": chunks.reused_training},
-        build_settings=build_settings(settings),
-        count=len(ids),
-        chunks=len(chunk_vectors),
-        stories=len(np.unique(story_ids)),
-        built_at=utc_stamp(),
-        corpus_hash=corpus_hash,
-        snapshot=Snapshot(**asdict(mark), left_out=mark.articles - len(ids)),
-        chunk_words=settings.chunk_words,
-        max_chunks=settings.max_chunks,
-        pending=sorted(set(pending) - set(doc_ids)),
-    )
-    version = IndexVersion(
-        name=name, path=staging, manifest=manifest, docs=docs, chunks=chunks, doc_ids=ids, doc_vectors=doc_vectors,
-        story_ids=story_ids, published_days=epoch_days(published), chunk_vectors=chunk_vectors,
-        chunk_offsets=offsets, tfidf=tfidf, bm25=bm25, entities=entities, ranker=ranker_model(settings),
-        columns=columns, seq=mark.seq,
-    )
-    version.save(staging)
+    # A build that fails (a full disk, an error) removes its staging folder at once.
+    with directory.staging_version(settings.index_root) as (name, staging):
+        manifest = Manifest(
+            version=name,
+            recommender_version=__version__,
+            model_id=model_id_for(settings.model),
+            embedding_key=key,
+            dimension=dimension,
+            faiss_type=docs.type_name,
+            faiss_factory=docs.factory,
+            chunk_faiss_factory=chunks.factory,
+            reused_training={"docs": docs.reused_training, "chunks": chunks.reused_training},
+            build_settings=build_settings(settings),
+            count=len(ids),
+            chunks=len(chunk_vectors),
+            stories=len(np.unique(story_ids)),
+            built_at=utc_stamp(),
+            corpus_hash=corpus_hash,
+            snapshot=Snapshot(**asdict(mark), left_out=mark.articles - len(ids)),
+            chunk_words=settings.chunk_words,
+            max_chunks=settings.max_chunks,
+            pending=sorted(set(pending) - set(doc_ids)),
+        )
+        version = IndexVersion(
+            name=name, path=staging, manifest=manifest, docs=docs, chunks=chunks, doc_ids=ids, doc_vectors=doc_vectors,
+            story_ids=story_ids, published_days=epoch_days(published), chunk_vectors=chunk_vectors,
+            chunk_offsets=offsets, tfidf=tfidf, bm25=bm25, entities=entities, ranker=ranker_model(settings),
+            columns=columns, seq=mark.seq,
+        )
+        version.save(staging)
 
-    def catch_up() -> list[str]:
-        """The writes made during the build, as a segment of the new version."""
-        changes = store.changes_since(mark.seq or 0)
-        if not changes:
-            return []
-        stale = store.stale_among(key, changes.changed)
-        if stale:
-            embed_stale(settings, store, engine, stale, key, EmbedReport())
-        segment = build_segment(store, key, version, View.of(version), changes.changed, changes.deleted, changes.seq)
-        save_segment(settings.index_root, segment)
-        return [segment.name]
+        def catch_up() -> list[str]:
+            """The writes made during the build, as a segment of the new version."""
+            changes = store.changes_since(mark.seq or 0)
+            if not changes:
+                return []
+            stale = store.stale_among(key, changes.changed)
+            if stale:
+                embed_stale(settings, store, engine, stale, key, EmbedReport())
+            segment = build_segment(store, key, version, View.of(version), changes.changed, changes.deleted, changes.seq)
+            save_segment(settings.index_root, segment)
+            return [segment.name]
 
-    with directory.lock(settings.data_dir / directory.WRITE_LOCK):
-        directory.publish_version(settings.index_root, name, staging, keep=settings.keep_versions, catch_up=catch_up)
+        with directory.lock(settings.data_dir / directory.WRITE_LOCK):
+            directory.publish_version(settings.index_root, name, staging, keep=settings.keep_versions, catch_up=catch_up)
     if mark.seq is not None:
         store.prune_tombstones(mark.seq)
     log.info("published index %s: %d articles, %d passages", name, len(ids), len(chunk_vectors))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from recommender import __version__
-from recommender.errors import InvalidInput, RecommenderError
+from recommender.errors import InvalidInput, RecommenderError, storage_fault
 
 if TYPE_CHECKING:
     from recommender.config import Settings
@@ -156,7 +156,11 @@ def _settings(**extra: Any) -> Settings:
         "config_file": common.get("config_file"),
         **extra,
     }
-    return Settings.load(overrides)
+    settings = Settings.load(overrides)
+    obj = click.get_current_context().find_root().obj
+    if isinstance(obj, dict):
+        obj["settings"] = settings  # main names its data folder if a write fails on a full disk
+    return settings
 
 
 def _embedder(settings: Settings) -> LazyEmbedder:
@@ -206,7 +210,7 @@ def cli() -> None:
 def main(argv: Sequence[str] | None = None, *, load_embedder: EmbedderLoader | None = None) -> int:
     """Run the command line; returns the exit code. ``load_embedder(settings)``
     replaces the sentence-transformers model (tests)."""
-    obj = {"load_embedder": load_embedder}
+    obj: dict[str, Any] = {"load_embedder": load_embedder}
     try:
         code = cli.main(args=None if argv is None else list(argv), prog_name="recommender",
                         standalone_mode=False, obj=obj)
@@ -218,6 +222,15 @@ def main(argv: Sequence[str] | None = None, *, load_embedder: EmbedderLoader | N
         return 130
     except RecommenderError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as exc:
+        # A full disk or a refused write that no boundary named (an index
+        # file, an export): one line naming the data folder, never a traceback.
+        settings = obj.get("settings")
+        fault = storage_fault(exc, getattr(exc, "filename", None) or (settings.data_dir if settings else None))
+        if fault is None:
+            raise
+        print(f"error: {fault}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("interrupted; work already committed is kept", file=sys.stderr)
@@ -318,6 +331,7 @@ def cmd_ingest(files: tuple[Path, ...], as_json: bool) -> int:
 @common_options
 def cmd_reindex(force: bool, full: bool, dry_run: bool, as_json: bool, no_progress: bool, engine: str,
                 ray_address: str | None, ray_workers: int | None) -> int:
+    from recommender import directory
     from recommender.embed_jobs import EmbeddingError
     from recommender.pipeline import reindex
     from recommender.store import open_store, store_location
@@ -333,6 +347,8 @@ def cmd_reindex(force: bool, full: bool, dry_run: bool, as_json: bool, no_progre
     elif ray_address is not None or ray_workers is not None:
         print("error: --ray-address and --ray-workers need --engine ray", file=sys.stderr)
         return EXIT_USAGE
+    if not dry_run:  # what killed writers left: staging versions, .tmp files and folders no live process owns
+        directory.remove_leftovers(settings.data_dir, settings.index_root)
     with open_store(settings) as store:
         if store.count() == 0:
             print(f"error: no articles in {store_location(settings)}; run `recommender ingest FILE` first", file=sys.stderr)
@@ -924,9 +940,12 @@ def cmd_serve(host: str | None, port: int | None, workers: int | None) -> int:
     # Worker processes read their settings from the environment: hand them ours, whole.
     os.environ[SETTINGS_JSON_ENV] = settings.model_dump_json()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from recommender.api.metrics import prepare_multiprocess_dir
+    from recommender import directory
+    from recommender.api.metrics import metrics_root, prepare_multiprocess_dir
 
-    prepare_multiprocess_dir(settings.data_dir)  # /metrics adds up all the workers' values
+    directory.remove_leftovers(settings.data_dir, settings.index_root)  # what killed writers left behind
+    # /metrics adds up all the workers' values, in files off the data folder: a full data disk cannot reach them.
+    prepare_multiprocess_dir(metrics_root(settings.metrics_dir), legacy=settings.data_dir / "metrics")
     uvicorn.run(
         "recommender.api.app:app_from_environment",
         factory=True,

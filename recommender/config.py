@@ -144,9 +144,15 @@ class Settings(BaseSettings):
     index version)."""))
     torch_threads: int = Field(0, ge=0, description="Threads torch may use per server process; 0 means cores / workers.")
     cache_seconds: int = Field(60, ge=0, description="max-age of public read responses (related lists, the widget).")
+    metrics_dir: Path | None = Field(None, description=_text("""Where `recommender serve` keeps its workers' Prometheus
+    files (one folder per server, ``<host>-<pid>``, removed when it stops or by the next start after it died).
+    None: off the data folder, so that a full data disk cannot reach them (prometheus_client maps them into
+    memory, and a mapped file the disk cannot grow kills the process): ``recommender-<uid>/metrics`` under
+    ``$XDG_RUNTIME_DIR`` if set and writable, else ``/dev/shm``, else the temporary folder.
+    ``$PROMETHEUS_MULTIPROC_DIR``, if set, wins."""))
     config_file: Path | None = Field(None, description="The TOML config file these settings were read from.")
 
-    @field_validator("ranker_file", "config_file", mode="before")
+    @field_validator("ranker_file", "config_file", "metrics_dir", mode="before")
     @classmethod
     def _empty_path_is_none(cls, value: Any) -> Any:
         return None if value == "" else value

@@ -77,7 +77,8 @@ def write_atomically(target: Path, write: Callable[[Path], object]) -> None:
     """``write`` into a temporary file beside ``target``, then :func:`replace`
     it over: a reader finds the old file, the new one, or none, never a partial one."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    # The writer's pid in the name: a start-up removes the ones no live process owns (remove_leftovers).
+    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp")
     os.close(handle)
     temp = Path(name)
     try:
@@ -165,11 +166,24 @@ def _current_seal(version: str, segments: Sequence[str]) -> str:
 
 
 def new_staging(index_root: Path) -> tuple[str, Path]:
-    """A new version's name and the empty folder it is built in."""
+    """A new version's name and the empty folder it is built in (see :func:`staging_version`)."""
     name = new_name()
     staging = index_root / STAGING / name
+    _remove_orphans(staging.parent, staging=True)
     staging.mkdir(parents=True)
     return name, staging
+
+
+@contextmanager
+def staging_version(index_root: Path) -> Iterator[tuple[str, Path]]:
+    """:func:`new_staging`, removed at once if the build inside fails (a full
+    disk, an error, Ctrl-C): a failed build leaves nothing behind."""
+    name, staging = new_staging(index_root)
+    try:
+        yield name, staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def publish_version(
@@ -183,8 +197,14 @@ def publish_version(
     versions = index_root / VERSIONS
     versions.mkdir(parents=True, exist_ok=True)
     final = version_dir(index_root, name)
-    replace(staging, final)
-    write_current(index_root, name, catch_up() if catch_up else ())
+    try:
+        replace(staging, final)
+        write_current(index_root, name, catch_up() if catch_up else ())
+    except BaseException:  # not published: neither the staging folder nor the placed version stays
+        shutil.rmtree(staging, ignore_errors=True)
+        if _current_version(index_root) != name:
+            shutil.rmtree(final, ignore_errors=True)
+        raise
     _prune_versions(versions, keep=max(1, keep), live=name)
     _remove_abandoned(index_root / STAGING, ABANDONED_STAGING_SECONDS)
     return final
@@ -194,11 +214,16 @@ def place_segment(index_root: Path, version: str, name: str, write: Callable[[Pa
     """Write a segment of ``version`` into a staging folder beside its final
     place (``write(folder)``), then rename it into place."""
     folder = segments_dir(index_root, version)
+    _remove_orphans(folder)  # a killed writer's staging does not survive the next one
     staging = folder / f".{name}.tmp"
     staging.mkdir(parents=True)
-    write(staging)
     final = folder / name
-    replace(staging, final)
+    try:
+        write(staging)
+        replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return final
 
 
@@ -231,12 +256,103 @@ def _remove_abandoned(staging_root: Path, max_age_seconds: float) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _current_version(index_root: Path) -> str | None:
+    try:
+        return read_current(index_root)[0]
+    except Exception:  # unreadable or damaged: whatever it names, it is not the version just placed
+        return None
+
+
+# -- leftovers -------------------------------------------------------------------
+
+_WRITER_PID = (
+    re.compile(r"\..+\.(\d+)\.[a-z0-9_]{8}\.tmp"),   # write_atomically: .<name>.<pid>.<random>.tmp
+    re.compile(r"\.tmp-(\d+)-.+"),                    # temporary_folder: .tmp-<pid>-<random>
+    re.compile(r"\.?\d{8}T\d{6}\.\d{9}-(\d+)(\.tmp)?"),  # new_name: a staging version, .<segment>.tmp
+)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine has this pid (another user's counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def writer_pid(name: str) -> int | None:
+    """The pid a temporary file or folder's name carries (None: a name without one)."""
+    for pattern in _WRITER_PID:
+        if match := pattern.fullmatch(name):
+            return int(match.group(1))
+    return None
+
+
+def _is_temporary(name: str) -> bool:
+    return (name.startswith(".") and name.endswith(".tmp")) or name.startswith(".tmp-")
+
+
+def _orphaned(path: Path, now: float) -> bool:
+    """A temporary file or folder that no live process of this machine owns:
+    its writer's pid is gone; without a pid in its name (an older release's),
+    untouched for ABANDONED_STAGING_SECONDS."""
+    pid = writer_pid(path.name)
+    if pid is not None:
+        return not process_alive(pid)
+    try:
+        return path.lstat().st_mtime < now - ABANDONED_STAGING_SECONDS
+    except FileNotFoundError:
+        return False
+
+
+def _remove_orphans(folder: Path, *, staging: bool = False) -> list[Path]:
+    """Remove the orphaned temporary files and folders directly in ``folder``
+    (``staging``: the index's staging folder, where every folder is a build)."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for path in folder.iterdir():
+        if (staging or _is_temporary(path.name)) and _orphaned(path, now):
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            except OSError:  # another process removed it, or this user may not: it stays
+                continue
+            removed.append(path)
+    return removed
+
+
+def remove_leftovers(data_dir: Path, index_root: Path) -> list[Path]:
+    """At a start-up (a server's, a reindex's): every temporary file and folder
+    of the data folder that no live process owns: ``.CURRENT.<pid>.*.tmp``
+    and the other files :func:`write_atomically` writes beside their target,
+    staging versions, a segment's ``.<name>.tmp``, :func:`temporary_folder`'s
+    folders. Returns what was removed."""
+    removed: list[Path] = []
+    staging = (index_root / STAGING).resolve()
+    roots = [data_dir] if index_root.resolve().is_relative_to(data_dir.resolve()) else [data_dir, index_root]
+    for root in roots:
+        for folder, subfolders, _ in os.walk(root):
+            here = Path(folder)
+            removed += _remove_orphans(here, staging=here.resolve() == staging)
+            subfolders[:] = [d for d in subfolders if (here / d).is_dir()]  # not into what was just removed
+    return removed
+
+
 @contextmanager
 def temporary_folder(parent: Path) -> Iterator[Path]:
     """An empty folder inside ``parent`` (files written there are moved into
     place with :func:`replace`), removed with whatever is left in it."""
     parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(dir=parent, prefix=".tmp-"))
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.getpid()}-"))
     try:
         yield folder
     finally:

@@ -171,7 +171,10 @@ class VectorIndex:
         return scores, ids
 
     def save(self, path: Path) -> None:
-        faiss.write_index(self.index, str(path))
+        # Through Python's file: a failed write (a full disk) raises OSError with its errno,
+        # where FAISS's own writer prints "close error" to stderr and raises "write error".
+        with open(path, "wb") as handle:
+            faiss.write_index(self.index, faiss.PyCallbackIOWriter(handle.write))  # type: ignore[attr-defined]
 
     @classmethod
     def load(cls, path: Path, factory: str, *, mmap: bool = True) -> VectorIndex:

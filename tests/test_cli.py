@@ -240,16 +240,17 @@ def test_serve_hands_the_workers_its_settings_as_json(tmp_path, monkeypatch):
     from recommender.config import SETTINGS_JSON_ENV, Settings
 
     calls: list[tuple[tuple, dict]] = []
-    prepared: list[Path] = []
+    prepared: list[tuple[Path, Path | None]] = []
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: calls.append((a, kw)))
     # The real one sets PROMETHEUS_MULTIPROC_DIR in this process (for the
     # workers): tests/test_metrics.py checks it in a child process.
-    monkeypatch.setattr(metrics, "prepare_multiprocess_dir", prepared.append)
+    monkeypatch.setattr(metrics, "prepare_multiprocess_dir", lambda root, legacy=None: prepared.append((root, legacy)))
     monkeypatch.delenv(SETTINGS_JSON_ENV, raising=False)
     monkeypatch.setenv("RECOMMENDER_MAX_HEADER_BYTES", "9000")
     assert cli.main(["serve", "--port", "8123", "--workers", "2", "--data-dir", str(tmp_path / "d")]) == 0
     (target,), kw = calls[0]
-    assert prepared == [tmp_path / "d"]  # the workers' metrics directory, before uvicorn starts them
+    # The workers' metrics directory, before uvicorn starts them: off the data folder (where older releases kept it).
+    assert prepared == [(metrics.metrics_root(), tmp_path / "d" / "metrics")]
     assert target == "recommender.api.app:app_from_environment" and kw["factory"]
     assert kw["port"] == 8123 and kw["workers"] == 2 and kw["loop"] == "uvloop"
     assert kw["http"] == "recommender.api.server:GuardedHttpToolsProtocol"

@@ -10,10 +10,13 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from recommender.api import create_app
+from recommender.config import Settings
 from tests.helpers import HANG_GUARD, Server, build_index, samples
 
 RELATED = "/v1/articles/{article_id}/related"
@@ -66,27 +69,75 @@ def _run(args: list[str], env: dict) -> dict:
 
 def test_prepare_multiprocess_dir(tmp_path):
     """In a child process: it sets the environment of the process that calls it."""
-    code = ("import json, os, sys; from recommender.api.metrics import prepare_multiprocess_dir; "
-            "path = prepare_multiprocess_dir(sys.argv[1]); "
+    code = ("import json, os, sys; from pathlib import Path; "
+            "from recommender.api.metrics import prepare_multiprocess_dir; "
+            "path = prepare_multiprocess_dir(Path(sys.argv[1]), legacy=Path(sys.argv[2])); "
             "print(json.dumps({'path': str(path), 'env': os.environ['PROMETHEUS_MULTIPROC_DIR'], "
             "'files': sorted(os.listdir(path))}))")
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    data_dir = tmp_path / "data"
-    gone = data_dir / "metrics" / f"{socket.gethostname()}-{2**22 + 1}"  # a server that died (no such pid)
-    gone.mkdir(parents=True)
-    (gone / "counter_1.db").write_bytes(b"old counts")
-    fresh = _run([code, str(data_dir)], env)
+    root = tmp_path / "run" / "metrics"
+    legacy = tmp_path / "data" / "metrics"  # where a release before kept them: in the data folder
+    dead = f"{socket.gethostname()}-{2**22 + 1}"  # a server that died (no such pid)
+    for gone in (root / dead, legacy / dead):
+        gone.mkdir(parents=True)
+        (gone / "counter_1.db").write_bytes(b"old counts")
+    fresh = _run([code, str(root), str(legacy)], env)
     assert fresh["path"] == fresh["env"] and fresh["files"] == []
-    assert Path(fresh["path"]).parent == data_dir / "metrics"
+    assert Path(fresh["path"]).parent == root
     assert not Path(fresh["path"]).exists()  # removed at exit
-    assert not gone.exists()  # removed at the next start
+    assert not (root / dead).exists()  # removed at the next start
+    assert not legacy.exists()  # the data folder's, emptied, is gone
     theirs = tmp_path / "prom"
     theirs.mkdir()
     (theirs / "counter_12345.db").write_bytes(b"old counts")
     (theirs / "notes.txt").write_text("not ours")
-    kept = _run([code, str(data_dir)], {**env, "PROMETHEUS_MULTIPROC_DIR": str(theirs)})
+    kept = _run([code, str(root), str(legacy)], {**env, "PROMETHEUS_MULTIPROC_DIR": str(theirs)})
     assert kept["path"] == kept["env"] == str(theirs) and kept["files"] == ["notes.txt"]  # old counts gone
     assert theirs.is_dir()  # a directory the user set is left in place
+
+
+def test_metrics_files_live_off_the_data_folder(tmp_path, monkeypatch):
+    """The default root: this user's folder under $XDG_RUNTIME_DIR, else /dev/shm, else the temporary
+    folder; never the data folder (a full data disk kills a process whose mapped metrics file cannot
+    grow); ``metrics_dir`` wins."""
+    from recommender.api.metrics import metrics_root
+
+    user = f"recommender-{os.getuid()}"
+    runtime = tmp_path / "xdg"
+    runtime.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    assert metrics_root() == runtime / user / "metrics"
+    assert (runtime / user).stat().st_mode & 0o077 == 0  # private to this user
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "missing"))
+    shm = Path("/dev/shm")
+    fallback = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    assert metrics_root() == fallback / user / "metrics"
+    assert metrics_root(tmp_path / "mine") == tmp_path / "mine"
+    assert Settings.load({"metrics_dir": str(tmp_path / "m")}, environ={}).metrics_dir == tmp_path / "m"
+    assert Settings.load({}, environ={"RECOMMENDER_METRICS_DIR": ""}).metrics_dir is None
+
+
+def test_a_metric_that_fails_never_fails_the_request(settings, corpus, caplog):
+    """Whatever recording a request raises, the request is answered (and the failure logged once); a
+    scrape that cannot render answers 503 with the one error body."""
+    from fastapi.testclient import TestClient
+
+    build_index(settings, corpus)
+    app = create_app(settings)
+
+    class Broken:
+        def labels(self, *args):
+            raise OSError("no room for a metrics slot")
+
+    with TestClient(app) as client:
+        app.state.metrics.requests = app.state.metrics.latency = Broken()
+        app.state.metrics.registry = None  # generate_latest fails on it
+        for _ in range(2):
+            assert client.get("/v1/articles/talks-0/related").status_code == 200
+            assert client.get("/healthz").status_code == 200
+        scrape = client.get("/metrics")
+        assert scrape.status_code == 503 and scrape.json()["error"]["code"] == "metrics_unavailable"
+    assert sum("metrics: could not" in r.getMessage() for r in caplog.records) == 1
 
 
 # -- a real server with two workers --------------------------------------------

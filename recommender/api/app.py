@@ -19,7 +19,7 @@ from recommender import __version__
 from recommender.api.errors import error_body
 from recommender.api.metrics import Metrics
 from recommender.config import Settings
-from recommender.errors import RecommenderError
+from recommender.errors import RecommenderError, storage_fault
 
 if TYPE_CHECKING:
     from recommender.embedders import LazyEmbedder
@@ -183,6 +183,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
+        # A full disk or a refused write below the store's boundary (which
+        # names its file itself): 507 or 503 with the one error body, not 500.
+        fault = storage_fault(exc, getattr(exc, "filename", None) or request.app.state.settings.data_dir)
+        if fault is not None:
+            return await domain_error(request, fault)
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal_error", "internal error; it has been logged")
 

@@ -12,14 +12,18 @@ process do not share, or clash over, prometheus_client's global one.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import logging
 import math
 import os
 import re
 import shutil
 import socket
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
+from stat import S_ISDIR
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import values as prometheus_values
@@ -28,6 +32,10 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+
+from recommender import directory
+
+log = logging.getLogger(__name__)
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -39,6 +47,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.multiprocess_dir = os.environ.get(ENV) or None
+        self.failing = False
+        """Set at the first metric that could not be recorded or read (logged once)."""
         # Multiprocess: values live in the shared directory (one app per worker
         # process: two there would write the same entries); the metric objects
         # are registered nowhere and the scrape registry reads the files.
@@ -81,22 +91,48 @@ class Metrics:
             self.registry.register(WorkerProcesses(shared))
             PlatformCollector(registry=self.registry)
 
+    # A metric that cannot be recorded never fails what is measured: each of
+    # these logs its first failure, and the request, the job or the scrape goes on.
+
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        try:
+            self.requests.labels(method, route, str(status)).inc()
+            self.latency.labels(method, route).observe(seconds)
+        except Exception:
+            self._failed("record a request")
 
     def reindex_run(self) -> None:
         """A background reindex job of this worker finished (``Reindexer(on_run=...)``)."""
-        self.reindex_runs.inc()
+        try:
+            self.reindex_runs.inc()
+        except Exception:
+            self._failed("count a reindex job")
 
     def refresh(self, *, index_articles: int | None, index_built_at: float | None) -> None:
         """Before a scrape: the index this worker serves (none: 0 articles, NaN times)."""
-        self.index_articles.set(index_articles or 0)
-        self.index_built.set(index_built_at if index_built_at else math.nan)
-        self.index_age.set(time.time() - index_built_at if index_built_at else math.nan)
+        try:
+            self.index_articles.set(index_articles or 0)
+            self.index_built.set(index_built_at if index_built_at else math.nan)
+            self.index_age.set(time.time() - index_built_at if index_built_at else math.nan)
+        except Exception:
+            self._failed("set the index gauges")
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def scrape(self) -> bytes | None:
+        """:meth:`render`, or None where the files cannot be read (/metrics then answers 503)."""
+        try:
+            return self.render()
+        except Exception:
+            self._failed("render the metrics")
+            return None
+
+    def _failed(self, what: str) -> None:
+        if not self.failing:
+            self.failing = True
+            log.exception("metrics: could not %s (in %s); requests go on, later failures are not logged",
+                          what, self.multiprocess_dir or "memory")
 
     def close(self) -> None:
         """When the worker stops: its live gauges leave the aggregate."""
@@ -127,32 +163,69 @@ class WorkerProcesses:
         return list(families.values())
 
 
-def prepare_multiprocess_dir(data_dir: Path) -> Path:
+def metrics_root(configured: Path | None = None) -> Path:
+    """Where servers keep their multiprocess folders: ``configured`` (the
+    ``metrics_dir`` setting), else ``recommender-<uid>/metrics`` in the first
+    of ``$XDG_RUNTIME_DIR``, ``/dev/shm`` and the temporary folder that is a
+    writable folder (and where that subfolder is this user's own, not a link).
+
+    Never the data folder by default: prometheus_client memory-maps these files
+    with gaps, and when the disk holding them is full, a request that needs a
+    new slot dies of SIGBUS, which no ``except`` can catch."""
+    if configured is not None:
+        return Path(configured)
+    candidates = [os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm", tempfile.gettempdir()]
+    for parent in filter(None, candidates):
+        own = _own_folder(Path(parent))
+        if own is not None:
+            return own / "metrics"
+    return Path(tempfile.gettempdir()) / f"recommender-{os.getuid()}" / "metrics"
+
+
+def _own_folder(parent: Path) -> Path | None:
+    """``parent/recommender-<uid>``, made private to this user, or None where it cannot be."""
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        return None
+    folder = parent / f"recommender-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        stat = folder.lstat()
+    except OSError:
+        return None
+    if not S_ISDIR(stat.st_mode) or stat.st_uid != os.getuid():  # a link, or another user's
+        return None
+    return folder
+
+
+def prepare_multiprocess_dir(root: Path, *, legacy: Path | None = None) -> Path:
     """Before uvicorn starts its workers: an empty PROMETHEUS_MULTIPROC_DIR, set
     in this process's environment, which the workers inherit.
 
-    Unset: ``<data_dir>/metrics/<host>-<pid>/``, this server's own, so two
-    servers on one data folder never mix or wipe each other's counts. It is
+    Unset: ``<root>/<host>-<pid>/`` (``root``: :func:`metrics_root`), this
+    server's own, so two servers never mix or wipe each other's counts. It is
     removed at a clean exit; uvicorn ends a SIGTERM by re-raising the signal,
     which skips ``atexit``, so each start also removes the folders of this
-    host's servers that are gone. Set by the user: that directory (made if
-    missing), with the ``*.db`` files that prometheus_client writes deleted, as
-    its documentation asks between runs (old counts would otherwise be added to
-    the new ones); nothing else in it is touched. One such directory per server.
+    host's servers that are gone (in ``root``, and in ``legacy``: where an
+    older release kept them, ``<data_dir>/metrics``). Set by the user: that
+    directory (made if missing), with the ``*.db`` files that prometheus_client
+    writes deleted, as its documentation asks between runs (old counts would
+    otherwise be added to the new ones); nothing else in it is touched. One
+    such directory per server.
     """
     given = os.environ.get(ENV)
+    host = socket.gethostname()
+    for old_root in filter(None, (legacy,)):
+        _remove_dead(old_root, host)
+        with contextlib.suppress(OSError):
+            old_root.rmdir()  # once empty
     if given:
         path = Path(given)
         path.mkdir(parents=True, exist_ok=True)
         for stale in path.glob("*.db"):
             stale.unlink()
     else:
-        host = socket.gethostname()
-        root = Path(data_dir) / "metrics"
-        for old in root.glob(f"{host}-*"):
-            pid = old.name[len(host) + 1:]
-            if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(old, ignore_errors=True)
+        root = Path(root)
+        _remove_dead(root, host)
         path = root / f"{host}-{os.getpid()}"
         shutil.rmtree(path, ignore_errors=True)  # a dead server's, whose pid this one got
         path.mkdir(parents=True)
@@ -164,11 +237,9 @@ def prepare_multiprocess_dir(data_dir: Path) -> Path:
     return path
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+def _remove_dead(root: Path, host: str) -> None:
+    """The folders of this host's servers that are gone."""
+    for old in root.glob(f"{host}-*"):
+        pid = old.name[len(host) + 1:]
+        if pid.isdigit() and not directory.process_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)

@@ -35,7 +35,7 @@ from recommender.api.schemas import (
     WriteResult,
 )
 from recommender.articles import parse_article
-from recommender.errors import InvalidInput
+from recommender.errors import InvalidInput, MetricsUnavailable
 from recommender.filters import Filters
 from recommender.rank.search import MAX_QUERY_CHARS
 from recommender.rules import parse_rule
@@ -180,11 +180,12 @@ def readyz(engine: EngineDep, reindexer: ReindexerDep):
 @router.get("/metrics", response_class=PlainTextResponse, tags=["ops"])
 def metrics(request: Request, engine: EngineDep, _: OpsAccess):
     # Prometheus text, added up over all the server's workers (recommender/api/metrics.py).
-    from prometheus_client import generate_latest
-
     version = engine.live.version_or_none
     app_metrics = request.app.state.metrics
     app_metrics.refresh(index_articles=len(version) if version else None,
                         index_built_at=version.manifest.built_timestamp if version else None)
+    text = app_metrics.scrape()
+    if text is None:
+        raise MetricsUnavailable("the metrics files cannot be read; see the log")
     # The 0.0.4 text format's type, whatever prometheus_client's latest is.
-    return Response(generate_latest(app_metrics.registry), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")

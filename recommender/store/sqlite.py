@@ -20,7 +20,7 @@ import numpy as np
 from recommender import directory
 from recommender.articles import Article
 from recommender.clock import utc_stamp
-from recommender.errors import ConfigError, InvalidInput
+from recommender.errors import ConfigError, InvalidInput, storage_fault, storage_faults
 from recommender.filters import Filters
 from recommender.rules import MAX_LIST_RULES, MAX_RULES, Rule
 from recommender.store.base import (
@@ -60,12 +60,17 @@ class SqliteStore:
         path = Path(path)
         if not create and not path.exists():
             raise FileNotFoundError(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-        connection.execute("PRAGMA foreign_keys=ON")
-        migrate(connection, path)
+        with storage_faults(path):  # a full disk or a folder this user may not write: one clear error
+            path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+                connection.execute("PRAGMA foreign_keys=ON")
+                migrate(connection, path)
+            except BaseException:
+                connection.close()
+                raise
         return cls(connection, path)
 
     def close(self) -> None:
@@ -463,19 +468,42 @@ class SqliteStore:
     # -- helpers ---------------------------------------------------------
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self.connection)
+        return _Transaction(self.connection, self.path)
 
 
 class _Transaction:
-    def __init__(self, connection: sqlite3.Connection):
+    """One write transaction: every write of the store goes through one. A
+    write the disk refuses (full: SQLITE_FULL, or not writable) is rolled back
+    whole and comes out as a :class:`recommender.errors.StorageError` naming
+    the file; the connection is left ready for the next write."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path):
         self.connection = connection
+        self.path = path
 
     def __enter__(self) -> sqlite3.Connection:
-        self.connection.execute("BEGIN IMMEDIATE")
+        with storage_faults(self.path):
+            self.connection.execute("BEGIN IMMEDIATE")
         return self.connection
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.connection.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self.connection.execute("COMMIT")
+                return
+            except sqlite3.Error as error:  # SQLITE_FULL at commit leaves the transaction open
+                self._rollback()
+                fault = storage_fault(error, self.path)
+                if fault is None:
+                    raise
+                raise fault from error
+        self._rollback()
+        if isinstance(exc, sqlite3.Error) and (fault := storage_fault(exc, self.path)) is not None:
+            raise fault from exc
+
+    def _rollback(self) -> None:
+        if self.connection.in_transaction:
+            self.connection.execute("ROLLBACK")
 
 
 def _stored(row: tuple) -> StoredArticle:
@@ -642,7 +670,7 @@ def migrate(connection: sqlite3.Connection, path: Path) -> None:
     known = len(MIGRATIONS)
     if connection.execute("PRAGMA user_version").fetchone()[0] == known:
         return
-    with _Transaction(connection) as db:
+    with _Transaction(connection, path) as db:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > known:
             raise ConfigError(f"{path} has schema version {version}, newer than this release knows ({known}): "
