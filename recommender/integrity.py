@@ -209,6 +209,8 @@ def check_compressed(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, 
     check_array(data, what, names[2], kind="fiub", rows=len(indices))
     check_offsets(indptr, what, names[0], rows=major, total=len(indices))
     check_range(indices, what, names[1], 0, minor)
+    if data.dtype.kind == "f" and not bool(np.isfinite(data).all()):
+        raise fail(what, names[2], "holds NaN or infinite weights")
 
 
 def check_vectors(vectors: np.ndarray, what: str, file: str, *, block: int = 65_536) -> None:
