@@ -76,17 +76,17 @@ class SqliteStore:
     def close(self) -> None:
         self.connection.close()
 
-    def __enter__(self) -> SqliteStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
     def integrity_check(self, limit: int = 20) -> list[str]:
         """SQLite's ``PRAGMA integrity_check``: what it finds wrong (at most
         ``limit`` lines), or [] when the file is whole."""
         rows = [str(row[0]) for row in self.connection.execute(f"PRAGMA integrity_check({int(limit)})")]
         return [] if rows == ["ok"] else rows
 
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- articles ---------------------------------------------------------
 
