@@ -957,6 +957,8 @@ def cmd_serve(host: str | None, port: int | None, workers: int | None) -> int:
         http="recommender.api.server:GuardedHttpToolsProtocol",
         timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]  # a float works: call_later
         limit_concurrency=settings.limit_concurrency,
+        # SIGTERM: requests in flight get half of shutdown_seconds, background work the other half (api/app.py)
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_seconds / 2)),
         log_level="info" if verbose else "warning",
         access_log=bool(verbose),
     )

@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(30.0, gt=0.0, description=_text("""A request's body must arrive within this, from
     the end of its headers."""))
     keep_alive_seconds: float = Field(5.0, gt=0.0, description="An idle kept-alive connection is closed after this.")
+    shutdown_seconds: float = Field(4.0, gt=0.0, le=600.0, description=_text("""On SIGTERM (or Ctrl-C), the most a server
+    waits before it exits: half for the requests in flight, half for background work (a reindex, a full build, a
+    query model's export), which is cut short and redone at the next start (every publish is atomic)."""))
     limit_concurrency: int = Field(1000, ge=1, description=_text("""Connections plus running requests per worker process;
     past it, new requests get 503 at once."""))
     api_docs: bool = Field(False, description=_text("""Serve Swagger UI at /docs and ReDoc at /redoc. Both load their

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -248,12 +249,16 @@ class Engine:
             live.refresh()
         return cls(settings, live, embedder or LazyEmbedder(resolve(settings)))
 
-    def close(self) -> None:
+    def close(self, deadline: float | None = None) -> None:
+        """Close the store connections and stop watching CURRENT. A query
+        model's export half-way is waited for until ``deadline`` (a
+        ``time.monotonic()`` time; None: two minutes), so that the next
+        start finds it whole; cut short, the next start exports again."""
         self.live.close()
         self.stores.close()
         preparing = self.query_embedder.preparing
-        if preparing is not None:  # an export half-way is finished: the next start finds it whole
-            preparing.join(timeout=120)
+        if preparing is not None:
+            preparing.join(timeout=120 if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> Engine:
         return self
@@ -384,12 +389,16 @@ class Reindexer:
         with self._job_done:
             return self._job_done.wait_for(lambda: self.jobs >= count, timeout)
 
-    def close(self) -> None:
+    def close(self, deadline: float | None = None) -> None:
+        """Stop the jobs: wait for the one running (until ``deadline``, a
+        ``time.monotonic()`` time; None: a minute each), then leave it to stop
+        with the process (a daemon thread; what it had not published is
+        redone by the next start)."""
         self._stop.set()
         self._wanted.set()
-        self._thread.join(timeout=60)
-        if self.merge_thread is not None:
-            self.merge_thread.join(timeout=60)
+        for thread in (self._thread, self.merge_thread):
+            if thread is not None:
+                thread.join(timeout=60 if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         retry = RETRY_FIRST_SECONDS

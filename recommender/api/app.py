@@ -46,8 +46,12 @@ def create_app(settings: Settings, *, embedder: LazyEmbedder | None = None) -> F
         try:
             yield
         finally:
-            reindexer.close()
-            engine.close()
+            # Background work gets half of shutdown_seconds (requests in flight
+            # had the other half, in uvicorn), then it is left to stop with the
+            # process: its threads are daemons and every publish is atomic.
+            deadline = time.monotonic() + settings.shutdown_seconds / 2
+            reindexer.close(deadline)
+            engine.close(deadline)
             app.state.metrics.close()  # multiprocess: mark this worker dead
 
     app = FastAPI(

@@ -325,7 +325,8 @@ class Lists:
         left out of ``pins``) or outside the request's filters."""
         if not pins:
             return hits[:k]
-        found = {s.article.id: s for s in (self.store.get(p.target) for p in pins) if s is not None}
+        doc_ids = self.store.doc_ids_of(list(dict.fromkeys(p.target for p in pins)))
+        found = {s.article.id: s for s in self.store.get_many(list(doc_ids.values())).values()}
         allowed = set(self.store.filter_doc_ids([s.doc_id for s in found.values()], filters).tolist())
         manual: list[tuple[int, int, Hit]] = []
         for pin in pins:
