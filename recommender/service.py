@@ -23,6 +23,7 @@ from recommender.rank.lists import Item, ListCache, ListOptions, Lists, RuleCach
 from recommender.rank.search import validate_query
 from recommender.rules import Rule
 from recommender.store import Store, StoredArticle, UpsertCounts, is_embargoed, open_store
+from recommender.version import IndexVersion
 from recommender.view import Refusal, View, ViewParts, Views
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,10 @@ class LiveIndex:
         self.on_refused: Callable[[], None] | None = None
         """Called when a refresh refuses something new (a writer rebuilds from the store)."""
         self.verifying: threading.Thread | None = None
-        """The background check of the served version's large files (None: none started)."""
+        """The last background check of a served version's large files (None: none started)."""
+        self._checking: dict[int, IndexVersion] = {}
+        """The versions whose check runs now, by ``id``: one pass per version, however many views are served on it."""
+        self._checking_lock = threading.Lock()
         self._recheck = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -146,8 +150,10 @@ class LiveIndex:
 
     def _check_in_background(self, parts: ViewParts) -> None:
         base = parts.base
-        if not base.unchecked:
-            return
+        with self._checking_lock:
+            if not base.unchecked or id(base) in self._checking:  # checked, or being checked
+                return
+            self._checking[id(base)] = base
 
         def check() -> None:
             try:
@@ -160,6 +166,9 @@ class LiveIndex:
                 log.exception("could not check the checksums of index %s", base.name)
             else:
                 base.unchecked = ()
+            finally:
+                with self._checking_lock:
+                    self._checking.pop(id(base), None)
 
         self.verifying = threading.Thread(target=check, name="index-verify", daemon=True)
         self.verifying.start()

@@ -17,7 +17,7 @@ import threading
 import numpy as np
 import pytest
 
-from recommender import build, directory, pipeline
+from recommender import build, directory, integrity, pipeline
 from recommender.articles import parse_article
 from recommender.directory import CURRENT
 from recommender.embedders.torch_backend import SentenceTransformerEmbedder
@@ -31,7 +31,7 @@ from recommender.store import SqliteStore
 from recommender.store.sqlite import filter_sql
 from recommender.version import IndexVersion
 from recommender.view import load_view
-from tests.helpers import lazy, make_corpus, run_killed_at, stored_article
+from tests.helpers import HANG_GUARD, lazy, make_corpus, run_killed_at, stored_article
 
 
 @pytest.fixture
@@ -444,3 +444,41 @@ def test_a_failed_background_publish_is_tried_again_without_another_write(settin
         finally:
             reindexer.close()
     assert len(calls) >= 2 and reindexer.last_error is None
+
+
+def test_one_background_check_per_version_however_many_segments_are_served(segmented, corpus, embedder,
+                                                                           monkeypatch):
+    """A server serves a version before its large files' checksums are summed
+    (a thread, ``index-verify``); segments published meanwhile are served on
+    the same version, and start no second pass over its files."""
+    with SqliteStore.open(segmented.store_path) as store:
+        publish(segmented, store, embedder, corpus)
+    monkeypatch.setattr(integrity, "SYNC_CHECKSUM_BYTES", 0)  # every file is summed in the background
+    release = threading.Event()
+    real = integrity.check_checksums
+
+    def held_in_the_background(*args, **kwargs):
+        if threading.current_thread().name == "index-verify":
+            release.wait(HANG_GUARD)  # the pass takes as long as the test needs (seconds at 1M articles)
+        return real(*args, **kwargs)
+
+    def checks() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "index-verify" and t.is_alive() and t not in before]
+
+    before = set(threading.enumerate())
+    monkeypatch.setattr(integrity, "check_checksums", held_in_the_background)
+    try:
+        with Engine.open(segmented, lazy(segmented, embedder), background_checksums=True) as engine:
+            assert engine.live.checksums == "checking" and len(checks()) == 1
+            for i, row in enumerate(make_corpus(per_topic=1, seed=51)[:3]):
+                with SqliteStore.open(segmented.store_path) as store:
+                    assert publish(segmented, store, embedder, [dict(row, id=f"bg-{i}")]).segment
+                assert engine.live.refresh()
+                assert engine.live.current.segments and engine.live.checksums == "checking"
+                assert len(checks()) == 1, [t.name for t in checks()]
+            release.set()
+            for thread in checks():
+                thread.join(HANG_GUARD)
+            assert engine.live.checksums == "verified"
+    finally:
+        release.set()
