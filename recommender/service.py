@@ -453,7 +453,7 @@ class Reindexer:
         def merge() -> None:
             try:
                 with open_store(self.settings) as store:
-                    reindex(self.settings, store, self.engine.embedder, full=True)
+                    reindex(self.settings, store, self.engine.embedder, full=True, views=self.engine.live.views)
                 self.engine.live.refresh()
                 if self.on_run is not None:
                     self.on_run()

@@ -482,3 +482,34 @@ def test_one_background_check_per_version_however_many_segments_are_served(segme
             assert engine.live.checksums == "verified"
     finally:
         release.set()
+
+
+def test_the_servers_merge_of_segments_loads_no_second_copy_of_the_version(settings, corpus, embedder, monkeypatch):
+    """Metadata changes leave the corpus hash as it was: the server's
+    background merge of their segments rebuilds because of the segments,
+    without loading and verifying the served version a second time beside
+    the server's own (at 1M articles: a second copy of the index in memory
+    and seconds of checksums)."""
+    served = settings.replace(api_key="k", segment_merge_fraction=0.05)  # 30 articles: two changed are past it
+    with SqliteStore.open(served.store_path) as store:
+        first = publish(served, store, embedder, corpus).version
+    loads: list[tuple[str, str | None]] = []
+    real = IndexVersion.load
+
+    def counted(cls, *args, **kwargs):
+        loads.append((threading.current_thread().name, kwargs.get("name")))
+        return real(*args, **kwargs)
+
+    with Engine.open(served, lazy(served, embedder)) as engine:
+        monkeypatch.setattr(IndexVersion, "load", classmethod(counted))
+        reindexer = Reindexer(served, engine, debounce=0.05).start()
+        try:
+            engine.upsert([parse_article(dict(row, section="culture")) for row in corpus[:2]])
+            reindexer.request()
+            assert engine.live.wait_for(engine.stores.get().seq(), timeout=600)
+            assert engine.live.current.segments and reindexer.merge_thread is not None
+            reindexer.merge_thread.join()
+        finally:
+            reindexer.close()
+    assert directory.read_current(served.index_root)[0] != first and reindexer.last_error is None
+    assert ("merge", first) not in loads, loads  # the merge thread loads the new version to serve it, that is all
