@@ -117,6 +117,11 @@ class LiveIndex:
                 log.warning("could not load index %s: %s", name, exc)
                 return False
             self._note_refusals(refused)
+            if served is not None and refused and not _refuses(refused, served) \
+                    and (parts is None or _older(parts.view, served)):  # never back, unless what is served is refused
+                log.warning("kept serving index %s: the newest view that verifies is %s", served.state,
+                            parts.view.state if parts is not None else "none")
+                return False
             if parts is None:
                 if refused:  # nothing verifies: 503, saying why
                     then = ("; the server rebuilds it from the store" if self.on_refused is not None
@@ -199,6 +204,18 @@ class LiveIndex:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def _older(view: View, served: View) -> bool:
+    """``view`` is of an earlier version than ``served``, or holds fewer of the same version's writes."""
+    if view.name != served.name:
+        return view.name < served.name
+    return (-1 if view.seq is None else view.seq) < (-1 if served.seq is None else served.seq)
+
+
+def _refuses(refused: list[Refusal], served: View) -> bool:
+    """Whether the served view's version or one of its segments is among the refused."""
+    return any(r.version == served.name and (r.segment is None or r.segment in served.segments) for r in refused)
 
 
 class ThreadStores:

@@ -10,23 +10,27 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import sqlite3
 import threading
+import time
 
 import numpy as np
 import pytest
 
+import recommender.view as views_module
 from recommender import build, directory, integrity, pipeline
 from recommender.articles import parse_article
 from recommender.directory import CURRENT
+from recommender.embedders import model_id_for
 from recommender.embedders.torch_backend import SentenceTransformerEmbedder
 from recommender.filters import FilterColumns, Filters
 from recommender.lexical import Bm25Model, TfidfModel, keyword_rows
 from recommender.pipeline import reindex
 from recommender.rank.related import related_to_row
 from recommender.rank.search import search
-from recommender.service import Engine, Reindexer
+from recommender.service import Engine, LiveIndex, Reindexer
 from recommender.store import SqliteStore
 from recommender.store.sqlite import filter_sql
 from recommender.version import IndexVersion
@@ -513,3 +517,114 @@ def test_the_servers_merge_of_segments_loads_no_second_copy_of_the_version(setti
             reindexer.close()
     assert directory.read_current(served.index_root)[0] != first and reindexer.last_error is None
     assert ("merge", first) not in loads, loads  # the merge thread loads the new version to serve it, that is all
+
+
+# -- a reader that loads while a writer publishes and prunes -----------------------------------
+
+
+class HeldReader:
+    """A reader thread (``LiveIndex.refresh``) held at each load of a part
+    (``target`` wraps the loader, a named point) until the test lets it go;
+    a writer runs in the test's thread meanwhile."""
+
+    def __init__(self, live: LiveIndex):
+        self.live = live
+        self.arrived: queue.Queue[str] = queue.Queue()
+        self.proceed: queue.Queue[None] = queue.Queue()
+        self.released = threading.Event()
+        self.thread = threading.Thread(target=live.refresh, name="held-reader")
+
+    def wrap(self, load):
+        def held(*args, **kwargs):
+            if threading.current_thread() is self.thread and not self.released.is_set():
+                self.arrived.put(str(kwargs.get("name") or args[-1]))
+                self.proceed.get(timeout=HANG_GUARD)
+            return load(*args, **kwargs)
+        return held
+
+    def at_load(self) -> str:
+        return self.arrived.get(timeout=HANG_GUARD)
+
+    def go(self) -> None:
+        self.proceed.put(None)
+
+    def finish(self) -> None:
+        self.released.set()
+        self.proceed.put(None)
+        self.thread.join(HANG_GUARD)
+        assert not self.thread.is_alive()
+
+
+def test_a_segment_merged_away_while_a_reader_loads_it_is_no_refusal(segmented, corpus, embedder, monkeypatch):
+    """A reader reads CURRENT, then loads the segments it names; meanwhile a
+    writer's merge replaces a segment published long ago and removes it at
+    once. The missing segment is no damage: CURRENT has moved on, the reader
+    reads it again and serves what it names now (it once served the version
+    without its segments, logged a refusal and asked for a rebuild)."""
+    with SqliteStore.open(segmented.store_path) as store:
+        publish(segmented, store, embedder, corpus)
+        rows = make_corpus(per_topic=1, seed=61)
+        first = publish(segmented, store, embedder, [dict(rows[0], id="m-0")]).segment
+        version = directory.read_current(segmented.index_root)[0]
+        assert first and version
+        folder = directory.segments_dir(segmented.index_root, version) / first
+        long_ago = time.time() - 10 * directory.SEGMENT_GRACE_SECONDS
+        os.utime(folder, (long_ago, long_ago))  # published long ago: past its grace
+        live = LiveIndex(segmented.index_root, model_id_for(segmented.model))
+        rebuilds: list[int] = []
+        live.on_refused = lambda: rebuilds.append(1)
+        reader = HeldReader(live)
+        monkeypatch.setattr(views_module, "load_segment", reader.wrap(views_module.load_segment))
+        reader.thread.start()
+        try:
+            assert reader.at_load() == first  # CURRENT read: the version and the first segment
+            merged = publish(segmented, store, embedder, [dict(rows[1], id="m-1")]).segment
+            assert not folder.exists()  # merged into another and removed
+        finally:
+            reader.finish()
+    assert (live.current.name, live.current.segments) == directory.read_current(segmented.index_root)
+    assert merged in live.current.segments and live.refused == [] and rebuilds == []
+
+
+def test_a_version_pruned_while_a_reader_loads_it_is_no_refusal(settings, corpus, embedder, monkeypatch):
+    """With ``keep_versions=1`` a publish removes every other version at once:
+    a reader that read CURRENT just before loads a version that is gone. It
+    reads CURRENT again and serves the newest (it once answered 503 "no
+    published index verifies"). Where CURRENT keeps moving each time it is
+    read again, the reader keeps the view it serves: never an older one."""
+    kept = settings.replace(keep_versions=1)
+    with SqliteStore.open(kept.store_path) as store:
+        publish(kept, store, embedder, corpus)
+        live = LiveIndex(kept.index_root, model_id_for(kept.model))
+        assert live.refresh()
+        rebuilds: list[int] = []
+        live.on_refused = lambda: rebuilds.append(1)
+        rows = make_corpus(per_topic=2, seed=62)
+        published = [publish(kept, store, embedder, [dict(rows[0], id="v-0")], full=True).version]
+        reader = HeldReader(live)
+        real = IndexVersion.load
+        monkeypatch.setattr(IndexVersion, "load", classmethod(reader.wrap(lambda cls, *a, **kw: real(*a, **kw))))
+        reader.thread.start()
+        try:
+            assert reader.at_load() == published[0]
+            published.append(publish(kept, store, embedder, [dict(rows[1], id="v-1")], full=True).version)
+            reader.go()
+        finally:
+            reader.finish()
+        assert live.current.name == published[-1] and live.refused == [] and rebuilds == []
+
+        served = live.current
+        reader = HeldReader(live)
+        monkeypatch.setattr(IndexVersion, "load", classmethod(reader.wrap(lambda cls, *a, **kw: real(*a, **kw))))
+        published.append(publish(kept, store, embedder, [dict(rows[2], id="v-2")], full=True).version)
+        reader.thread.start()
+        try:
+            for i in range(views_module.CURRENT_REREADS):  # each version the reader loads is gone
+                reader.at_load()
+                published.append(publish(kept, store, embedder, [dict(rows[3 + i], id=f"v-{3 + i}")],
+                                         full=True).version)
+                reader.go()
+        finally:
+            reader.finish()
+        assert live.current is served  # not 503, not older
+        assert live.refresh() and live.current.name == published[-1]
