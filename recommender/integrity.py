@@ -57,13 +57,21 @@ def record(folder: Path, *, skip: Iterable[str] = ()) -> tuple[dict[str, int], d
     return {p.name: p.stat().st_size for p in paths}, {p.name: checksum(p) for p in paths}
 
 
+def unreadable(what: str, name: str, exc: OSError) -> IndexDamaged:
+    """A file that is missing or cannot be read (an I/O error, a folder or a
+    link loop in its place): a refusal naming it, as damage is."""
+    if isinstance(exc, FileNotFoundError):
+        return IndexDamaged(f"{what}: {name} is missing", file=name)
+    return IndexDamaged(f"{what}: {name} cannot be read ({type(exc).__name__}: {exc.strerror or exc})", file=name)
+
+
 def check_sizes(folder: Path, sizes: Mapping[str, int], what: str) -> None:
     """Every listed file is there with its listed size."""
     for name, size in sizes.items():
         try:
             actual = (folder / name).stat().st_size
-        except FileNotFoundError:
-            raise IndexDamaged(f"{what}: {name} is missing", file=name) from None
+        except OSError as exc:
+            raise unreadable(what, name, exc) from None
         if actual != size:
             raise IndexDamaged(f"{what}: {name} has {actual} bytes, its manifest says {size}", file=name)
 
@@ -76,8 +84,8 @@ def check_checksums(folder: Path, checksums: Mapping[str, str], what: str, names
             continue  # written by a newer release with another algorithm: the sizes were checked
         try:
             actual = checksum(folder / name)
-        except FileNotFoundError:
-            raise IndexDamaged(f"{what}: {name} is missing", file=name) from None
+        except OSError as exc:
+            raise unreadable(what, name, exc) from None
         if actual != expected:
             raise IndexDamaged(f"{what}: {name} does not match its checksum ({actual}, recorded {expected})",
                                file=name)
@@ -225,11 +233,23 @@ def check_vectors(vectors: np.ndarray, what: str, file: str, *, block: int = 65_
             raise fail(what, file, "holds vectors longer than unit length")
 
 
-def folder_fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
-    """The names, sizes and modification times of a folder's files: a
-    refusal is remembered while these stay (a copy in progress changes them)."""
+def folder_fingerprint(folder: Path) -> tuple[tuple[str, int, int, int, int], ...]:
+    """The names, sizes, modification and change times and inodes of a
+    folder's files: a refusal is remembered while these stay. A copy in
+    progress changes them, and so does a file restored in place with its old
+    mtime (``cp -p``, ``rsync -a``: the change time, or the inode, moves).
+    An entry that cannot be stat'ed counts by its error number."""
+    found = []
     try:
         with os.scandir(folder) as entries:
-            return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries if e.is_file()))
+            for entry in entries:
+                try:
+                    if entry.is_dir():  # a version's segments/: its segments are fingerprinted apart
+                        continue
+                    st = entry.stat()
+                    found.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+                except OSError as exc:
+                    found.append((entry.name, -1, -(exc.errno or 0), 0, 0))
     except OSError:
         return ()
+    return tuple(sorted(found))

@@ -125,7 +125,7 @@ def reindex(
                     return _finish(report, started)
     return _finish(_full_reindex(settings, store, embedder.spec, engine, report, previous, force=force,
                                  dry_run=dry_run, on_progress=on_progress, batch_docs=batch_docs,
-                                 damage=damage), started)
+                                 damage=damage, views=views), started)
 
 
 def _finish(report: ReindexReport, started: float) -> ReindexReport:
@@ -137,7 +137,7 @@ def _finish(report: ReindexReport, started: float) -> ReindexReport:
 def _full_reindex(
     settings: Settings, store: Store, spec: EmbedderSpec, engine: EmbedEngine, report: ReindexReport,
     previous: Manifest | None, *, force: bool, dry_run: bool, on_progress: Callable[[int, int], None] | None,
-    batch_docs: int, damage: str = "",
+    batch_docs: int, damage: str = "", views: Views | None = None,
 ) -> ReindexReport:
     """Embed what is stale in the whole store and build a new version, if the
     live one does not hold the store's articles or is damaged (``damage``, or
@@ -163,12 +163,12 @@ def _full_reindex(
             segments = directory.read_current(settings.index_root)[1]
         except IndexDamaged as exc:
             segments, damage = (), damage or str(exc)
-        if not report.reason and not damage and previous is not None:
-            damage = live_damage(settings.index_root, previous)
-        if damage and "rebuilt from the store" not in report.reason:
-            report.reason = f"the published index is damaged ({damage}): rebuilt from the store"
         if not report.reason and segments:  # metadata changes leave the corpus hash as it was
             report.reason = f"{len(segments)} segments merged into a new version"
+        if not report.reason and not damage and previous is not None:  # a build anyway: no full load to check
+            damage = live_damage(settings.index_root, previous, views)
+        if damage and "rebuilt from the store" not in report.reason:
+            report.reason = f"the published index is damaged ({damage}): rebuilt from the store"
         if dry_run:
             return report
         if stale:
@@ -182,11 +182,12 @@ def _full_reindex(
 
 
 
-def live_damage(index_root: Path, previous: Manifest) -> str:
+def live_damage(index_root: Path, previous: Manifest, views: Views | None = None) -> str:
     """Why the view CURRENT names fails verification (every checksum, every
-    shape), or "" when it verifies."""
+    shape), or "" when it verifies. ``views``: a server's, which has loaded
+    and verified it already (no second copy in memory)."""
     try:
-        Views(index_root, previous.model_id).current_parts()
+        (views or Views(index_root, previous.model_id)).current_parts()
     except (IndexDamaged, FileNotFoundError) as exc:
         return str(exc)
     except IndexMismatch:  # another model or format: ``rebuild_reason`` says so

@@ -24,6 +24,7 @@ from recommender.rank.lists import Item, ListCache, ListOptions, Lists, RuleCach
 from recommender.rank.search import validate_query
 from recommender.rules import Rule
 from recommender.store import Store, StoredArticle, UpsertCounts, is_embargoed, open_store
+from recommender.version import IndexVersion
 from recommender.view import Refusal, View, ViewParts, Views
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,10 @@ class LiveIndex:
         self.on_refused: Callable[[], None] | None = None
         """Called when a refresh refuses something new (a writer rebuilds from the store)."""
         self.verifying: threading.Thread | None = None
-        """The background check of the served version's large files (None: none started)."""
+        """The last background check of a served version's large files (None: none started)."""
+        self._checking: dict[int, IndexVersion] = {}
+        """The versions whose check runs now, by ``id``: one pass per version, however many views are served on it."""
+        self._checking_lock = threading.Lock()
         self._recheck = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -114,6 +118,11 @@ class LiveIndex:
                 log.warning("could not load index %s: %s", name, exc)
                 return False
             self._note_refusals(refused)
+            if served is not None and refused and not _refuses(refused, served) \
+                    and (parts is None or _older(parts.view, served)):  # never back, unless what is served is refused
+                log.warning("kept serving index %s: the newest view that verifies is %s", served.state,
+                            parts.view.state if parts is not None else "none")
+                return False
             if parts is None:
                 if refused:  # nothing verifies: 503, saying why
                     then = ("; the server rebuilds it from the store" if self.on_refused is not None
@@ -147,8 +156,10 @@ class LiveIndex:
 
     def _check_in_background(self, parts: ViewParts) -> None:
         base = parts.base
-        if not base.unchecked:
-            return
+        with self._checking_lock:
+            if not base.unchecked or id(base) in self._checking:  # checked, or being checked
+                return
+            self._checking[id(base)] = base
 
         def check() -> None:
             try:
@@ -161,6 +172,9 @@ class LiveIndex:
                 log.exception("could not check the checksums of index %s", base.name)
             else:
                 base.unchecked = ()
+            finally:
+                with self._checking_lock:
+                    self._checking.pop(id(base), None)
 
         self.verifying = threading.Thread(target=check, name="index-verify", daemon=True)
         self.verifying.start()
@@ -191,6 +205,18 @@ class LiveIndex:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def _older(view: View, served: View) -> bool:
+    """``view`` is of an earlier version than ``served``, or holds fewer of the same version's writes."""
+    if view.name != served.name:
+        return view.name < served.name
+    return (-1 if view.seq is None else view.seq) < (-1 if served.seq is None else served.seq)
+
+
+def _refuses(refused: list[Refusal], served: View) -> bool:
+    """Whether the served view's version or one of its segments is among the refused."""
+    return any(r.version == served.name and (r.segment is None or r.segment in served.segments) for r in refused)
 
 
 class ThreadStores:
@@ -453,7 +479,7 @@ class Reindexer:
         def merge() -> None:
             try:
                 with open_store(self.settings) as store:
-                    reindex(self.settings, store, self.engine.embedder, full=True)
+                    reindex(self.settings, store, self.engine.embedder, full=True, views=self.engine.live.views)
                 self.engine.live.refresh()
                 if self.on_run is not None:
                     self.on_run()

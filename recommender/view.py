@@ -33,6 +33,8 @@ from recommender.stacked import StackedRows
 from recommender.version import STATS_SAMPLE, IndexVersion, Manifest
 
 FILTER_CACHE = 8
+CURRENT_REREADS = 3
+"""How many times ``Views.newest_verified`` reads CURRENT again when a writer moved it while parts were loaded."""
 T = TypeVar("T")
 
 
@@ -396,13 +398,30 @@ class Views:
         ``versions/`` with the segments in its folder that verify (where
         CURRENT is damaged or names a version that is not there: every version). (None, refusals) when none
         verifies; (None, []) before the first publish. Raises
-        ``IndexMismatch`` when CURRENT's version is of another model or format."""
-        refused: list[Refusal] = []
+        ``IndexMismatch`` when CURRENT's version is of another model or format.
+        A part refused while CURRENT moved on (a writer published, and pruned
+        the part meanwhile: a merged segment, a version beyond ``keep_versions``)
+        is no refusal: CURRENT is read again, up to ``CURRENT_REREADS`` times."""
+        for _ in range(CURRENT_REREADS):
+            read = self._read_current()
+            parts, refused = self._newest_verified(read)
+            if not refused or _same(self._read_current(), read):
+                break
+        return parts, refused
+
+    def _read_current(self) -> tuple[str | None, tuple[str, ...], IndexDamaged | None]:
         try:
-            name, segments = directory.read_current(self.index_root)
+            return (*directory.read_current(self.index_root), None)
         except IndexDamaged as exc:
-            refused.append(Refusal(None, None, exc.file, str(exc)))
-            name, segments = None, ()
+            return None, (), exc
+
+    def _newest_verified(
+        self, read: tuple[str | None, tuple[str, ...], IndexDamaged | None]
+    ) -> tuple[ViewParts | None, list[Refusal]]:
+        name, segments, damaged_current = read
+        refused: list[Refusal] = []
+        if damaged_current is not None:
+            refused.append(Refusal(None, None, damaged_current.file, str(damaged_current)))
         if name is None and not refused:
             return None, []
         published = sorted(self._published(), reverse=True)
@@ -466,6 +485,12 @@ class ViewParts:
         if self.segments:
             return list(self.segments[-1].manifest.pending)
         return list(self.base.manifest.pending)
+
+
+def _same(a: tuple[str | None, tuple[str, ...], IndexDamaged | None],
+          b: tuple[str | None, tuple[str, ...], IndexDamaged | None]) -> bool:
+    """Two reads of CURRENT found the same (the same damage, where damaged)."""
+    return a[:2] == b[:2] and str(a[2]) == str(b[2])
 
 
 def in_sorted(values: np.ndarray, allowed: np.ndarray) -> np.ndarray:

@@ -323,3 +323,63 @@ def test_a_server_that_may_write_rebuilds_a_damaged_view_from_the_store(pristine
         assert ready["articles"] == len(index.live_doc_ids())
     finally:
         server.stop()
+
+
+# -- files that cannot be read, and files restored in place ------------------------------------
+
+
+def test_a_file_that_cannot_be_read_is_a_refusal_not_no_index(pristine, tmp_path, tiny_embedder):
+    """An I/O error other than a missing file (here real ones: a file replaced
+    by a symbolic link to itself, ELOOP on stat and open; a file replaced by
+    a folder, EISDIR on read) is a refusal naming the file, like damage: the
+    reader serves the older version that verifies, never "no index has been
+    published yet", and ``verify`` names the file instead of crashing."""
+    index = pristine.copy(tmp_path / "io")
+    looped = Layout.of(index.root, index.new).doc_vectors
+    looped.unlink()
+    looped.symlink_to(looped.name)
+    with Engine.open(index.settings, lazy(index.settings, tiny_embedder)) as engine:
+        assert engine.live.current.name == index.old, engine.live.error
+        assert [(r.version, r.file) for r in engine.live.refused] == [(index.new, "doc_vectors.npy")]
+    failed = [c for c in verify(index.settings).checks if not c.ok]
+    assert [(c.name, c.file) for c in failed] == [(index.new, f"index/versions/{index.new}/doc_vectors.npy")]
+
+    folder = Layout.of(index.root, index.old).folder
+    checksums = json.loads(Layout.of(index.root, index.old).manifest.read_text())["checksums"]
+    (folder / "ranker.json").unlink()
+    (folder / "ranker.json").mkdir()  # read: EISDIR
+    with pytest.raises(IndexDamaged) as raised:
+        integrity.check_checksums(folder, checksums, f"version {index.old}")
+    assert raised.value.file == "ranker.json" and "cannot be read" in str(raised.value)
+
+    export = index.settings.data_dir / "models" / "export"
+    export.mkdir(parents=True)
+    (export / "model.onnx").write_bytes(b"onnx" * 64)
+    (export / "model.bin").write_bytes(b"weights" * 64)
+    (export / "checksums.json").write_text(json.dumps(integrity.record(export)[1]))
+    (export / "model.bin").unlink()
+    (export / "model.bin").mkdir()
+    exports = [c for c in verify(index.settings).checks if c.kind == "export"]
+    assert [(c.ok, c.file) for c in exports] == [(False, "models/export/model.bin")], exports
+
+
+def test_a_file_restored_in_place_is_read_again(pristine, tmp_path):
+    """A refusal is remembered while the folder's files stay as they are. Bit
+    rot leaves a file's size and modification time; a restore with ``cp -p``
+    (or ``rsync -a``) brings both back as they were: the file's change time
+    (and, for rsync, its inode) says it is another file, and it is read again
+    without a restart."""
+    index = pristine.copy(tmp_path / "restore")
+    path = Layout.of(index.root, index.new).doc_vectors
+    pristine_path = Layout.of(pristine.root, pristine.new).doc_vectors
+    before = path.stat()
+    damage(path, "garble")  # the same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # bit rot does not touch the mtime
+    views = Views(index.root, model_id_for(str(index.settings.model)))
+    parts, refused = views.newest_verified()
+    assert parts is not None and parts.view.name == index.old and refused[0].file == "doc_vectors.npy"
+    shutil.copy2(pristine_path, path)  # cp -p: the same size and mtime, the same inode
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    parts, refused = views.newest_verified()
+    assert parts is not None and (parts.view.name, parts.view.segments) == (index.new, index.segments), refused
+    assert refused == []

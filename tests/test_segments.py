@@ -10,28 +10,32 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import sqlite3
 import threading
+import time
 
 import numpy as np
 import pytest
 
-from recommender import build, directory, pipeline
+import recommender.view as views_module
+from recommender import build, directory, integrity, pipeline
 from recommender.articles import parse_article
 from recommender.directory import CURRENT
+from recommender.embedders import model_id_for
 from recommender.embedders.torch_backend import SentenceTransformerEmbedder
 from recommender.filters import FilterColumns, Filters
 from recommender.lexical import Bm25Model, TfidfModel, keyword_rows
 from recommender.pipeline import reindex
 from recommender.rank.related import related_to_row
 from recommender.rank.search import search
-from recommender.service import Engine, Reindexer
+from recommender.service import Engine, LiveIndex, Reindexer
 from recommender.store import SqliteStore
 from recommender.store.sqlite import filter_sql
 from recommender.version import IndexVersion
 from recommender.view import load_view
-from tests.helpers import lazy, make_corpus, run_killed_at, stored_article
+from tests.helpers import HANG_GUARD, lazy, make_corpus, run_killed_at, stored_article
 
 
 @pytest.fixture
@@ -444,3 +448,183 @@ def test_a_failed_background_publish_is_tried_again_without_another_write(settin
         finally:
             reindexer.close()
     assert len(calls) >= 2 and reindexer.last_error is None
+
+
+def test_one_background_check_per_version_however_many_segments_are_served(segmented, corpus, embedder,
+                                                                           monkeypatch):
+    """A server serves a version before its large files' checksums are summed
+    (a thread, ``index-verify``); segments published meanwhile are served on
+    the same version, and start no second pass over its files."""
+    with SqliteStore.open(segmented.store_path) as store:
+        publish(segmented, store, embedder, corpus)
+    monkeypatch.setattr(integrity, "SYNC_CHECKSUM_BYTES", 0)  # every file is summed in the background
+    release = threading.Event()
+    real = integrity.check_checksums
+
+    def held_in_the_background(*args, **kwargs):
+        if threading.current_thread().name == "index-verify":
+            release.wait(HANG_GUARD)  # the pass takes as long as the test needs (seconds at 1M articles)
+        return real(*args, **kwargs)
+
+    def checks() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "index-verify" and t.is_alive() and t not in before]
+
+    before = set(threading.enumerate())
+    monkeypatch.setattr(integrity, "check_checksums", held_in_the_background)
+    try:
+        with Engine.open(segmented, lazy(segmented, embedder), background_checksums=True) as engine:
+            assert engine.live.checksums == "checking" and len(checks()) == 1
+            for i, row in enumerate(make_corpus(per_topic=1, seed=51)[:3]):
+                with SqliteStore.open(segmented.store_path) as store:
+                    assert publish(segmented, store, embedder, [dict(row, id=f"bg-{i}")]).segment
+                assert engine.live.refresh()
+                assert engine.live.current.segments and engine.live.checksums == "checking"
+                assert len(checks()) == 1, [t.name for t in checks()]
+            release.set()
+            for thread in checks():
+                thread.join(HANG_GUARD)
+            assert engine.live.checksums == "verified"
+    finally:
+        release.set()
+
+
+def test_the_servers_merge_of_segments_loads_no_second_copy_of_the_version(settings, corpus, embedder, monkeypatch):
+    """Metadata changes leave the corpus hash as it was: the server's
+    background merge of their segments rebuilds because of the segments,
+    without loading and verifying the served version a second time beside
+    the server's own (at 1M articles: a second copy of the index in memory
+    and seconds of checksums)."""
+    served = settings.replace(api_key="k", segment_merge_fraction=0.05)  # 30 articles: two changed are past it
+    with SqliteStore.open(served.store_path) as store:
+        first = publish(served, store, embedder, corpus).version
+    loads: list[tuple[str, str | None]] = []
+    real = IndexVersion.load
+
+    def counted(cls, *args, **kwargs):
+        loads.append((threading.current_thread().name, kwargs.get("name")))
+        return real(*args, **kwargs)
+
+    with Engine.open(served, lazy(served, embedder)) as engine:
+        monkeypatch.setattr(IndexVersion, "load", classmethod(counted))
+        reindexer = Reindexer(served, engine, debounce=0.05).start()
+        try:
+            engine.upsert([parse_article(dict(row, section="culture")) for row in corpus[:2]])
+            reindexer.request()
+            assert engine.live.wait_for(engine.stores.get().seq(), timeout=600)
+            assert engine.live.current.segments and reindexer.merge_thread is not None
+            reindexer.merge_thread.join()
+        finally:
+            reindexer.close()
+    assert directory.read_current(served.index_root)[0] != first and reindexer.last_error is None
+    assert ("merge", first) not in loads, loads  # the merge thread loads the new version to serve it, that is all
+
+
+# -- a reader that loads while a writer publishes and prunes -----------------------------------
+
+
+class HeldReader:
+    """A reader thread (``LiveIndex.refresh``) held at each load of a part
+    (``target`` wraps the loader, a named point) until the test lets it go;
+    a writer runs in the test's thread meanwhile."""
+
+    def __init__(self, live: LiveIndex):
+        self.live = live
+        self.arrived: queue.Queue[str] = queue.Queue()
+        self.proceed: queue.Queue[None] = queue.Queue()
+        self.released = threading.Event()
+        self.thread = threading.Thread(target=live.refresh, name="held-reader")
+
+    def wrap(self, load):
+        def held(*args, **kwargs):
+            if threading.current_thread() is self.thread and not self.released.is_set():
+                self.arrived.put(str(kwargs.get("name") or args[-1]))
+                self.proceed.get(timeout=HANG_GUARD)
+            return load(*args, **kwargs)
+        return held
+
+    def at_load(self) -> str:
+        return self.arrived.get(timeout=HANG_GUARD)
+
+    def go(self) -> None:
+        self.proceed.put(None)
+
+    def finish(self) -> None:
+        self.released.set()
+        self.proceed.put(None)
+        self.thread.join(HANG_GUARD)
+        assert not self.thread.is_alive()
+
+
+def test_a_segment_merged_away_while_a_reader_loads_it_is_no_refusal(segmented, corpus, embedder, monkeypatch):
+    """A reader reads CURRENT, then loads the segments it names; meanwhile a
+    writer's merge replaces a segment published long ago and removes it at
+    once. The missing segment is no damage: CURRENT has moved on, the reader
+    reads it again and serves what it names now (it once served the version
+    without its segments, logged a refusal and asked for a rebuild)."""
+    with SqliteStore.open(segmented.store_path) as store:
+        publish(segmented, store, embedder, corpus)
+        rows = make_corpus(per_topic=1, seed=61)
+        first = publish(segmented, store, embedder, [dict(rows[0], id="m-0")]).segment
+        version = directory.read_current(segmented.index_root)[0]
+        assert first and version
+        folder = directory.segments_dir(segmented.index_root, version) / first
+        long_ago = time.time() - 10 * directory.SEGMENT_GRACE_SECONDS
+        os.utime(folder, (long_ago, long_ago))  # published long ago: past its grace
+        live = LiveIndex(segmented.index_root, model_id_for(segmented.model))
+        rebuilds: list[int] = []
+        live.on_refused = lambda: rebuilds.append(1)
+        reader = HeldReader(live)
+        monkeypatch.setattr(views_module, "load_segment", reader.wrap(views_module.load_segment))
+        reader.thread.start()
+        try:
+            assert reader.at_load() == first  # CURRENT read: the version and the first segment
+            merged = publish(segmented, store, embedder, [dict(rows[1], id="m-1")]).segment
+            assert not folder.exists()  # merged into another and removed
+        finally:
+            reader.finish()
+    assert (live.current.name, live.current.segments) == directory.read_current(segmented.index_root)
+    assert merged in live.current.segments and live.refused == [] and rebuilds == []
+
+
+def test_a_version_pruned_while_a_reader_loads_it_is_no_refusal(settings, corpus, embedder, monkeypatch):
+    """With ``keep_versions=1`` a publish removes every other version at once:
+    a reader that read CURRENT just before loads a version that is gone. It
+    reads CURRENT again and serves the newest (it once answered 503 "no
+    published index verifies"). Where CURRENT keeps moving each time it is
+    read again, the reader keeps the view it serves: never an older one."""
+    kept = settings.replace(keep_versions=1)
+    with SqliteStore.open(kept.store_path) as store:
+        publish(kept, store, embedder, corpus)
+        live = LiveIndex(kept.index_root, model_id_for(kept.model))
+        assert live.refresh()
+        rebuilds: list[int] = []
+        live.on_refused = lambda: rebuilds.append(1)
+        rows = make_corpus(per_topic=2, seed=62)
+        published = [publish(kept, store, embedder, [dict(rows[0], id="v-0")], full=True).version]
+        reader = HeldReader(live)
+        real = IndexVersion.load
+        monkeypatch.setattr(IndexVersion, "load", classmethod(reader.wrap(lambda cls, *a, **kw: real(*a, **kw))))
+        reader.thread.start()
+        try:
+            assert reader.at_load() == published[0]
+            published.append(publish(kept, store, embedder, [dict(rows[1], id="v-1")], full=True).version)
+            reader.go()
+        finally:
+            reader.finish()
+        assert live.current.name == published[-1] and live.refused == [] and rebuilds == []
+
+        served = live.current
+        reader = HeldReader(live)
+        monkeypatch.setattr(IndexVersion, "load", classmethod(reader.wrap(lambda cls, *a, **kw: real(*a, **kw))))
+        published.append(publish(kept, store, embedder, [dict(rows[2], id="v-2")], full=True).version)
+        reader.thread.start()
+        try:
+            for i in range(views_module.CURRENT_REREADS):  # each version the reader loads is gone
+                reader.at_load()
+                published.append(publish(kept, store, embedder, [dict(rows[3 + i], id=f"v-{3 + i}")],
+                                         full=True).version)
+                reader.go()
+        finally:
+            reader.finish()
+        assert live.current is served  # not 503, not older
+        assert live.refresh() and live.current.name == published[-1]
