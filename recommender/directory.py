@@ -3,7 +3,7 @@ Lucene's ``Directory`` and ``Lock``: how a file or folder comes into place
 (written beside it, fsynced, renamed over, its folder fsynced), the lock
 files, the names of versions and segments, and ``CURRENT``.
 
-    <data_dir>/index/CURRENT                       line 1: the live version and a checksum; then its segments, oldest first
+    <data_dir>/index/CURRENT                       the live version, then its segments, oldest first: one name a line
     <data_dir>/index/versions/<version>/           a published version (``recommender.version.Layout``)
     <data_dir>/index/versions/<version>/segments/<segment>/   writes since it (``recommender.segments``)
     <data_dir>/index/staging/<version>/            a version being built
@@ -130,38 +130,73 @@ def segments_dir(index_root: Path, version: str) -> Path:
 
 def read_current(index_root: Path) -> tuple[str | None, tuple[str, ...]]:
     """The live version and its segments, as CURRENT names them (one read of one
-    file); raises ``IndexDamaged`` where CURRENT is not such a list of names."""
-    try:
-        raw = (index_root / CURRENT).read_bytes()
-    except FileNotFoundError:
-        return None, ()
-    try:
-        lines = raw.decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise IndexDamaged("CURRENT is damaged: it is not text", file=CURRENT) from None
-    first = lines[0].split() if lines else []
-    segments = tuple(word for line in lines[1:] for word in line.split())
-    if not 1 <= len(first) <= 2 or not all(_PART_NAME.fullmatch(name) for name in (first[0], *segments)):
-        raise IndexDamaged("CURRENT is damaged: it does not name a version and its segments", file=CURRENT)
-    if len(first) == 2 and first[1] != _current_seal(first[0], segments):  # CURRENTs of earlier releases have none
-        raise IndexDamaged("CURRENT is damaged: it does not match its own checksum", file=CURRENT)
-    return first[0], segments
+    file). CURRENT is one name a line: the version, then its segments, oldest
+    first (the form every release reads). Line 1 may also carry a checksum of
+    the names (``<version> crc32:<hex>``, written by earlier builds of this
+    release): checked when present. Raises ``IndexDamaged`` where CURRENT is
+    not such a list (not text, empty, not names) or names a version or a
+    segment whose folder is not there (a garbled or cut CURRENT), unless CURRENT
+    changed meanwhile (a publish, then a prune): then the new one is read."""
+    path = index_root / CURRENT
+    read: tuple[str, tuple[str, ...]] | None = None
+    for _ in range(_CURRENT_REREADS):
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None, ()
+        version, segments = _parse_current(raw)
+        missing = _missing_part(index_root, version, segments)
+        if missing is None:
+            return version, segments
+        if read == (version, segments):  # read twice, the same: CURRENT names what is not there
+            break
+        read = (version, segments)
+    raise IndexDamaged(f"CURRENT is damaged: it names {missing}, which is not there", file=CURRENT)
 
+
+_CURRENT_REREADS = 5
+"""Reads of a CURRENT naming a folder that is not there, in case it was replaced meanwhile."""
 
 _PART_NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,199}")
 """A version's or a segment's name (``new_name``'s form, or any plain folder name)."""
 
 
+def _parse_current(raw: bytes) -> tuple[str, tuple[str, ...]]:
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise IndexDamaged("CURRENT is damaged: it is not text", file=CURRENT) from None
+    words = [line.split() for line in lines]
+    first = words[0] if words else []
+    if (not 1 <= len(first) <= 2 or any(len(line) != 1 for line in words[1:])
+            or not all(_PART_NAME.fullmatch(line[0]) for line in words)):
+        raise IndexDamaged("CURRENT is damaged: it does not name a version and its segments", file=CURRENT)
+    segments = tuple(line[0] for line in words[1:])
+    if len(first) == 2 and first[1] != _current_seal(first[0], segments):
+        raise IndexDamaged("CURRENT is damaged: it does not match its own checksum", file=CURRENT)
+    return first[0], segments
+
+
+def _missing_part(index_root: Path, version: str, segments: Sequence[str]) -> str | None:
+    """The first part CURRENT names whose folder is not there (None: all are)."""
+    if not version_dir(index_root, version).is_dir():
+        return f"version {version}"
+    folder = segments_dir(index_root, version)
+    return next((f"segment {name} of {version}" for name in segments if not (folder / name).is_dir()), None)
+
+
 def write_current(index_root: Path, version: str, segments: Sequence[str]) -> None:
-    """Point readers at a version and its segments, in one atomic replace.
-    Line 1 is the version and a checksum of the names (a truncated or
-    garbled CURRENT is refused, never read as another state); then the
-    segments, one a line, oldest first."""
-    write_text(index_root / CURRENT, "".join(f"{line}\n" for line in
-                                             (f"{version} {_current_seal(version, segments)}", *segments)))
+    """Point readers at a version and its segments, in one atomic replace: one
+    name a line, the version first, then the segments, oldest first. No
+    checksum: the previous release reads this form (``text.split()``: a
+    rollback serves what this release published); a garbled CURRENT is caught
+    by the names (a name's form, its folder there) and the manifests of what
+    it names verifying."""
+    write_text(index_root / CURRENT, "".join(f"{name}\n" for name in (version, *segments)))
 
 
 def _current_seal(version: str, segments: Sequence[str]) -> str:
+    """The checksum earlier builds of this release wrote on CURRENT's line 1."""
     return f"crc32:{zlib.crc32(chr(10).join((version, *segments)).encode()):08x}"
 
 
