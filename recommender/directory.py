@@ -25,7 +25,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 from recommender.errors import IndexDamaged
@@ -77,7 +77,7 @@ def write_atomically(target: Path, write: Callable[[Path], object]) -> None:
     """``write`` into a temporary file beside ``target``, then :func:`replace`
     it over: a reader finds the old file, the new one, or none, never a partial one."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    # The writer's pid in the name: a start-up removes the ones no live process owns (remove_leftovers).
+    # The writer's pid in the name: a hint for remove_leftovers (the lock the writer holds is what tells).
     handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp")
     os.close(handle)
     temp = Path(name)
@@ -333,27 +333,40 @@ def _is_temporary(name: str) -> bool:
 
 
 def _orphaned(path: Path, now: float) -> bool:
-    """A temporary file or folder that no live process of this machine owns:
-    its writer's pid is gone; without a pid in its name (an older release's),
-    untouched for ABANDONED_STAGING_SECONDS."""
+    """Inside the lock its writer holds: a temporary file or folder of another
+    writer, whose pid is gone (a pid alive here may be another's: it stays);
+    without a pid in its name (an older release's), untouched for ABANDONED_STAGING_SECONDS."""
     pid = writer_pid(path.name)
     if pid is not None:
         return not process_alive(pid)
+    return _untouched(path, now)
+
+
+def _untouched(path: Path, now: float) -> bool:
     try:
         return path.lstat().st_mtime < now - ABANDONED_STAGING_SECONDS
     except FileNotFoundError:
         return False
 
 
-def _remove_orphans(folder: Path, *, staging: bool = False) -> list[Path]:
-    """Remove the orphaned temporary files and folders directly in ``folder``
+def _abandoned(path: Path, now: float) -> bool:
+    """A temporary file or folder no lock guards: untouched for
+    ABANDONED_STAGING_SECONDS, and its pid (a hint: a writer in another pid
+    namespace may have the same) not a live process here."""
+    pid = writer_pid(path.name)
+    return _untouched(path, now) and (pid is None or not process_alive(pid))
+
+
+def _remove_orphans(folder: Path, *, staging: bool = False,
+                    orphaned: Callable[[Path, float], bool] = _orphaned) -> list[Path]:
+    """Remove the ``orphaned`` temporary files and folders directly in ``folder``
     (``staging``: the index's staging folder, where every folder is a build)."""
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
     now = time.time()
     for path in folder.iterdir():
-        if (staging or _is_temporary(path.name)) and _orphaned(path, now):
+        if (staging or _is_temporary(path.name)) and orphaned(path, now):
             try:
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path)
@@ -365,20 +378,70 @@ def _remove_orphans(folder: Path, *, staging: bool = False) -> list[Path]:
     return removed
 
 
+def _lock_free(path: Path) -> AbstractContextManager[bool]:
+    """:func:`lock` without blocking, held meanwhile: True where no writer
+    (of any process, any pid namespace, sharing this folder) holds it. False
+    where it cannot be taken at all (no such folder, a read-only disk)."""
+    if not path.parent.is_dir():
+        return nullcontext(False)
+    stack = ExitStack()
+    try:
+        free = stack.enter_context(lock(path, blocking=False))
+    except OSError:
+        stack.close()
+        return nullcontext(False)
+
+    @contextmanager
+    def held() -> Iterator[bool]:
+        with stack:
+            yield free
+    return held()
+
+
+def _every_folder(root: Path, *, skip: Callable[[Path], bool] = lambda _: False) -> Iterator[Path]:
+    """``root`` and the folders under it, not those ``skip`` names (nor what is inside them)."""
+    for folder, subfolders, _ in os.walk(root):
+        here = Path(folder)
+        yield here
+        subfolders[:] = [d for d in subfolders if (here / d).is_dir() and not skip((here / d).resolve())]
+
+
 def remove_leftovers(data_dir: Path, index_root: Path) -> list[Path]:
-    """At a start-up (a server's, a reindex's): every temporary file and folder
-    of the data folder that no live process owns: ``.CURRENT.<pid>.*.tmp``
-    and the other files :func:`write_atomically` writes beside their target,
-    staging versions, a segment's ``.<name>.tmp``, :func:`temporary_folder`'s
-    folders. Returns what was removed."""
+    """At a start-up (a server's, a reindex's): the temporary files and folders
+    of the data folder that no writer is working on. The lock a writer holds,
+    not its pid, tells (a server and a cron job in separate containers share
+    a data volume, each blind to the other's pids): each is taken here without
+    blocking, and what it guards is left alone while another holds it.
+
+    - staging versions (``index/staging/*``): a full build holds MERGE_LOCK;
+    - the rest of the index folder (``.CURRENT.<pid>.*.tmp``, a segment's
+      ``.<name>.tmp``): publishing holds WRITE_LOCK;
+    - a folder of exported models (with an ``export.lock``): exporting holds
+      it; free, what no live process here owns (its pid) is removed;
+    - anything else (:func:`write_atomically`'s files elsewhere,
+      :func:`temporary_folder`'s folders), which no lock guards: once
+      untouched for ABANDONED_STAGING_SECONDS, unless its pid is alive here.
+
+    Returns what was removed."""
     removed: list[Path] = []
-    staging = (index_root / STAGING).resolve()
-    roots = [data_dir] if index_root.resolve().is_relative_to(data_dir.resolve()) else [data_dir, index_root]
-    for root in roots:
-        for folder, subfolders, _ in os.walk(root):
-            here = Path(folder)
-            removed += _remove_orphans(here, staging=here.resolve() == staging)
-            subfolders[:] = [d for d in subfolders if (here / d).is_dir()]  # not into what was just removed
+    index = index_root.resolve()
+    staging = index / STAGING
+    with _lock_free(data_dir / MERGE_LOCK) as free:
+        if free:
+            removed += _remove_orphans(staging, staging=True, orphaned=lambda _path, _now: True)
+    if index.is_dir():
+        with _lock_free(data_dir / WRITE_LOCK) as free:
+            if free:
+                for folder in _every_folder(index, skip=lambda path: path == staging):
+                    removed += _remove_orphans(folder, orphaned=lambda _path, _now: True)
+    if data_dir.is_dir():
+        for folder in _every_folder(data_dir, skip=lambda path: path == index):
+            if (folder / EXPORT_LOCK).is_file():
+                with _lock_free(folder / EXPORT_LOCK) as free:
+                    if free:
+                        removed += _remove_orphans(folder)
+            else:
+                removed += _remove_orphans(folder, orphaned=_abandoned)
     return removed
 
 
