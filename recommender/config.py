@@ -151,7 +151,8 @@ class Settings(BaseSettings):
     files (one folder per server, ``<host>-<pid>``, removed when it stops or by the next start after it died).
     None: off the data folder, so that a full data disk cannot reach them (prometheus_client maps them into
     memory, and a mapped file the disk cannot grow kills the process): ``recommender-<uid>/metrics`` under
-    ``$XDG_RUNTIME_DIR`` if set and writable, else ``/dev/shm``, else the temporary folder.
+    ``$XDG_RUNTIME_DIR`` if set and writable, else ``/dev/shm``, else the temporary folder: the first where
+    that folder is this user's own (made private, 0700) with 16 MiB free (else the temporary folder's).
     ``$PROMETHEUS_MULTIPROC_DIR``, if set, wins."""))
     config_file: Path | None = Field(None, description="The TOML config file these settings were read from.")
 

@@ -3,7 +3,7 @@ Lucene's ``Directory`` and ``Lock``: how a file or folder comes into place
 (written beside it, fsynced, renamed over, its folder fsynced), the lock
 files, the names of versions and segments, and ``CURRENT``.
 
-    <data_dir>/index/CURRENT                       line 1: the live version and a checksum; then its segments, oldest first
+    <data_dir>/index/CURRENT                       the live version, then its segments, oldest first: one name a line
     <data_dir>/index/versions/<version>/           a published version (``recommender.version.Layout``)
     <data_dir>/index/versions/<version>/segments/<segment>/   writes since it (``recommender.segments``)
     <data_dir>/index/staging/<version>/            a version being built
@@ -25,7 +25,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 from recommender.errors import IndexDamaged
@@ -77,7 +77,7 @@ def write_atomically(target: Path, write: Callable[[Path], object]) -> None:
     """``write`` into a temporary file beside ``target``, then :func:`replace`
     it over: a reader finds the old file, the new one, or none, never a partial one."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    # The writer's pid in the name: a start-up removes the ones no live process owns (remove_leftovers).
+    # The writer's pid in the name: a hint for remove_leftovers (the lock the writer holds is what tells).
     handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp")
     os.close(handle)
     temp = Path(name)
@@ -130,38 +130,73 @@ def segments_dir(index_root: Path, version: str) -> Path:
 
 def read_current(index_root: Path) -> tuple[str | None, tuple[str, ...]]:
     """The live version and its segments, as CURRENT names them (one read of one
-    file); raises ``IndexDamaged`` where CURRENT is not such a list of names."""
-    try:
-        raw = (index_root / CURRENT).read_bytes()
-    except FileNotFoundError:
-        return None, ()
-    try:
-        lines = raw.decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise IndexDamaged("CURRENT is damaged: it is not text", file=CURRENT) from None
-    first = lines[0].split() if lines else []
-    segments = tuple(word for line in lines[1:] for word in line.split())
-    if not 1 <= len(first) <= 2 or not all(_PART_NAME.fullmatch(name) for name in (first[0], *segments)):
-        raise IndexDamaged("CURRENT is damaged: it does not name a version and its segments", file=CURRENT)
-    if len(first) == 2 and first[1] != _current_seal(first[0], segments):  # CURRENTs of earlier releases have none
-        raise IndexDamaged("CURRENT is damaged: it does not match its own checksum", file=CURRENT)
-    return first[0], segments
+    file). CURRENT is one name a line: the version, then its segments, oldest
+    first (the form every release reads). Line 1 may also carry a checksum of
+    the names (``<version> crc32:<hex>``, written by earlier builds of this
+    release): checked when present. Raises ``IndexDamaged`` where CURRENT is
+    not such a list (not text, empty, not names) or names a version or a
+    segment whose folder is not there (a garbled or cut CURRENT), unless CURRENT
+    changed meanwhile (a publish, then a prune): then the new one is read."""
+    path = index_root / CURRENT
+    read: tuple[str, tuple[str, ...]] | None = None
+    for _ in range(_CURRENT_REREADS):
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None, ()
+        version, segments = _parse_current(raw)
+        missing = _missing_part(index_root, version, segments)
+        if missing is None:
+            return version, segments
+        if read == (version, segments):  # read twice, the same: CURRENT names what is not there
+            break
+        read = (version, segments)
+    raise IndexDamaged(f"CURRENT is damaged: it names {missing}, which is not there", file=CURRENT)
 
+
+_CURRENT_REREADS = 5
+"""Reads of a CURRENT naming a folder that is not there, in case it was replaced meanwhile."""
 
 _PART_NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,199}")
 """A version's or a segment's name (``new_name``'s form, or any plain folder name)."""
 
 
+def _parse_current(raw: bytes) -> tuple[str, tuple[str, ...]]:
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise IndexDamaged("CURRENT is damaged: it is not text", file=CURRENT) from None
+    words = [line.split() for line in lines]
+    first = words[0] if words else []
+    if (not 1 <= len(first) <= 2 or any(len(line) != 1 for line in words[1:])
+            or not all(_PART_NAME.fullmatch(line[0]) for line in words)):
+        raise IndexDamaged("CURRENT is damaged: it does not name a version and its segments", file=CURRENT)
+    segments = tuple(line[0] for line in words[1:])
+    if len(first) == 2 and first[1] != _current_seal(first[0], segments):
+        raise IndexDamaged("CURRENT is damaged: it does not match its own checksum", file=CURRENT)
+    return first[0], segments
+
+
+def _missing_part(index_root: Path, version: str, segments: Sequence[str]) -> str | None:
+    """The first part CURRENT names whose folder is not there (None: all are)."""
+    if not version_dir(index_root, version).is_dir():
+        return f"version {version}"
+    folder = segments_dir(index_root, version)
+    return next((f"segment {name} of {version}" for name in segments if not (folder / name).is_dir()), None)
+
+
 def write_current(index_root: Path, version: str, segments: Sequence[str]) -> None:
-    """Point readers at a version and its segments, in one atomic replace.
-    Line 1 is the version and a checksum of the names (a truncated or
-    garbled CURRENT is refused, never read as another state); then the
-    segments, one a line, oldest first."""
-    write_text(index_root / CURRENT, "".join(f"{line}\n" for line in
-                                             (f"{version} {_current_seal(version, segments)}", *segments)))
+    """Point readers at a version and its segments, in one atomic replace: one
+    name a line, the version first, then the segments, oldest first. No
+    checksum: the previous release reads this form (``text.split()``: a
+    rollback serves what this release published); a garbled CURRENT is caught
+    by the names (a name's form, its folder there) and the manifests of what
+    it names verifying."""
+    write_text(index_root / CURRENT, "".join(f"{name}\n" for name in (version, *segments)))
 
 
 def _current_seal(version: str, segments: Sequence[str]) -> str:
+    """The checksum earlier builds of this release wrote on CURRENT's line 1."""
     return f"crc32:{zlib.crc32(chr(10).join((version, *segments)).encode()):08x}"
 
 
@@ -298,27 +333,40 @@ def _is_temporary(name: str) -> bool:
 
 
 def _orphaned(path: Path, now: float) -> bool:
-    """A temporary file or folder that no live process of this machine owns:
-    its writer's pid is gone; without a pid in its name (an older release's),
-    untouched for ABANDONED_STAGING_SECONDS."""
+    """Inside the lock its writer holds: a temporary file or folder of another
+    writer, whose pid is gone (a pid alive here may be another's: it stays);
+    without a pid in its name (an older release's), untouched for ABANDONED_STAGING_SECONDS."""
     pid = writer_pid(path.name)
     if pid is not None:
         return not process_alive(pid)
+    return _untouched(path, now)
+
+
+def _untouched(path: Path, now: float) -> bool:
     try:
         return path.lstat().st_mtime < now - ABANDONED_STAGING_SECONDS
     except FileNotFoundError:
         return False
 
 
-def _remove_orphans(folder: Path, *, staging: bool = False) -> list[Path]:
-    """Remove the orphaned temporary files and folders directly in ``folder``
+def _abandoned(path: Path, now: float) -> bool:
+    """A temporary file or folder no lock guards: untouched for
+    ABANDONED_STAGING_SECONDS, and its pid (a hint: a writer in another pid
+    namespace may have the same) not a live process here."""
+    pid = writer_pid(path.name)
+    return _untouched(path, now) and (pid is None or not process_alive(pid))
+
+
+def _remove_orphans(folder: Path, *, staging: bool = False,
+                    orphaned: Callable[[Path, float], bool] = _orphaned) -> list[Path]:
+    """Remove the ``orphaned`` temporary files and folders directly in ``folder``
     (``staging``: the index's staging folder, where every folder is a build)."""
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
     now = time.time()
     for path in folder.iterdir():
-        if (staging or _is_temporary(path.name)) and _orphaned(path, now):
+        if (staging or _is_temporary(path.name)) and orphaned(path, now):
             try:
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path)
@@ -330,20 +378,70 @@ def _remove_orphans(folder: Path, *, staging: bool = False) -> list[Path]:
     return removed
 
 
+def _lock_free(path: Path) -> AbstractContextManager[bool]:
+    """:func:`lock` without blocking, held meanwhile: True where no writer
+    (of any process, any pid namespace, sharing this folder) holds it. False
+    where it cannot be taken at all (no such folder, a read-only disk)."""
+    if not path.parent.is_dir():
+        return nullcontext(False)
+    stack = ExitStack()
+    try:
+        free = stack.enter_context(lock(path, blocking=False))
+    except OSError:
+        stack.close()
+        return nullcontext(False)
+
+    @contextmanager
+    def held() -> Iterator[bool]:
+        with stack:
+            yield free
+    return held()
+
+
+def _every_folder(root: Path, *, skip: Callable[[Path], bool] = lambda _: False) -> Iterator[Path]:
+    """``root`` and the folders under it, not those ``skip`` names (nor what is inside them)."""
+    for folder, subfolders, _ in os.walk(root):
+        here = Path(folder)
+        yield here
+        subfolders[:] = [d for d in subfolders if (here / d).is_dir() and not skip((here / d).resolve())]
+
+
 def remove_leftovers(data_dir: Path, index_root: Path) -> list[Path]:
-    """At a start-up (a server's, a reindex's): every temporary file and folder
-    of the data folder that no live process owns: ``.CURRENT.<pid>.*.tmp``
-    and the other files :func:`write_atomically` writes beside their target,
-    staging versions, a segment's ``.<name>.tmp``, :func:`temporary_folder`'s
-    folders. Returns what was removed."""
+    """At a start-up (a server's, a reindex's): the temporary files and folders
+    of the data folder that no writer is working on. The lock a writer holds,
+    not its pid, tells (a server and a cron job in separate containers share
+    a data volume, each blind to the other's pids): each is taken here without
+    blocking, and what it guards is left alone while another holds it.
+
+    - staging versions (``index/staging/*``): a full build holds MERGE_LOCK;
+    - the rest of the index folder (``.CURRENT.<pid>.*.tmp``, a segment's
+      ``.<name>.tmp``): publishing holds WRITE_LOCK;
+    - a folder of exported models (with an ``export.lock``): exporting holds
+      it; free, what no live process here owns (its pid) is removed;
+    - anything else (:func:`write_atomically`'s files elsewhere,
+      :func:`temporary_folder`'s folders), which no lock guards: once
+      untouched for ABANDONED_STAGING_SECONDS, unless its pid is alive here.
+
+    Returns what was removed."""
     removed: list[Path] = []
-    staging = (index_root / STAGING).resolve()
-    roots = [data_dir] if index_root.resolve().is_relative_to(data_dir.resolve()) else [data_dir, index_root]
-    for root in roots:
-        for folder, subfolders, _ in os.walk(root):
-            here = Path(folder)
-            removed += _remove_orphans(here, staging=here.resolve() == staging)
-            subfolders[:] = [d for d in subfolders if (here / d).is_dir()]  # not into what was just removed
+    index = index_root.resolve()
+    staging = index / STAGING
+    with _lock_free(data_dir / MERGE_LOCK) as free:
+        if free:
+            removed += _remove_orphans(staging, staging=True, orphaned=lambda _path, _now: True)
+    if index.is_dir():
+        with _lock_free(data_dir / WRITE_LOCK) as free:
+            if free:
+                for folder in _every_folder(index, skip=lambda path: path == staging):
+                    removed += _remove_orphans(folder, orphaned=lambda _path, _now: True)
+    if data_dir.is_dir():
+        for folder in _every_folder(data_dir, skip=lambda path: path == index):
+            if (folder / EXPORT_LOCK).is_file():
+                with _lock_free(folder / EXPORT_LOCK) as free:
+                    if free:
+                        removed += _remove_orphans(folder)
+            else:
+                removed += _remove_orphans(folder, orphaned=_abandoned)
     return removed
 
 

@@ -6,6 +6,7 @@ tests/helpers.py."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,17 @@ os.environ.setdefault("RECOMMENDER_BACKEND", "torch")
 
 from recommender.config import Settings
 from tests.helpers import FILLER, NAMES, TOPICS, make_corpus
+
+
+@pytest.fixture(scope="session", autouse=True)
+def runtime_dir(tmp_path_factory) -> Iterator[Path]:
+    """The tests' own $XDG_RUNTIME_DIR: the servers they start keep their metrics files there (the
+    default metrics_dir), never in the machine's /dev/shm."""
+    path = tmp_path_factory.mktemp("runtime")
+    path.chmod(0o700)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_RUNTIME_DIR", str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,10 @@ def damage(path: Path, how: str) -> None:
     data = path.read_bytes()
     if how == "truncate":
         data = data[: len(data) // 2]
+        if path.name == directory.CURRENT and data.endswith(b"\n"):
+            # Cut inside a name: a CURRENT cut at a line's end names an earlier state, read as that
+            # (test_a_current_cut_at_a_line_end_reads_as_the_state_before_its_segments).
+            data = data[:-2]
     elif how == "empty":
         data = b""
     else:  # up to 64 KiB in the middle, every byte changed
@@ -241,6 +246,74 @@ def test_a_large_file_is_checked_in_the_background_and_the_view_withdrawn(pristi
         assert second is not None and second is not first
         second.join(timeout=HANG_GUARD)
         assert engine.live.current.name == index.old and engine.live.checksums == "verified"
+
+
+# -- CURRENT's form: the previous release's, read by both ------------------------------------
+
+
+def previous_release_read_current(text: str) -> tuple[str | None, tuple[str, ...]]:
+    """The previous release's parser of CURRENT, as it was (a rollback runs it on what this one wrote)."""
+    lines = text.split()
+    return (lines[0], tuple(lines[1:])) if lines else (None, ())
+
+
+def test_current_is_written_in_the_previous_release_form_and_read_by_both(tmp_path):
+    root = tmp_path / "index"
+    version, segments = "20250101T000000.000000001-7", ("20250101T000000.000000002-7", "20250101T000000.000000003-7")
+    for segment in segments:
+        (directory.segments_dir(root, version) / segment).mkdir(parents=True)
+    directory.write_current(root, version, segments)
+    text = (root / directory.CURRENT).read_text(encoding="utf-8")
+    assert text == f"{version}\n{segments[0]}\n{segments[1]}\n"  # no checksum: nothing the old parser misreads
+    assert previous_release_read_current(text) == directory.read_current(root) == (version, segments)
+    directory.write_current(root, version, ())
+    assert (root / directory.CURRENT).read_text(encoding="utf-8") == f"{version}\n"
+    assert previous_release_read_current(f"{version}\n") == directory.read_current(root) == (version, ())
+
+    # What earlier builds of this release wrote: line 1 sealed, the seal checked.
+    seal = f"crc32:{zlib.crc32(chr(10).join((version, *segments)).encode()):08x}"
+    sealed = f"{version} {seal}\n" + "".join(f"{s}\n" for s in segments)
+    (root / directory.CURRENT).write_text(sealed, encoding="utf-8")
+    assert directory.read_current(root) == (version, segments)
+    (root / directory.CURRENT).write_text(sealed.replace(segments[1], segments[0]), encoding="utf-8")
+    with pytest.raises(IndexDamaged, match="checksum"):
+        directory.read_current(root)
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "does not name"),
+    (b"\xff\xfe\x00garbled\x81", "not text"),
+    (b"20250101T000000.000000001-7\n\n", "does not name"),
+    (b"20250101T000000.000000001-7\n20250101T000000.000000002-7 x\n", "does not name"),
+    (b"../../etc\n", "does not name"),
+    (b"20250101T000000.000000009-7\n", "names version 20250101T000000.000000009-7, which is not there"),
+    (b"20250101T000000.000000001-7\n20250101T000000.00000000", "names segment 20250101T000000.00000000 of"),
+], ids=["empty", "binary", "blank-line", "two-names-a-line", "path", "no-such-version", "cut-in-a-name"])
+def test_a_current_that_does_not_name_what_is_there_is_refused(tmp_path, content, reason):
+    root = tmp_path / "index"
+    (directory.segments_dir(root, "20250101T000000.000000001-7") / "20250101T000000.000000002-7").mkdir(parents=True)
+    (root / directory.CURRENT).write_bytes(content)
+    with pytest.raises(IndexDamaged, match=reason) as raised:
+        directory.read_current(root)
+    assert raised.value.file == directory.CURRENT
+
+
+def test_a_current_cut_at_a_line_end_reads_as_the_state_before_its_segments(pristine, tmp_path, tiny_embedder):
+    """Without a checksum (the previous release reads CURRENT as a list of
+    names), a CURRENT cut right after a name is a CURRENT of an earlier state:
+    the version without its later segments. It is served as that, and the
+    next publish brings the writes back (a segment holds every change since
+    the version's snapshot)."""
+    index = pristine.copy(tmp_path / "cut")
+    path = index.path("current", directory.CURRENT)
+    path.write_text(path.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+    parts, refused = Views(index.root, model_id_for(str(index.settings.model))).newest_verified()
+    assert parts is not None and (parts.view.name, parts.view.segments, refused) == (index.new, (), [])
+    with SqliteStore.open(index.settings.store_path) as store:
+        report = reindex(index.settings, store, lazy(index.settings, tiny_embedder))
+    assert report.segment and report.version == index.new
+    view = load_view(index.root)
+    assert sorted(view.doc_ids[view.live(np.arange(len(view)))].tolist()) == index.live_doc_ids()
 
 
 # -- through a real server, the CLI's verify and repair ------------------------------------

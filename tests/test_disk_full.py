@@ -14,6 +14,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,26 +105,29 @@ def store_rows(store: Path, article_id: str) -> tuple[str, list]:
     return check, row
 
 
-def plant_leftovers(data_dir: Path) -> list[Path]:
+def plant_leftovers(data_dir: Path, pid: int = DEAD_PID) -> list[Path]:
     """What a killed writer leaves: a CURRENT being replaced, a staging version, a segment's staging
-    folder and an export's temporary folder, each named with a pid no process has."""
+    folder and an export's temporary folder (beside its export.lock), each named with ``pid``."""
     index = data_dir / "index"
     version = directory.read_current(index)[0]
     assert version is not None
-    dead = [
-        index / f".CURRENT.{DEAD_PID}.k3j9x0qa.tmp",
-        index / "staging" / f"20250101T000000.000000001-{DEAD_PID}",
-        index / "versions" / version / "segments" / f".20250101T000000.000000002-{DEAD_PID}.tmp",
-        data_dir / "models" / "onnx" / f".tmp-{DEAD_PID}-a1b2c3",
+    export = data_dir / "models" / "openvino" / "0123abcd"
+    export.mkdir(parents=True, exist_ok=True)
+    (export / directory.EXPORT_LOCK).touch()
+    planted = [
+        index / f".CURRENT.{pid}.k3j9x0qa.tmp",
+        index / "staging" / f"20250101T000000.000000001-{pid}",
+        index / "versions" / version / "segments" / f".20250101T000000.000000002-{pid}.tmp",
+        export / f".tmp-{pid}-a1b2c3",
     ]
-    for path in dead:
+    for path in planted:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.name.startswith(".CURRENT"):
             path.write_text(f"{version}\n")
         else:
             path.mkdir()
             (path / "part").write_bytes(b"x" * 100)
-    return dead
+    return planted
 
 
 def test_a_full_disk_refuses_writes_and_keeps_reads(small_disk, tiny_model_dir, corpus):
@@ -235,23 +239,78 @@ def test_what_counts_as_a_full_disk(tmp_path):
     np.save(tmp_path / "ok.npy", np.zeros(3))
 
 
-def test_leftovers_that_no_live_process_owns_are_removed(settings, corpus):
+def test_leftovers_that_no_writer_works_on_are_removed(settings, corpus):
+    """With every lock free: the index's leftovers, whatever pid they carry (the lock, not the pid,
+    tells a writer at work); an export's where its pid is gone; elsewhere, what no lock guards, once
+    untouched for an hour and its pid not alive here."""
     build_index(settings, corpus[:10])
-    dead = plant_leftovers(settings.data_dir)
     index = settings.index_root
     version = directory.read_current(index)[0]
     assert version is not None
+    dead = plant_leftovers(settings.data_dir)
     mine = [index / f".CURRENT.{os.getpid()}.abcdefgh.tmp",
             index / "staging" / f"20250101T000000.000000003-{os.getpid()}",
             index / "versions" / version / "segments" / f".20250101T000000.000000004-{os.getpid()}.tmp"]
     mine[0].write_text(f"{version}\n")
     for folder in mine[1:]:
         folder.mkdir()
+    export_mine = dead[-1].parent / f".tmp-{os.getpid()}-d4e5f6"
+    export_mine.mkdir()
+    hour_ago = time.time() - directory.ABANDONED_STAGING_SECONDS - 60
+    unguarded = {name: settings.data_dir / name for name in (
+        f".checks.json.{DEAD_PID}.aaaaaaaa.tmp", f".old.json.{DEAD_PID}.bbbbbbbb.tmp",
+        f".old.json.{os.getpid()}.cccccccc.tmp")}
+    for name, path in unguarded.items():
+        path.write_text("{}")
+        if ".old." in name:
+            os.utime(path, (hour_ago, hour_ago))
+
     removed = directory.remove_leftovers(settings.data_dir, index)
-    assert sorted(removed) == sorted(dead)
-    assert all(path.exists() for path in mine), "a live process's own are kept"
+    assert sorted(removed) == sorted([*dead, *mine, unguarded[f".old.json.{DEAD_PID}.bbbbbbbb.tmp"]])
+    assert export_mine.exists(), "an export's, free of its lock, is kept while its pid is alive"
+    assert unguarded[f".checks.json.{DEAD_PID}.aaaaaaaa.tmp"].exists(), "unguarded and recent: kept"
+    assert unguarded[f".old.json.{os.getpid()}.cccccccc.tmp"].exists(), "unguarded, an hour old, its pid alive"
     assert directory.read_current(index)[0] == version and (index / "versions" / version).is_dir()
     assert (settings.store_path).exists()
+
+
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from recommender import directory
+with directory.lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("lock", [directory.WRITE_LOCK, directory.MERGE_LOCK, directory.EXPORT_LOCK])
+def test_a_leftover_whose_lock_another_process_holds_is_kept(settings, corpus, lock):
+    """A writer in another pid namespace (another container on the same data volume): its pid is not
+    alive here, its lock is held. What that lock guards stays while it is held; released, it goes."""
+    build_index(settings, corpus[:10])
+    index = settings.index_root
+    current, staging, segment, export = plant_leftovers(settings.data_dir)
+    guarded = {directory.WRITE_LOCK: [current, segment], directory.MERGE_LOCK: [staging],
+               directory.EXPORT_LOCK: [export]}[lock]
+    lock_path = export.parent / lock if lock == directory.EXPORT_LOCK else settings.data_dir / lock
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "held"
+        removed = directory.remove_leftovers(settings.data_dir, index)
+        assert sorted(removed) == sorted({current, staging, segment, export} - set(guarded))
+        assert all(path.exists() for path in guarded), "a held lock's leftovers are a writer's work"
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.wait(timeout=HANG_GUARD) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(timeout=HANG_GUARD)
+    assert sorted(directory.remove_leftovers(settings.data_dir, index)) == sorted(guarded)
+    assert not any(path.exists() for path in guarded)
 
 
 def test_a_segment_that_fails_to_write_leaves_no_staging_folder(settings, corpus):

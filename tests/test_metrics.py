@@ -6,7 +6,9 @@ from __future__ import annotations
 import calendar
 import itertools
 import json
+import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,6 +16,8 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import pytest
 
 from recommender.api import create_app
 from recommender.config import Settings
@@ -96,22 +100,48 @@ def test_prepare_multiprocess_dir(tmp_path):
     assert theirs.is_dir()  # a directory the user set is left in place
 
 
-def test_metrics_files_live_off_the_data_folder(tmp_path, monkeypatch):
+def test_metrics_files_live_off_the_data_folder(tmp_path, monkeypatch, caplog):
     """The default root: this user's folder under $XDG_RUNTIME_DIR, else /dev/shm, else the temporary
     folder; never the data folder (a full data disk kills a process whose mapped metrics file cannot
-    grow); ``metrics_dir`` wins."""
+    grow); each made private (0700), passed over where it is not this user's own or has too little
+    room; ``metrics_dir`` wins. (/dev/shm and the temporary folder are folders of the test's here.)"""
+    from recommender.api import metrics
     from recommender.api.metrics import metrics_root
 
     user = f"recommender-{os.getuid()}"
-    runtime = tmp_path / "xdg"
-    runtime.mkdir()
+    runtime, shm, temp = (tmp_path / name for name in ("xdg", "shm", "tmp"))
+    for folder in (runtime, shm, temp):
+        folder.mkdir()
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setattr(metrics, "SHARED_MEMORY", str(shm))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     assert metrics_root() == runtime / user / "metrics"
-    assert (runtime / user).stat().st_mode & 0o077 == 0  # private to this user
+    assert (runtime / user).stat().st_mode & 0o777 == 0o700  # private to this user
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "missing"))
-    shm = Path("/dev/shm")
-    fallback = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
-    assert metrics_root() == fallback / user / "metrics"
+    assert metrics_root() == shm / user / "metrics"
+    (shm / user).chmod(0o777)  # an existing folder, opened to everyone: private again
+    assert metrics_root() == shm / user / "metrics" and (shm / user).stat().st_mode & 0o777 == 0o700
+
+    # Not this user's own folder (a link to another's): passed over, the last fallback included.
+    (shm / user).rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    (shm / user).symlink_to(tmp_path / "elsewhere")
+    assert metrics_root() == temp / user / "metrics"
+    shutil.rmtree(temp / user)
+    (temp / user).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(PermissionError, match="not this user's own folder"):
+        metrics_root()
+    (temp / user).unlink()
+    (shm / user).unlink()
+
+    # Too little room everywhere: passed over, said in the log; the temporary folder's as a last resort.
+    free = os.statvfs(tmp_path)
+    monkeypatch.setattr(metrics, "MIN_FREE_BYTES", free.f_bavail * free.f_frsize + 2**40)
+    with caplog.at_level(logging.INFO, logger=metrics.__name__):
+        assert metrics_root() == temp / user / "metrics"
+    assert f"{shm / user} is passed over" in caplog.text and "less than" in caplog.text
+    assert (temp / user).stat().st_mode & 0o777 == 0o700
+
     assert metrics_root(tmp_path / "mine") == tmp_path / "mine"
     assert Settings.load({"metrics_dir": str(tmp_path / "m")}, environ={}).metrics_dir == tmp_path / "m"
     assert Settings.load({}, environ={"RECOMMENDER_METRICS_DIR": ""}).metrics_dir is None

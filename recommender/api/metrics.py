@@ -23,7 +23,7 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
-from stat import S_ISDIR
+from stat import S_IMODE, S_ISDIR
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import values as prometheus_values
@@ -163,23 +163,37 @@ class WorkerProcesses:
         return list(families.values())
 
 
+SHARED_MEMORY = "/dev/shm"
+MIN_FREE_BYTES = 16 * 2**20
+"""A default folder with less room than this is passed over (Docker's /dev/shm is 64 MiB)."""
+
+
 def metrics_root(configured: Path | None = None) -> Path:
     """Where servers keep their multiprocess folders: ``configured`` (the
     ``metrics_dir`` setting), else ``recommender-<uid>/metrics`` in the first
-    of ``$XDG_RUNTIME_DIR``, ``/dev/shm`` and the temporary folder that is a
-    writable folder (and where that subfolder is this user's own, not a link).
+    of ``$XDG_RUNTIME_DIR``, ``/dev/shm`` and the temporary folder where that
+    subfolder is this user's own (not a link, not another user's; made
+    private: mode 0700) with at least ``MIN_FREE_BYTES`` free; else, as a last
+    resort, the temporary folder's whatever its room (logged). Raises
+    ``PermissionError`` where not even that one is this user's own.
 
     Never the data folder by default: prometheus_client memory-maps these files
     with gaps, and when the disk holding them is full, a request that needs a
     new slot dies of SIGBUS, which no ``except`` can catch."""
     if configured is not None:
         return Path(configured)
-    candidates = [os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm", tempfile.gettempdir()]
+    candidates = [os.environ.get("XDG_RUNTIME_DIR"), SHARED_MEMORY, tempfile.gettempdir()]
     for parent in filter(None, candidates):
         own = _own_folder(Path(parent))
-        if own is not None:
+        if own is not None and _has_room(own):
             return own / "metrics"
-    return Path(tempfile.gettempdir()) / f"recommender-{os.getuid()}" / "metrics"
+    last = Path(tempfile.gettempdir())
+    own = _own_folder(last)
+    if own is None:
+        raise PermissionError(f"no private folder for the metrics files: {last / f'recommender-{os.getuid()}'} "
+                              "is not this user's own folder; set metrics_dir (RECOMMENDER_METRICS_DIR)")
+    log.warning("metrics files in %s, which has less than %d MiB free", own, MIN_FREE_BYTES >> 20)
+    return own / "metrics"
 
 
 def _own_folder(parent: Path) -> Path | None:
@@ -189,12 +203,35 @@ def _own_folder(parent: Path) -> Path | None:
     folder = parent / f"recommender-{os.getuid()}"
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
-        stat = folder.lstat()
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)  # not through a link
+    except OSError:
+        log.info("metrics: %s is passed over: not a folder this user can open", folder)
+        return None
+    try:
+        stat = os.fstat(fd)
+        if not S_ISDIR(stat.st_mode) or stat.st_uid != os.getuid():  # another user's
+            log.info("metrics: %s is passed over: not this user's own folder", folder)
+            return None
+        if S_IMODE(stat.st_mode) != 0o700:  # made by hand, or under another umask: private again
+            os.fchmod(fd, 0o700)
     except OSError:
         return None
-    if not S_ISDIR(stat.st_mode) or stat.st_uid != os.getuid():  # a link, or another user's
-        return None
+    finally:
+        os.close(fd)
     return folder
+
+
+def _has_room(folder: Path) -> bool:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    free = stats.f_bavail * stats.f_frsize
+    if free < MIN_FREE_BYTES:
+        log.info("metrics: %s is passed over: %.1f MiB free, %d MiB wanted", folder, free / 2**20,
+                 MIN_FREE_BYTES >> 20)
+        return False
+    return True
 
 
 def prepare_multiprocess_dir(root: Path, *, legacy: Path | None = None) -> Path:
