@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +187,49 @@ at a named point of the code: just before, or just after, the ``nth`` call
 of ``module:attribute`` (a function, or a class's method)."""
 
 CLI = "import sys\nfrom recommender.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+RECORDED = """
+import sys
+from importlib import import_module
+
+module = import_module(sys.argv[1])
+names, script = sys.argv[2].split(","), sys.argv[3]
+calls = dict.fromkeys(names, 0)
+
+def recording(name, real):
+    def recorded(*args, **kwargs):
+        calls[name] += 1
+        print(f"operation {name} {calls[name]}", flush=True)
+        return real(*args, **kwargs)
+    return recorded
+
+for name in names:
+    setattr(module, name, recording(name, getattr(module, name)))
+sys.argv = [sys.argv[0], *sys.argv[4:]]
+exec(compile(script, "<recorded>", "exec"))
+"""
+"""Runs ``script`` (its argv after the names) in a child that prints
+``operation <name> <n>`` before the ``n``-th call of each named function of
+a module (the calls a function of the module makes to another go through
+the module too, so they are recorded as well)."""
+
+
+def recorded_calls(module: str, names: Sequence[str], script: str, *args) -> tuple[list[tuple[str, int]], str]:
+    """Run a ``RECORDED`` child to its end (it must succeed): the calls it
+    made, in order, as ``(name, n)`` (the ``n``-th call of ``module:name``,
+    what ``killed_at`` takes), and the rest of its stdout."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", RECORDED, module, ",".join(names), script, *map(str, args)],
+                          env=env, capture_output=True, text=True, timeout=HANG_GUARD)
+    assert done.returncode == 0, done.stderr[-2000:]
+    calls, rest = [], []
+    for line in done.stdout.splitlines():
+        if line.startswith("operation "):
+            _, name, nth = line.split()
+            calls.append((name, int(nth)))
+        else:
+            rest.append(line)
+    return calls, "\n".join(rest)
 
 
 def killed_at(target: str, nth: int, when: str, script: str, *args, **popen) -> subprocess.Popen:
