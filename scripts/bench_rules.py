@@ -11,8 +11,11 @@ synthetic clustered vectors (embedding 100k articles on 2 cores takes over an
 hour; latency does not depend on what the vectors mean). Search queries are
 embedded for real.
 
-For each kind, with the store's rules cleared: the no-rules baseline, then
-each count. Kinds: ``pin`` (on the measured lists, spread over them),
+The archive is copied once (``<data-dir>-no-rules``): the rules go into
+one store, and every request is timed on both archives, one right after the
+other (in turn first), so that the baseline shares the load of a noisy
+machine. For each kind, from no rules: each count in turn. Kinds:
+``pin`` (on the measured lists, spread over them),
 ``block`` (everywhere, of random articles), ``boost-article``,
 ``boost-section``, ``boost-tag``, ``bury-tag`` (everywhere) and
 ``list-boost-tag`` (tag boosts on the measured lists, spread over them).
@@ -29,6 +32,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -125,19 +129,35 @@ def make_rules(kind: str, count: int, lists: list[str], n: int, rng: random.Rand
     return [r for r in out if r.target != r.article]
 
 
-def timed(calls: list, budget: float) -> dict:
-    """The first call apart, then the rest (as many as fit in the budget): ms."""
-    seconds = []
+def clear(store) -> None:
+    for rule in store.rules():
+        store.delete_rule(rule.id)
+
+
+def paired(calls: list, budget: float) -> dict:
+    """Each (with rules, without) pair timed one after the other, in turn
+    first; the first pair apart (the rules are resolved then); the rest as
+    many as fit in the budget: ms, and the ratio of the p50s."""
+    with_rules: list[float] = []
+    without: list[float] = []
     started = time.perf_counter()
-    for call in calls:
-        t = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - t)
+    for i, pair in enumerate(calls):
+        for j in (0, 1) if i % 2 else (1, 0):
+            t = time.perf_counter()
+            pair[j]()
+            (with_rules if j == 0 else without).append(time.perf_counter() - t)
         if time.perf_counter() - started > budget:
             break
-    rest = np.array(seconds[1:] or seconds) * 1000
-    return {"first_ms": round(seconds[0] * 1000, 2), "n": len(rest), "p50_ms": round(float(np.percentile(rest, 50)), 2),
-            "p99_ms": round(float(np.percentile(rest, 99)), 2)}
+
+    def summary(seconds: list[float]) -> dict:
+        rest = np.array(seconds[1:] or seconds) * 1000
+        return {"first_ms": round(seconds[0] * 1000, 2), "n": len(rest),
+                "p50_ms": round(float(np.percentile(rest, 50)), 2), "p99_ms": round(float(np.percentile(rest, 99)), 2)}
+
+    out = {"rules": summary(with_rules), "none": summary(without)}
+    out["p50_ratio"] = round(out["rules"]["p50_ms"] / out["none"]["p50_ms"], 2)
+    out["p99_ratio"] = round(out["rules"]["p99_ms"] / out["none"]["p99_ms"], 2)
+    return out
 
 
 def main() -> int:
@@ -156,36 +176,41 @@ def main() -> int:
     from recommender.service import Engine
 
     build(args.data_dir, args.data, args.articles)
+    # The same archive twice: the rules go into the second one's store, and
+    # each request is timed on both, one after the other, so that the load
+    # of a noisy machine falls on both sides of every ratio.
+    plain_dir = args.data_dir.with_name(args.data_dir.name + "-no-rules")
+    if not plain_dir.exists():
+        shutil.copytree(args.data_dir, plain_dir)
     info = cpu_info()
     result: dict = {"cpu": f"{info['model']}, {info['cores']} cores; {' '.join(info['flags'])}",
                     "articles": args.articles, "results": []}
     print(result["cpu"], file=sys.stderr)
     rng = random.Random(0)
-    with Engine.open(settings_for(args.data_dir)) as engine:
+    with Engine.open(settings_for(args.data_dir)) as engine, Engine.open(settings_for(plain_dir)) as plain:
         store = engine.stores.get()
+        clear(store)  # rules a run that stopped left
+        clear(plain.stores.get())
         lists = [f"a{i}" for i in rng.sample(range(args.articles), args.lists)]
         queries = [s.article.title for s in store.get_many(rng.sample(range(1, args.articles + 1), args.searches)).values()]
-        engine.search(queries[0])  # the query model loads once, outside the timings
+        engine.search(queries[0]), plain.search(queries[0])  # the query model loads once, outside the timings
 
         def measure(kind: str, count: int) -> None:
-            related = timed([lambda a=a: engine.related(a) for a in lists], args.budget)
-            search = timed([lambda q=q: engine.search(q) for q in queries], args.budget)
+            related = paired([(lambda a=a: engine.related(a), lambda a=a: plain.related(a)) for a in lists], args.budget)
+            search = paired([(lambda q=q: engine.search(q), lambda q=q: plain.search(q)) for q in queries], args.budget)
             row = {"kind": kind, "rules": count, "stored": len(store.rules()), "related": related, "search": search}
             result["results"].append(row)
             print(json.dumps(row), file=sys.stderr)
 
         for kind in args.kinds.split(","):
-            for rule in store.rules():
-                store.delete_rule(rule.id)
-            measure(kind, 0)
+            clear(store)
             have = 0
             for count in map(int, args.counts.split(",")):
                 for rule in make_rules(kind, count - have, lists, args.articles, rng):
                     store.add_rule(rule)
                 have = count
                 measure(kind, count)
-        for rule in store.rules():
-            store.delete_rule(rule.id)
+        clear(store)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
