@@ -347,7 +347,7 @@ def cmd_reindex(force: bool, full: bool, dry_run: bool, as_json: bool, no_progre
     elif ray_address is not None or ray_workers is not None:
         print("error: --ray-address and --ray-workers need --engine ray", file=sys.stderr)
         return EXIT_USAGE
-    if not dry_run:  # what killed writers left: staging versions, .tmp files and folders no live process owns
+    if not dry_run:  # what killed writers left: staging versions, .tmp files and folders whose lock no writer holds
         directory.remove_leftovers(settings.data_dir, settings.index_root)
     with open_store(settings) as store:
         if store.count() == 0:
