@@ -92,9 +92,7 @@ def verify_index(data_dir: Path, index_root: Path) -> list[Check]:
         checks.append(Check("current", directory.CURRENT, False, [str(exc)], _relative(data_dir, index_root / directory.CURRENT)))
     versions_dir = index_root / directory.VERSIONS
     found = sorted(p.name for p in versions_dir.iterdir() if p.is_dir()) if versions_dir.is_dir() else []
-    if name is not None and name not in found:
-        checks.append(Check("version", name, False, [f"CURRENT names version {name}, which is not in versions/"],
-                            _relative(data_dir, index_root / directory.CURRENT), live=True))
+    # A CURRENT naming a version or a segment that is not there is refused by read_current, above.
     for version in found:
         live = version == name
         base, check = _verify_version(data_dir, index_root, version, live)
@@ -102,11 +100,6 @@ def verify_index(data_dir: Path, index_root: Path) -> list[Check]:
         folder = directory.segments_dir(index_root, version)
         present = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) \
             if folder.is_dir() else []
-        for segment in (segments if live else ()):
-            if segment not in present:
-                checks.append(Check("segment", f"{version}/{segment}", False,
-                                    [f"CURRENT names segment {segment}, which is not in {version}/segments/"],
-                                    _relative(data_dir, index_root / directory.CURRENT), live=True))
         for segment in present:
             checks.append(_verify_segment(data_dir, SegmentLayout.of(index_root, version, segment).folder, base,
                                           live and segment in segments))

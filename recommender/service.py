@@ -201,10 +201,18 @@ class LiveIndex:
         self._thread = threading.Thread(target=loop, name="index-watch", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
+    def close(self, deadline: float | None = None) -> None:
+        """Stop watching CURRENT: wait for a refresh in progress until
+        ``deadline`` (a ``time.monotonic()`` time; None: 5 s)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=_seconds_until(deadline, 5))
+
+
+def _seconds_until(deadline: float | None, default: float) -> float:
+    """A join's timeout: what is left until ``deadline`` (a ``time.monotonic()``
+    time), or ``default`` seconds where there is none."""
+    return default if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _older(view: View, served: View) -> bool:
@@ -280,11 +288,11 @@ class Engine:
         model's export half-way is waited for until ``deadline`` (a
         ``time.monotonic()`` time; None: two minutes), so that the next
         start finds it whole; cut short, the next start exports again."""
-        self.live.close()
+        self.live.close(deadline)
         self.stores.close()
         preparing = self.query_embedder.preparing
         if preparing is not None:
-            preparing.join(timeout=120 if deadline is None else max(0.0, deadline - time.monotonic()))
+            preparing.join(timeout=_seconds_until(deadline, 120))
 
     def __enter__(self) -> Engine:
         return self
@@ -424,7 +432,7 @@ class Reindexer:
         self._wanted.set()
         for thread in (self._thread, self.merge_thread):
             if thread is not None:
-                thread.join(timeout=60 if deadline is None else max(0.0, deadline - time.monotonic()))
+                thread.join(timeout=_seconds_until(deadline, 60))
 
     def _run(self) -> None:
         retry = RETRY_FIRST_SECONDS
